@@ -1,0 +1,268 @@
+"""Device profiles: how fast real kernels and collectives run on one kind of GPU.
+
+A profile holds a few bounded, physical parameters (efficiencies between 0 and 1,
+overheads in seconds) that the op-time model in ``sim/ops.py`` combines with the
+GPU's datasheet figures. A *measured* profile also carries op-latency tables
+written by ``python -m vtrain_opt profile``; ops covered by a table are read from it
+and the analytical model covers everything else. Every value carries its source.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from vtrain_opt.resources import data_dir
+
+PROFILE_FORMAT = "vtrain_opt.profile/1"
+
+
+@dataclass(frozen=True)
+class ParamDef:
+    """A profile parameter: its physical meaning, unit and the bounds a fit may use."""
+
+    name: str
+    unit: str
+    lower: float
+    upper: float
+    meaning: str
+
+
+PARAM_DEFS: dict[str, ParamDef] = {
+    p.name: p
+    for p in (
+        ParamDef(
+            "gemm_efficiency",
+            "fraction of dense peak",
+            0.2,
+            1.0,
+            "fraction of the datasheet dense peak reached by large, well-shaped GEMMs",
+        ),
+        ParamDef(
+            "gemm_k_half",
+            "elements",
+            0.0,
+            2048.0,
+            "inner dimension K at which a GEMM tile's main loop reaches half its efficiency "
+            "(prologue/epilogue cost); efficiency factor K/(K+k_half)",
+        ),
+        ParamDef(
+            "attention_efficiency",
+            "fraction of dense peak",
+            0.1,
+            1.0,
+            "fraction of peak reached by the fused (flash) attention kernel",
+        ),
+        ParamDef(
+            "memory_efficiency",
+            "fraction of HBM bandwidth",
+            0.2,
+            1.0,
+            "fraction of the datasheet HBM bandwidth reached by memory-bound kernels",
+        ),
+        ParamDef(
+            "kernel_overhead_s",
+            "s",
+            0.0,
+            50e-6,
+            "fixed time added to every kernel: launch, ramp-up and tail",
+        ),
+        ParamDef(
+            "nvlink_efficiency",
+            "fraction of link bandwidth",
+            0.2,
+            1.0,
+            "NCCL bus bandwidth inside a node as a fraction of the per-direction NVLink bandwidth",
+        ),
+        ParamDef(
+            "network_efficiency",
+            "fraction of NIC bandwidth",
+            0.2,
+            1.0,
+            "NCCL bus bandwidth across nodes as a fraction of the adapters' line rate",
+        ),
+        ParamDef(
+            "collective_latency_s",
+            "s",
+            0.0,
+            500e-6,
+            "fixed cost of one NCCL collective or send/recv (launch, handshake)",
+        ),
+        ParamDef(
+            "microbatch_overhead_s",
+            "s",
+            0.0,
+            20e-3,
+            "framework time per micro-batch per pipeline stage (Python, scheduling)",
+        ),
+        ParamDef(
+            "iteration_overhead_s",
+            "s",
+            0.0,
+            1.0,
+            "framework time per iteration outside the pipeline (grad clipping, loss scaling, "
+            "bookkeeping)",
+        ),
+        ParamDef(
+            "runtime_reserved_bytes",
+            "bytes",
+            0.0,
+            16e9,
+            "memory not available to the model: CUDA context, NCCL buffers, allocator slack",
+        ),
+    )
+}
+
+# Fixed (not fitted) shape constants of the GEMM model: candidate CTA tiles (m, n) and their
+# relative efficiency, as cuBLAS picks smaller tiles to fill the GPU when a GEMM is small.
+GEMM_TILES = ((256, 128, 1.0), (128, 128, 0.95), (128, 64, 0.85), (64, 64, 0.70))
+
+
+@dataclass(frozen=True)
+class Profile:
+    """One device's profile: parameter values (SI units), their sources, optional op tables."""
+
+    name: str
+    gpu: str
+    params: dict[str, float]
+    sources: dict[str, str] = field(default_factory=dict)
+    kind: str = "analytical"  # analytical | calibrated | derived | measured
+    description: str = ""
+    provenance: dict[str, Any] = field(default_factory=dict)
+    tables: dict[str, Any] = field(default_factory=dict)  # measured op tables (profiler)
+    fit: dict[str, Any] = field(default_factory=dict)  # calibration record, if fitted
+
+    def __post_init__(self) -> None:
+        missing = sorted(set(PARAM_DEFS) - set(self.params))
+        if missing:
+            raise ValueError(f"profile {self.name!r}: missing parameter(s) {', '.join(missing)}")
+        for name, value in self.params.items():
+            if name not in PARAM_DEFS:
+                raise ValueError(
+                    f"profile {self.name!r}: unknown parameter {name!r}; known: {', '.join(PARAM_DEFS)}"
+                )
+            d = PARAM_DEFS[name]
+            if (
+                not isinstance(value, (int, float))
+                or not math.isfinite(value)
+                or not (d.lower <= value <= d.upper)
+            ):
+                raise ValueError(
+                    f"profile {self.name!r}: parameter {name} = {value!r} is outside "
+                    f"[{d.lower:g}, {d.upper:g}] ({d.unit})"
+                )
+
+    def __getattr__(self, name: str) -> float:
+        # params as attributes: profile.gemm_efficiency
+        params = self.__dict__.get("params", {})
+        if name in params:
+            return float(params[name])
+        raise AttributeError(name)
+
+    def with_params(self, **values: float) -> Profile:
+        return replace(self, params={**self.params, **values})
+
+    @property
+    def id(self) -> str:
+        """A short identity for result files: name, kind and fit date if any."""
+        date = self.provenance.get("date") or self.fit.get("date") or ""
+        return f"{self.name}:{self.kind}" + (f":{date}" if date else "")
+
+    # ---- io -------------------------------------------------------------------------------
+    def to_json_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "format": PROFILE_FORMAT,
+            "name": self.name,
+            "gpu": self.gpu,
+            "kind": self.kind,
+            "description": self.description,
+            "provenance": self.provenance,
+            "params": {
+                k: {
+                    "value": self.params[k],
+                    "unit": PARAM_DEFS[k].unit,
+                    "bounds": [PARAM_DEFS[k].lower, PARAM_DEFS[k].upper],
+                    "source": self.sources.get(k, ""),
+                }
+                for k in PARAM_DEFS
+            },
+        }
+        if self.fit:
+            out["fit"] = self.fit
+        if self.tables:
+            out["tables"] = self.tables
+        return out
+
+    @classmethod
+    def from_json_dict(cls, data: Any, origin: str = "profile") -> Profile:
+        if not isinstance(data, dict):
+            raise ValueError(f"{origin}: not a profile (expected a JSON object)")
+        fmt = data.get("format")
+        if fmt != PROFILE_FORMAT:
+            raise ValueError(f"{origin}: key 'format' is {fmt!r}, expected {PROFILE_FORMAT!r}")
+        for key in ("name", "gpu", "params"):
+            if key not in data:
+                raise ValueError(f"{origin}: missing key {key!r}")
+        raw = data["params"]
+        if not isinstance(raw, dict):
+            raise ValueError(f"{origin}: key 'params' must be an object")
+        params: dict[str, float] = {}
+        sources: dict[str, str] = {}
+        for k, v in raw.items():
+            value = v.get("value") if isinstance(v, dict) else v
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(
+                    f"{origin}: key 'params.{k}' must be a number (or {{value: number}})"
+                )
+            params[k] = float(value)
+            if isinstance(v, dict) and v.get("source"):
+                sources[k] = str(v["source"])
+        try:
+            return cls(
+                name=str(data["name"]),
+                gpu=str(data["gpu"]),
+                params=params,
+                sources=sources,
+                kind=str(data.get("kind", "analytical")),
+                description=str(data.get("description", "")),
+                provenance=dict(data.get("provenance") or {}),
+                tables=dict(data.get("tables") or {}),
+                fit=dict(data.get("fit") or {}),
+            )
+        except ValueError as e:
+            raise ValueError(f"{origin}: {e}") from None
+
+
+def profile_names() -> list[str]:
+    return sorted(p.stem for p in data_dir("profiles").glob("*.json"))
+
+
+def load_profile(name_or_path: str | None = None, gpu: str | None = None) -> Profile:
+    """Load a profile by name (``profiles/NAME.json``), by file path, or the GPU's default."""
+    if name_or_path is None:
+        if gpu is None:
+            raise ValueError("load_profile: give a profile name/path or a GPU name")
+        name_or_path = gpu
+    p = Path(name_or_path)
+    if p.suffix != ".json" and not p.is_file():
+        candidate = data_dir("profiles") / f"{name_or_path}.json"
+        if not candidate.is_file():
+            raise ValueError(
+                f"unknown profile {name_or_path!r}; shipped profiles: {', '.join(profile_names())} "
+                "(or give a path to a profile JSON file)"
+            )
+        p = candidate
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise ValueError(f"profile file {str(p)!r}: cannot be read ({e.strerror})") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(
+            f"profile file {str(p)!r}: corrupt or truncated JSON ({e.msg} at line {e.lineno})"
+        ) from None
+    return Profile.from_json_dict(data, origin=f"profile file {str(p)!r}")

@@ -1,0 +1,1 @@
+"""The simulator: op times, stage costs, pipeline schedule, memory, and the iteration model."""

@@ -1,0 +1,222 @@
+"""Per-micro-batch costs of the pieces of a pipeline stage, vectorized over plans.
+
+For each plan (arrays of shape (N,)) this computes, on one GPU of a tensor-parallel
+group: one transformer layer's forward and backward (compute and tensor-parallel
+communication kept apart, recomputation apart), the extra work of the first stage
+(embedding) and of the last stage (final norm, logits, vocab-parallel cross-entropy),
+and the point-to-point transfer between stages. ``sim/schedule.py`` assembles these
+into stage times and the pipeline schedule; ``sim/timeline.py`` replays them.
+
+Layer model (Megatron-LM, per micro-batch of T = b*s tokens, tp = t):
+  forward  = norm, QKV GEMM, [rotary], attention core, output GEMM, TP collective,
+             bias-dropout-add, norm, MLP up GEMM, activation, MLP down GEMM,
+             TP collective, bias-dropout-add
+  backward = dgrad + wgrad GEMM for every forward GEMM, attention backward,
+             about twice the bytes of each memory-bound op, and the mirrored TP
+             collectives (all-reduce without sequence parallelism; all-gather and
+             reduce-scatter with it)
+  recompute: none; selective = the attention core's forward again; full = the
+             whole layer forward again (with its TP collectives) before its backward.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import numpy as np
+
+from vtrain_opt.sim.ops import OpModel, members_per_node
+from vtrain_opt.spec.model import ModelSpec
+
+RECOMPUTE_NONE, RECOMPUTE_SELECTIVE, RECOMPUTE_FULL = 0, 1, 2
+
+
+@dataclass
+class LayerCosts:
+    """Costs of one transformer layer for one micro-batch, each an array (N,) in seconds."""
+
+    fwd_compute_s: np.ndarray
+    fwd_comm_s: np.ndarray
+    bwd_compute_s: np.ndarray  # backward proper, without recomputation
+    bwd_comm_s: np.ndarray
+    recompute_compute_s: np.ndarray  # the part of the forward redone in the backward
+    recompute_comm_s: np.ndarray
+
+
+@dataclass
+class EdgeCosts:
+    """Extra per-micro-batch work of the first stage (embedding) and last stage (head)."""
+
+    embed_fwd_compute_s: np.ndarray
+    embed_fwd_comm_s: np.ndarray
+    embed_bwd_compute_s: np.ndarray
+    embed_bwd_comm_s: np.ndarray
+    head_fwd_compute_s: np.ndarray
+    head_fwd_comm_s: np.ndarray
+    head_bwd_compute_s: np.ndarray
+    head_bwd_comm_s: np.ndarray
+
+
+def _f(x: np.ndarray) -> np.ndarray:
+    return np.asarray(x, dtype=np.float64)
+
+
+def layer_costs(
+    model: ModelSpec,
+    ops: OpModel,
+    mb: np.ndarray,
+    tp: np.ndarray,
+    sp: np.ndarray,
+    recompute: np.ndarray,
+) -> LayerCosts:
+    """One layer's forward/backward/recompute costs for each plan."""
+    b, t = _f(mb), _f(tp)
+    s, h, f = float(model.seq_length), float(model.hidden_size), float(model.ffn)
+    kvh = float(model.kv_hidden_size)
+    d = float(model.head_dim)
+    a_bytes = float(ops.setup.act_bytes)
+    tokens = b * s
+    tokens_rep = np.where(sp, tokens / t, tokens)  # tokens of the norm/dropout/residual ops
+    local_heads = model.num_attention_heads / t
+
+    # ---- GEMMs: (M, N, K) of Y = X W for QKV, output projection, MLP up and down -------------
+    qkv_n = (h + 2 * kvh) / t
+    up_n = (2.0 if model.swiglu else 1.0) * f / t
+    shapes = ((qkv_n, h), (h, h / t), (up_n, h), (h, f / t))  # (N, K) of each GEMM
+    gemm_fwd = sum(ops.gemm_s(tokens, n, k) for n, k in shapes)
+    gemm_bwd = sum(ops.gemm_s(tokens, k, n) + ops.gemm_s(k, n, tokens) for n, k in shapes)
+
+    # ---- attention core ----------------------------------------------------------------------
+    bh = b * local_heads
+    if ops.setup.attention == "flash":
+        attn_fwd = ops.flash_attention_s(bh, s, d)
+        attn_bwd = ops.flash_attention_s(bh, s, d, backward=True)
+    else:
+        scores_bytes = bh * s * s * a_bytes
+        dropout = model.has_dropout
+        attn_fwd = (
+            ops.gemm_s(s, s, d, batch=bh)  # Q K^T
+            + ops.memory_s(2 * scores_bytes)  # fused scale-mask-softmax: read + write
+            + (ops.memory_s(2.5 * scores_bytes) if dropout else 0.0)  # read, write, 1-byte mask
+            + ops.gemm_s(s, d, s, batch=bh)  # P V
+        )
+        attn_bwd = (
+            ops.gemm_s(s, s, d, batch=bh)  # dP = dO V^T
+            + ops.gemm_s(s, d, s, batch=bh)  # dV = P^T dO
+            + (ops.memory_s(2.5 * scores_bytes) if dropout else 0.0)
+            + ops.memory_s(3 * scores_bytes)  # softmax backward: read y, dy; write dx
+            + ops.gemm_s(s, d, s, batch=bh)  # dQ = dS K
+            + ops.gemm_s(s, d, s, batch=bh)  # dK = dS^T Q
+        )
+
+    # ---- memory-bound ops (bytes moved; the backward moves about twice as much) ---------------
+    rep = tokens_rep * h * a_bytes  # one replicated activation tensor
+    mem_bytes = 2 * 2 * rep  # two norms: read + write
+    kernels = 2
+    if model.has_dropout:
+        mem_bytes = mem_bytes + 2 * (3 * rep + tokens_rep * h)  # 2x bias-dropout-add (+ mask)
+        mem_bytes = mem_bytes + 2 * tokens * f / t * a_bytes  # bias + GeLU
+        kernels += 3
+    else:
+        mem_bytes = mem_bytes + 2 * 3 * rep  # 2x residual add
+        mem_bytes = mem_bytes + 3 * tokens * f / t * a_bytes  # SwiGLU: read 2, write 1
+        mem_bytes = mem_bytes + 2 * tokens * (h + kvh) / t * a_bytes  # rotary on Q and K
+        kernels += 5
+    mem_fwd = ops.memory_s(mem_bytes, kernels)
+    mem_bwd = ops.memory_s(2 * mem_bytes, 2 * kernels)
+
+    # ---- tensor-parallel collectives ----------------------------------------------------------
+    gpn = ops.cluster.gpus_per_node
+    per_node = members_per_node(tp, np.ones_like(tp), gpn)
+    act = tokens * h * a_bytes
+    ar = ops.collective_s("all_reduce", act, t, per_node)
+    ag_rs = ops.collective_s("all_gather", act, t, per_node) + ops.collective_s(
+        "reduce_scatter", act, t, per_node
+    )
+    tp_comm = 2 * np.where(sp, ag_rs, ar)  # two per layer, forward and backward alike
+
+    fwd_compute = gemm_fwd + attn_fwd + mem_fwd
+    rc = np.asarray(recompute)
+    recompute_compute = np.where(
+        rc == RECOMPUTE_FULL, fwd_compute, np.where(rc == RECOMPUTE_SELECTIVE, attn_fwd, 0.0)
+    )
+    recompute_comm = np.where(rc == RECOMPUTE_FULL, tp_comm, 0.0)
+    return LayerCosts(
+        fwd_compute_s=fwd_compute,
+        fwd_comm_s=tp_comm,
+        bwd_compute_s=gemm_bwd + attn_bwd + mem_bwd,
+        bwd_comm_s=tp_comm,
+        recompute_compute_s=recompute_compute,
+        recompute_comm_s=recompute_comm,
+    )
+
+
+def edge_costs(
+    model: ModelSpec, ops: OpModel, mb: np.ndarray, tp: np.ndarray, sp: np.ndarray
+) -> EdgeCosts:
+    """Embedding (first stage) and final norm + logits + cross-entropy (last stage) costs."""
+    b, t = _f(mb), _f(tp)
+    s, h = float(model.seq_length), float(model.hidden_size)
+    a_bytes = float(ops.setup.act_bytes)
+    tokens = b * s
+    vocab = model.padded_vocab(1)
+    # Megatron pads the vocabulary to a multiple of 128 * tp
+    vocab_padded = np.ceil(vocab / (128.0 * t)) * 128.0 * t
+    vocab_local = vocab_padded / t
+    act = tokens * h * a_bytes
+    gpn = ops.cluster.gpus_per_node
+    per_node = members_per_node(tp, np.ones_like(tp), gpn)
+    ar = ops.collective_s("all_reduce", act, t, per_node)
+    rs = ops.collective_s("reduce_scatter", act, t, per_node)
+    ag = ops.collective_s("all_gather", act, t, per_node)
+
+    # Embedding: row gather (+ learned positions, dropout for GPT); vocab-parallel, so the
+    # partial rows are summed over tp (all-reduce, or reduce-scatter with SP).
+    emb_bytes = 2 * act + ((3 * act + 2.5 * act) if model.learned_positions else 0.0)
+    emb_fwd = ops.memory_s(emb_bytes, 3 if model.learned_positions else 1)
+    emb_bwd = ops.memory_s(tokens * h * (a_bytes + 8.0), 2)  # scatter-add into fp32 grads
+    emb_fwd_comm = np.where(sp, rs, ar)
+    emb_bwd_comm = np.where(sp, ag, 0.0)
+
+    # Head: final norm, logits GEMM over the local vocabulary shard, vocab-parallel
+    # cross-entropy in fp32 (max, exp-sum, target logit: three small all-reduces).
+    tokens_rep = np.where(sp, tokens / t, tokens)
+    norm = ops.memory_s(2 * tokens_rep * h * a_bytes, 1)
+    logits_fwd = ops.gemm_s(tokens, vocab_local, h)
+    logits_bwd = ops.gemm_s(tokens, h, vocab_local) + ops.gemm_s(h, vocab_local, tokens)
+    elems = tokens * vocab_local
+    ce_fwd = ops.memory_s(elems * (a_bytes + 16.0), 5)
+    ce_bwd = ops.memory_s(elems * (4.0 + a_bytes), 2)
+    small = ops.collective_s("all_reduce", tokens * 4.0, t, per_node)
+    head_fwd_comm = np.where(sp, ag, 0.0) + 3 * small
+    head_bwd_comm = np.where(sp, rs, ar)
+    return EdgeCosts(
+        embed_fwd_compute_s=emb_fwd,
+        embed_fwd_comm_s=emb_fwd_comm,
+        embed_bwd_compute_s=emb_bwd,
+        embed_bwd_comm_s=emb_bwd_comm,
+        head_fwd_compute_s=norm + logits_fwd + ce_fwd,
+        head_fwd_comm_s=head_fwd_comm,
+        head_bwd_compute_s=2 * norm + logits_bwd + ce_bwd,
+        head_bwd_comm_s=head_bwd_comm,
+    )
+
+
+def p2p_costs(
+    model: ModelSpec, ops: OpModel, mb: np.ndarray, tp: np.ndarray, dp: np.ndarray, pp: np.ndarray
+) -> np.ndarray:
+    """One activation (or gradient) transfer between adjacent pipeline stages, per micro-batch.
+
+    Megatron sends 1/tp of the activation per rank (scatter-gather optimization, or the
+    sequence-parallel shard). Neighbouring stages are tp*dp ranks apart; when the whole
+    pipeline does not fit in one node the slowest boundary crosses the network, and that
+    boundary sets the pace, so all boundaries use its time.
+    """
+    nbytes = _f(mb) * model.seq_length * model.hidden_size * ops.setup.act_bytes / _f(tp)
+    inter = tp * dp * pp > ops.cluster.gpus_per_node
+    return np.where(pp > 1, ops.p2p_s(nbytes, inter), 0.0)
+
+
+def cost_arrays(obj: object) -> dict[str, np.ndarray]:
+    """The array fields of a costs dataclass, by name."""
+    return {fl.name: getattr(obj, fl.name) for fl in fields(obj)}  # type: ignore[arg-type]

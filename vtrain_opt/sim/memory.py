@@ -1,0 +1,204 @@
+"""Bytes per GPU: weights, gradients, optimizer states and activations, per pipeline stage.
+
+Activations follow Korthikanti et al. 2022 ("Reducing Activation Recomputation in
+Large Transformer Models"), generalized to grouped-query attention and SwiGLU. Per
+layer and micro-batch, in bytes, with A bytes per activation element (2 for fp16/bf16),
+sbh = seq x micro-batch x hidden:
+
+* replicated part (norm inputs, GEMM inputs, dropout masks): (4A + 2) sbh for GPT,
+  4A sbh for LLaMA (no dropout); divided by tp with sequence parallelism;
+* tensor-parallel part: A sb (2h + 2h_kv) for Q, K, V and the projection input, plus the
+  MLP's 2A sbf (GeLU) or 3A sbf (SwiGLU), divided by tp;
+* attention scores (unfused kernel only): (2A + 1) a s^2 b for GPT (softmax, dropout mask
+  and output), A a s^2 b without dropout; divided by tp. Flash attention keeps only the
+  fp32 log-sum-exp, 4 a s b / tp.
+
+For A = 2, MHA and f = 4h this is Korthikanti's s b h (10 + 24/t + 5 a s / (h t)).
+Selective recomputation drops the scores; full recomputation keeps only each layer's
+input (A sbh, /tp with sequence parallelism) and rebuilds one layer at a time.
+
+Weights and optimizer: bytes per parameter from ``Setup`` (Megatron's table), sharded
+over data parallelism by the ZeRO stage (1: optimizer states; 2: + gradients; 3: + weights).
+A pipeline stage holds min(pp - i, m) micro-batches in flight (1F1B), or, interleaved,
+min(2 (pp - i - 1) + (vpp - 1) pp + 1, m vpp) model chunks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from vtrain_opt.sim.costs import RECOMPUTE_FULL, RECOMPUTE_SELECTIVE
+from vtrain_opt.spec.model import ModelSpec
+from vtrain_opt.spec.setup import Setup
+
+
+@dataclass
+class StageParams:
+    """Parameters held by one GPU of the first, a middle and the last stage, arrays (N,)."""
+
+    layer: np.ndarray  # one transformer layer's local parameters
+    first: np.ndarray
+    middle: np.ndarray
+    last: np.ndarray
+    embedding: np.ndarray  # local input embedding (first stage)
+    output: np.ndarray  # local output layer (last stage): untied, or the tied copy when pp > 1
+
+
+def stage_params(model: ModelSpec, tp: np.ndarray, pp: np.ndarray) -> StageParams:
+    """Local parameter counts per stage under tensor and pipeline parallelism."""
+    t = np.asarray(tp, dtype=np.float64)
+    p = np.asarray(pp)
+    h, kvh, f = float(model.hidden_size), float(model.kv_hidden_size), float(model.ffn)
+    # column-parallel biases are split over tp; row-parallel biases and norms are replicated
+    replicated = (2 * h + 4 * h) if model.has_bias else 2 * h
+    split_bias = ((h + 2 * kvh) + f) if model.has_bias else 0.0
+    layer = (model.layer_matmul_params() + split_bias) / t + replicated
+    vocab_padded = np.ceil(model.vocab_size / (128.0 * t)) * 128.0 * t
+    embedding = vocab_padded * h / t + (model.seq_length * h if model.learned_positions else 0.0)
+    needs_output = (not model.tied_embeddings) | (p > 1)
+    output = np.where(needs_output, vocab_padded * h / t, 0.0)
+    final_norm = float(model.final_norm_params())
+    per_stage_layers = model.num_layers / p
+    body = per_stage_layers * layer
+    single = p == 1
+    first = body + embedding + np.where(single, output + final_norm, 0.0)
+    last = np.where(single, first, body + output + final_norm)
+    return StageParams(
+        layer=layer, first=first, middle=body, last=last, embedding=embedding, output=output
+    )
+
+
+def state_bytes(params: np.ndarray, setup: Setup, zero: np.ndarray, dp: np.ndarray) -> np.ndarray:
+    """Weights + gradients + optimizer states on one GPU, by ZeRO stage."""
+    d = np.asarray(dp, dtype=np.float64)
+    w, g, o = float(setup.weight_bytes), float(setup.grad_bytes), float(setup.optimizer_bytes)
+    z = np.asarray(zero)
+    per_param = np.select(
+        [z == 0, z == 1, z == 2],
+        [w + g + o, w + g + o / d, w + (g + o) / d],
+        (w + g + o) / d,
+    )
+    return params * per_param
+
+
+def layer_activation_bytes(
+    model: ModelSpec,
+    setup: Setup,
+    mb: np.ndarray,
+    tp: np.ndarray,
+    sp: np.ndarray,
+    recompute: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(stored bytes per layer per micro-batch, transient bytes while one layer is rebuilt)."""
+    b, t = np.asarray(mb, dtype=np.float64), np.asarray(tp, dtype=np.float64)
+    s, h = float(model.seq_length), float(model.hidden_size)
+    a = float(setup.act_bytes)
+    sbh = s * b * h
+    heads = float(model.num_attention_heads)
+    replicated = (4 * a + 2) * sbh if model.has_dropout else 4 * a * sbh
+    replicated = np.where(sp, replicated / t, replicated)
+    tp_part = a * s * b * (2 * h + 2 * model.kv_hidden_size)
+    tp_part = tp_part + (2 * a if not model.swiglu else 3 * a) * s * b * model.ffn
+    tp_part = tp_part / t
+    if setup.attention == "flash":
+        scores = 4.0 * heads * s * b / t
+    else:
+        scores = ((2 * a + 1) if model.has_dropout else a) * heads * s * s * b / t
+    full_layer = replicated + tp_part + scores
+    rc = np.asarray(recompute)
+    layer_input = np.where(sp, a * sbh / t, a * sbh)
+    stored = np.select(
+        [rc == RECOMPUTE_FULL, rc == RECOMPUTE_SELECTIVE],
+        [layer_input, replicated + tp_part + (scores if setup.attention == "flash" else 0.0)],
+        full_layer,
+    )
+    transient = np.select(
+        [rc == RECOMPUTE_FULL, rc == RECOMPUTE_SELECTIVE],
+        [full_layer, scores],
+        0.0,
+    )
+    return stored, transient
+
+
+def in_flight(pp: np.ndarray, vpp: np.ndarray, m: np.ndarray, stage: np.ndarray) -> np.ndarray:
+    """Model chunks whose activations stage ``stage`` holds at its peak (1F1B / interleaved)."""
+    p, v, i = np.asarray(pp), np.asarray(vpp), np.asarray(stage)
+    plain = np.minimum(p - i, m)
+    interleaved = np.minimum(2 * (p - i - 1) + (v - 1) * p + 1, m * v)
+    return np.where(v > 1, interleaved, plain)
+
+
+@dataclass
+class MemoryBreakdown:
+    """Bytes per GPU of the worst stage, each an array (N,)."""
+
+    total_bytes: np.ndarray
+    states_bytes: np.ndarray  # weights + gradients + optimizer states
+    activations_bytes: np.ndarray
+    reserved_bytes: float
+    worst_stage: np.ndarray  # 0 = first stage, otherwise the last stage's index
+
+
+def memory_per_gpu(
+    model: ModelSpec,
+    setup: Setup,
+    reserved_bytes: float,
+    *,
+    tp: np.ndarray,
+    pp: np.ndarray,
+    dp: np.ndarray,
+    mb: np.ndarray,
+    vpp: np.ndarray,
+    zero: np.ndarray,
+    sp: np.ndarray,
+    recompute: np.ndarray,
+    num_microbatches: np.ndarray,
+    params: StageParams | None = None,
+    layer_bytes: tuple[np.ndarray, np.ndarray] | None = None,
+) -> MemoryBreakdown:
+    """Peak bytes on one GPU of the worst stage (the first or the last).
+
+    ``params`` and ``layer_bytes`` (from ``stage_params`` and ``layer_activation_bytes``)
+    may be passed in when the caller has them already.
+    """
+    params = params if params is not None else stage_params(model, tp, pp)
+    if layer_bytes is None:
+        layer_bytes = layer_activation_bytes(model, setup, mb, tp, sp, recompute)
+    stored, transient = layer_bytes
+    p = np.asarray(pp)
+    v = np.asarray(vpp)
+    layers_per_chunk = model.num_layers / (p * v)
+    b, t = np.asarray(mb, dtype=np.float64), np.asarray(tp, dtype=np.float64)
+    s, h, a = float(model.seq_length), float(model.hidden_size), float(setup.act_bytes)
+    sbh = s * b * h
+
+    first_chunks = in_flight(p, v, num_microbatches, np.zeros_like(p))
+    last_chunks = in_flight(p, v, num_microbatches, p - 1)
+    embed_act = np.where(sp, sbh / t, sbh) if model.has_dropout else 0.0  # embedding dropout mask
+    # first stage: one embedding output per in-flight micro-batch (chunk 0 of each)
+    first_act = (
+        first_chunks * layers_per_chunk * stored + embed_act * np.ceil(first_chunks / v) + transient
+    )
+    vocab_local = np.ceil(model.vocab_size / (128.0 * t)) * 128.0
+    head_act = (
+        a * np.where(sp, sbh / t, sbh) + (a + 4.0) * s * b * vocab_local
+    )  # norm in, logits, fp32 CE
+    last_act = last_chunks * layers_per_chunk * stored + head_act + transient
+    single = p == 1
+    first_act = np.where(single, first_act + head_act, first_act)
+
+    gather = np.where(np.asarray(zero) == 3, 2.0 * params.layer * setup.weight_bytes, 0.0)
+    first_states = state_bytes(params.first, setup, zero, dp) + gather
+    last_states = state_bytes(params.last, setup, zero, dp) + gather
+    first_total = first_states + first_act
+    last_total = np.where(single, first_total, last_states + last_act)
+    last_worse = last_total > first_total
+    return MemoryBreakdown(
+        total_bytes=np.maximum(first_total, last_total) + reserved_bytes,
+        states_bytes=np.where(last_worse, last_states, first_states),
+        activations_bytes=np.where(last_worse, last_act, first_act),
+        reserved_bytes=reserved_bytes,
+        worst_stage=np.where(last_worse, p - 1, 0),
+    )

@@ -1,0 +1,148 @@
+"""Time of each op on one GPU, vectorized: every argument may be an array of shape (N,).
+
+The analytical model combines the GPU's datasheet peaks with the profile's bounded
+efficiencies:
+
+* GEMM: the best of a few CTA tile shapes (as cuBLAS picks), each wave of tiles
+  costing a full tile, with a main-loop efficiency K/(K + k_half); bounded below by
+  the time to stream the operands through HBM. Plus a fixed per-kernel overhead.
+* Flash attention: FLOPs at the attention efficiency (causal masking halves the work).
+* Memory-bound ops (norms, activations, softmax, dropout, residuals, optimizer):
+  bytes moved at the profile's fraction of HBM bandwidth, plus per-kernel overhead.
+* Collectives: NCCL's ring/tree volumes (2(n-1)/n of the buffer for all-reduce,
+  (n-1)/n for all-gather and reduce-scatter) at the bus bandwidth of the link tier,
+  plus a fixed launch cost and a per-step link latency.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from vtrain_opt.profiles import GEMM_TILES, Profile
+from vtrain_opt.spec.hardware import ClusterSpec
+from vtrain_opt.spec.setup import Setup
+
+ArrayLike = np.ndarray | float | int
+
+
+@dataclass(frozen=True)
+class OpModel:
+    """Op-time model of one GPU of a cluster, for one setup (dtype)."""
+
+    profile: Profile
+    cluster: ClusterSpec
+    setup: Setup
+
+    # ---- compute -----------------------------------------------------------------------
+    @property
+    def peak_flop_per_s(self) -> float:
+        return self.cluster.gpu.peak(self.setup.dtype)
+
+    @property
+    def memory_bytes_per_s(self) -> float:
+        return self.cluster.gpu.hbm_bytes_per_s * self.profile.memory_efficiency
+
+    def gemm_s(self, m: ArrayLike, n: ArrayLike, k: ArrayLike, batch: ArrayLike = 1) -> np.ndarray:
+        """Time of ``batch`` GEMMs of (m x k) @ (k x n)."""
+        p = self.profile
+        m, n, k, batch = (np.asarray(x, dtype=np.float64) for x in (m, n, k, batch))
+        sms = self.cluster.gpu.num_sms
+        per_sm_flop_per_s = (
+            self.peak_flop_per_s / sms * p.gemm_efficiency * (k / (k + p.gemm_k_half))
+        )
+        best = None
+        for tile_m, tile_n, tile_eff in GEMM_TILES:
+            tiles = np.ceil(m / tile_m) * np.ceil(n / tile_n) * batch
+            waves = np.ceil(tiles / sms)
+            t = waves * (2.0 * tile_m * tile_n * k) / (per_sm_flop_per_s * tile_eff)
+            best = t if best is None else np.minimum(best, t)
+        assert best is not None
+        traffic = (m * k + k * n + m * n) * batch * self.setup.act_bytes
+        return np.maximum(best, traffic / self.memory_bytes_per_s) + p.kernel_overhead_s
+
+    def flash_attention_s(
+        self, batch_heads: ArrayLike, seq: ArrayLike, head_dim: ArrayLike, backward: bool = False
+    ) -> np.ndarray:
+        """Fused causal attention over ``batch_heads`` (micro-batch x local heads) sequences."""
+        flop = 4.0 * np.asarray(batch_heads, dtype=np.float64) * seq * seq * head_dim * 0.5
+        kernels = 1
+        if backward:
+            flop = flop * 2.5  # dQ, dK, dV GEMMs plus the recomputed scores
+            kernels = 3
+        return flop / (self.peak_flop_per_s * self.profile.attention_efficiency) + (
+            kernels * self.profile.kernel_overhead_s
+        )
+
+    def memory_s(self, nbytes: ArrayLike, kernels: ArrayLike = 1) -> np.ndarray:
+        """A memory-bound op (or several fused ones) moving ``nbytes`` through HBM."""
+        return np.asarray(nbytes, dtype=np.float64) / self.memory_bytes_per_s + (
+            np.asarray(kernels, dtype=np.float64) * self.profile.kernel_overhead_s
+        )
+
+    # ---- communication -------------------------------------------------------------------
+    def bus_bytes_per_s(self, group: ArrayLike, per_node: ArrayLike) -> np.ndarray:
+        """Bus bandwidth of a group of ``group`` ranks with ``per_node`` of them in each node.
+
+        Inside a node: NVLink/NVSwitch. Across nodes, NCCL runs one ring per local member,
+        each over that GPU's share of the node's adapters, capped by NVLink.
+        """
+        c, p = self.cluster, self.profile
+        group = np.asarray(group, dtype=np.float64)
+        per_node = np.asarray(per_node, dtype=np.float64)
+        intra = c.intra_bytes_per_s * p.nvlink_efficiency
+        inter = np.minimum(intra, per_node * c.nic_bytes_per_s_per_gpu * p.network_efficiency)
+        return np.where(per_node >= group, intra, inter)
+
+    def collective_s(
+        self, kind: str, nbytes: ArrayLike, group: ArrayLike, per_node: ArrayLike
+    ) -> np.ndarray:
+        """Time of an NCCL collective on a buffer of ``nbytes`` (the full, unsharded size).
+
+        ``kind``: all_reduce, all_gather or reduce_scatter. A group of one costs nothing.
+        """
+        group = np.asarray(group, dtype=np.float64)
+        per_node = np.minimum(np.asarray(per_node, dtype=np.float64), group)
+        if kind == "all_reduce":
+            volume = 2.0 * (group - 1) / np.maximum(group, 1)
+            ring_steps = 2.0 * (group - 1)
+        elif kind in ("all_gather", "reduce_scatter"):
+            volume = (group - 1) / np.maximum(group, 1)
+            ring_steps = group - 1
+        else:
+            raise ValueError(f"unknown collective {kind!r}")
+        c = self.cluster
+        intra = per_node >= group
+        # Across nodes NCCL switches to trees/hierarchical rings: log-depth latency.
+        steps = np.where(intra, ring_steps, 2.0 * np.ceil(np.log2(np.maximum(group, 2))))
+        hop_s = np.where(intra, c.intra_node_latency_s, c.inter_node_latency_s)
+        t = (
+            self.profile.collective_latency_s
+            + steps * hop_s
+            + volume * np.asarray(nbytes, dtype=np.float64) / self.bus_bytes_per_s(group, per_node)
+        )
+        return np.where(group > 1, t, 0.0)
+
+    def p2p_s(self, nbytes: ArrayLike, inter_node: ArrayLike) -> np.ndarray:
+        """Point-to-point send/recv between pipeline stages, every GPU of a node sending at once."""
+        c, p = self.cluster, self.profile
+        bw = np.where(
+            inter_node,
+            c.nic_bytes_per_s_per_gpu * p.network_efficiency,
+            c.intra_bytes_per_s * p.nvlink_efficiency,
+        )
+        lat = np.where(inter_node, c.inter_node_latency_s, c.intra_node_latency_s)
+        return p.collective_latency_s + lat + np.asarray(nbytes, dtype=np.float64) / bw
+
+
+def members_per_node(group: np.ndarray, stride: np.ndarray, gpus_per_node: int) -> np.ndarray:
+    """How many ranks of a group (``group`` ranks, ``stride`` apart) share one node.
+
+    Ranks are laid out tp innermost, then dp, then pp (Megatron's order), so a tp group
+    has stride 1, a dp group stride tp, and pipeline neighbours stride tp*dp.
+    """
+    group = np.asarray(group)
+    stride = np.asarray(stride)
+    fit = np.maximum(gpus_per_node // np.maximum(stride, 1), 1)
+    return np.minimum(group, np.where(stride < gpus_per_node, fit, 1))

@@ -1,0 +1,423 @@
+"""The vectorized core: iteration time, breakdown, memory and cost of N plans at once.
+
+No Python loop runs over plans: every quantity is an array of shape (N,). The op costs
+of a layer depend only on (micro-batch, tp, sequence parallelism, recompute), so they
+are computed once per distinct combination and gathered back to the plans.
+
+The iteration is the pipeline phase (``sim/schedule.py``), then each stage's exposed
+data-parallel gradient communication and optimizer step, then a fixed per-iteration
+framework overhead. The breakdown columns sum exactly to ``iteration_time_s``:
+
+    compute_s + recompute_s + tp_comm_s + pp_comm_s + bubble_s
+        + dp_comm_s + optimizer_s + overhead_s == iteration_time_s
+
+where the first three and the per-micro-batch overhead are the busy time of the last
+pipeline stage (the slowest: it carries the logits and the loss).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import numpy as np
+import pandas as pd
+
+from vtrain_opt.profiles import Profile, load_profile
+from vtrain_opt.sim.costs import edge_costs, layer_costs, p2p_costs
+from vtrain_opt.sim.memory import (
+    StageParams,
+    layer_activation_bytes,
+    memory_per_gpu,
+    stage_params,
+)
+from vtrain_opt.sim.ops import OpModel, members_per_node
+from vtrain_opt.sim.schedule import pipeline_times
+from vtrain_opt.spec.hardware import ClusterSpec
+from vtrain_opt.spec.model import ModelSpec
+from vtrain_opt.spec.plan import REASON_OOM, REASONS, RECOMPUTE_MODES, ParallelPlan, PlanBatch
+from vtrain_opt.spec.setup import Setup
+
+# Megatron-LM's default gradient bucket for overlapping the reduction with the backward.
+DP_BUCKET_PARAMS = 40e6
+HOUR_S = 3600.0
+
+
+@dataclass(frozen=True)
+class SimContext:
+    """Everything shared by the plans of one simulation: model, cluster, profile, setup."""
+
+    model: ModelSpec
+    cluster: ClusterSpec
+    profile: Profile
+    setup: Setup
+
+    @property
+    def ops(self) -> OpModel:
+        return OpModel(self.profile, self.cluster, self.setup)
+
+
+def make_context(
+    model: ModelSpec,
+    cluster: ClusterSpec,
+    profile: Profile | str | None = None,
+    setup: Setup | None = None,
+) -> SimContext:
+    """Resolve defaults: the GPU's shipped profile, bf16 with flash attention where supported."""
+    if not isinstance(profile, Profile):
+        profile = load_profile(profile, gpu=cluster.gpu.name)
+    if setup is None:
+        setup = Setup(
+            dtype="bf16" if "bf16" in cluster.gpu.peak_flop_per_s else "fp16",
+            attention="flash" if cluster.gpu.flash_attention else "unfused",
+        )
+    if setup.attention == "flash" and not cluster.gpu.flash_attention:
+        raise ValueError(
+            f"{cluster.gpu.name} has no FlashAttention kernels; use attention 'unfused'"
+        )
+    cluster.gpu.peak(setup.dtype)  # raises if the GPU has no such dtype
+    return SimContext(model, cluster, profile, setup)
+
+
+@dataclass
+class PlanCosts:
+    """Per-plan costs shared by the closed forms and the reference replay; arrays (N,)."""
+
+    chunk_fwd_s: np.ndarray  # one model chunk (L/(pp*vpp) layers), forward, incl. overhead
+    chunk_bwd_s: np.ndarray  # its backward, incl. recomputation
+    first_fwd_s: np.ndarray  # first stage's extra (embedding)
+    first_bwd_s: np.ndarray
+    last_fwd_s: np.ndarray  # last stage's extra (final norm, logits, loss)
+    last_bwd_s: np.ndarray
+    p2p_s: np.ndarray
+    dp_first_s: np.ndarray  # exposed gradient communication of the first stage
+    dp_last_s: np.ndarray
+    optimizer_first_s: np.ndarray
+    optimizer_last_s: np.ndarray
+    embedding_sync_s: np.ndarray  # tied embeddings with pp > 1: first <-> last all-reduce
+    # breakdown of the last stage's busy time per micro-batch
+    busy_compute_s: np.ndarray
+    busy_recompute_s: np.ndarray
+    busy_tp_comm_s: np.ndarray
+    busy_overhead_s: np.ndarray
+    # for the memory model
+    params: StageParams
+    layer_bytes: tuple[np.ndarray, np.ndarray]  # activation bytes per layer: stored, transient
+
+
+def plan_costs(ctx: SimContext, batch: PlanBatch) -> PlanCosts:
+    """Op costs of every plan, gathered from the distinct (mb, tp, sp, recompute) combinations."""
+    model, ops, profile, setup = ctx.model, ctx.ops, ctx.profile, ctx.setup
+    key = (
+        (batch.mb.astype(np.int64) << 16)
+        | (batch.tp.astype(np.int64) << 3)
+        | (batch.sp.astype(np.int64) << 2)
+        | batch.recompute.astype(np.int64)
+    )
+    codes, uniq = pd.factorize(key, sort=False)
+    uniq = np.asarray(uniq, dtype=np.int64)
+    u_mb, u_tp = uniq >> 16, (uniq >> 3) & 0x1FFF
+    u_sp, u_rc = ((uniq >> 2) & 1).astype(bool), uniq & 3
+    lc = layer_costs(model, ops, u_mb, u_tp, u_sp, u_rc)
+    ec = edge_costs(model, ops, u_mb, u_tp, u_sp)
+    u_stored, u_transient = layer_activation_bytes(model, setup, u_mb, u_tp, u_sp, u_rc)
+
+    def gather(x: np.ndarray) -> np.ndarray:
+        return np.broadcast_to(x, uniq.shape)[codes]
+
+    layer_fwd = gather(lc.fwd_compute_s + lc.fwd_comm_s)
+    layer_bwd = gather(
+        lc.bwd_compute_s + lc.bwd_comm_s + lc.recompute_compute_s + lc.recompute_comm_s
+    )
+    layer_compute = gather(lc.fwd_compute_s + lc.bwd_compute_s)
+    layer_recompute = gather(lc.recompute_compute_s)
+    layer_comm = gather(lc.fwd_comm_s + lc.bwd_comm_s + lc.recompute_comm_s)
+    first_fwd = gather(ec.embed_fwd_compute_s + ec.embed_fwd_comm_s)
+    first_bwd = gather(ec.embed_bwd_compute_s + ec.embed_bwd_comm_s)
+    last_fwd = gather(ec.head_fwd_compute_s + ec.head_fwd_comm_s)
+    last_bwd = gather(ec.head_bwd_compute_s + ec.head_bwd_comm_s)
+    head_compute = gather(ec.head_fwd_compute_s + ec.head_bwd_compute_s)
+    head_comm = gather(ec.head_fwd_comm_s + ec.head_bwd_comm_s)
+    embed_compute = gather(ec.embed_fwd_compute_s + ec.embed_bwd_compute_s)
+    embed_comm = gather(ec.embed_fwd_comm_s + ec.embed_bwd_comm_s)
+
+    p, v, t, d = batch.pp, batch.vpp, batch.tp, batch.dp
+    m = batch.num_microbatches.astype(np.float64)
+    layers_per_chunk = model.num_layers / (p * v)
+    mb_overhead = profile.microbatch_overhead_s
+    chunk_fwd = layers_per_chunk * layer_fwd + mb_overhead
+    chunk_bwd = layers_per_chunk * layer_bwd
+    c = p2p_costs(model, ops, batch.mb, t, d, p)
+
+    # Busy time of the last stage per micro-batch (the single stage's when pp = 1).
+    single = p == 1
+    stage_layers = model.num_layers / p
+    busy_compute = (
+        stage_layers * layer_compute + head_compute + np.where(single, embed_compute, 0.0)
+    )
+    busy_recompute = stage_layers * layer_recompute
+    busy_tp_comm = stage_layers * layer_comm + head_comm + np.where(single, embed_comm, 0.0)
+    busy_overhead = v * mb_overhead
+
+    # ---- data-parallel gradient communication and optimizer, first and last stage -----------
+    # The collectives depend only on (tp, pp, dp): computed once per distinct triple.
+    key2 = (t.astype(np.int64) << 40) | (p.astype(np.int64) << 20) | d.astype(np.int64)
+    codes2, uniq2 = pd.factorize(key2, sort=False)
+    uniq2 = np.asarray(uniq2, dtype=np.int64)
+    u_t, u_p, u_d = uniq2 >> 40, (uniq2 >> 20) & 0xFFFFF, uniq2 & 0xFFFFF
+    u_params = stage_params(model, u_t, u_p)
+    gpn = ctx.cluster.gpus_per_node
+    u_per_node = members_per_node(u_d, u_t, gpn)
+
+    def gather2(x: np.ndarray) -> np.ndarray:
+        return np.broadcast_to(x, uniq2.shape)[codes2]
+
+    def collectives(stage: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        grad_bytes = stage * setup.grad_bytes
+        weight_bytes = stage * setup.weight_bytes
+        return (
+            gather2(ops.collective_s("all_reduce", grad_bytes, u_d, u_per_node)),
+            gather2(ops.collective_s("reduce_scatter", grad_bytes, u_d, u_per_node)),
+            gather2(ops.collective_s("all_gather", weight_bytes, u_d, u_per_node)),
+        )
+
+    window_first = v * chunk_bwd + first_bwd  # backward of the last micro-batch, for overlap
+    window_last = v * chunk_bwd + last_bwd
+    step_first = v * (chunk_fwd + chunk_bwd) + first_fwd + first_bwd
+    step_last = v * (chunk_fwd + chunk_bwd) + last_fwd + last_bwd
+
+    def exposed_dp(stage: np.ndarray, window: np.ndarray, step: np.ndarray) -> np.ndarray:
+        all_reduce, rs, ag = collectives(stage)
+        stage_params_ = gather2(stage)
+        bucket_share = np.minimum(1.0, DP_BUCKET_PARAMS / np.maximum(stage_params_, 1.0))
+        whole = np.where(batch.zero == 0, all_reduce, rs + ag)
+        overlapped = np.maximum(whole - window, whole * bucket_share)
+        per_iteration = np.where(batch.dp_overlap, overlapped, whole)
+        # ZeRO-3 gathers the weights for every forward and backward and reduce-scatters the
+        # gradients of every micro-batch, prefetching behind the compute when overlapped.
+        z3 = 2 * ag + rs
+        z3_exposed = np.where(batch.dp_overlap, np.maximum(z3 - step, z3 * bucket_share), z3)
+        return np.where(batch.zero == 3, m * z3_exposed, per_iteration)
+
+    def optimizer(stage: np.ndarray) -> np.ndarray:
+        # fused Adam over the local (ZeRO: sharded) parameters, plus zeroing the gradients
+        per_param = 2 * setup.grad_bytes + 2 * setup.optimizer_bytes + setup.weight_bytes
+        full = ops.memory_s(stage * (per_param + setup.grad_bytes), 4)
+        sharded = ops.memory_s(stage * (per_param / u_d + setup.grad_bytes), 4)
+        return np.where(batch.zero >= 1, gather2(sharded), gather2(full))
+
+    tied = model.tied_embeddings
+    sync_per_node = np.where(u_t * u_d * (u_p - 1) < gpn, 2, 1)
+    u_sync = ops.collective_s("all_reduce", u_params.embedding * setup.grad_bytes, 2, sync_per_node)
+    sync = gather2(np.where(tied & (u_p > 1), u_sync, 0.0))
+    return PlanCosts(
+        chunk_fwd_s=chunk_fwd,
+        chunk_bwd_s=chunk_bwd,
+        first_fwd_s=first_fwd,
+        first_bwd_s=first_bwd,
+        last_fwd_s=last_fwd,
+        last_bwd_s=last_bwd,
+        p2p_s=c,
+        dp_first_s=exposed_dp(u_params.first, window_first, step_first),
+        dp_last_s=exposed_dp(u_params.last, window_last, step_last),
+        optimizer_first_s=optimizer(u_params.first),
+        optimizer_last_s=optimizer(u_params.last),
+        embedding_sync_s=sync,
+        busy_compute_s=busy_compute,
+        busy_recompute_s=busy_recompute,
+        busy_tp_comm_s=busy_tp_comm,
+        busy_overhead_s=busy_overhead,
+        params=StageParams(
+            **{f.name: gather2(getattr(u_params, f.name)) for f in fields(StageParams)}
+        ),
+        layer_bytes=(gather(u_stored), gather(u_transient)),
+    )
+
+
+# Plans evaluated per numpy pass: small enough for the temporaries to stay in cache.
+CHUNK_PLANS = 1 << 16
+
+
+def simulate_arrays(
+    ctx: SimContext, batch: PlanBatch, tokens: float | None = None
+) -> dict[str, np.ndarray]:
+    """The core: result columns as arrays (N,). See ``simulate`` for the columns."""
+    n = batch.n
+    if n <= CHUNK_PLANS:
+        return _simulate_chunk(ctx, batch, tokens)
+    out: dict[str, np.ndarray] = {}
+    for start in range(0, n, CHUNK_PLANS):
+        part = _simulate_chunk(ctx, batch.take(slice(start, start + CHUNK_PLANS)), tokens)
+        if not out:
+            out = {k: np.empty(n, dtype=v.dtype) for k, v in part.items()}
+        for k, v in part.items():
+            out[k][start : start + len(v)] = v
+    return out
+
+
+def _simulate_chunk(
+    ctx: SimContext, batch: PlanBatch, tokens: float | None
+) -> dict[str, np.ndarray]:
+    model, profile, setup = ctx.model, ctx.profile, ctx.setup
+    reason = batch.check(model)
+    with np.errstate(all="ignore"):
+        k = plan_costs(ctx, batch)
+        p, v = batch.pp, batch.vpp
+        m = batch.num_microbatches.astype(np.float64)
+        pipe = pipeline_times(
+            chunk_s=k.chunk_fwd_s + k.chunk_bwd_s,
+            chunk_bwd_s=k.chunk_bwd_s,
+            first_extra_s=k.first_fwd_s + k.first_bwd_s,
+            first_extra_bwd_s=k.first_bwd_s,
+            last_extra_s=k.last_fwd_s + k.last_bwd_s,
+            p2p_s=k.p2p_s,
+            pp=p,
+            vpp=v,
+            m=m,
+        )
+        tail_first = k.dp_first_s + k.optimizer_first_s
+        tail_last = k.dp_last_s + k.optimizer_last_s
+        has_sync = k.embedding_sync_s > 0
+        end_first = pipe.pipeline_s + tail_first
+        end_last = pipe.last_stage_end_s + tail_last
+        synced = pipe.pipeline_s + k.embedding_sync_s + np.maximum(tail_first, tail_last)
+        end = np.where(has_sync, synced, np.maximum(end_first, end_last))
+        last_binds = np.where(has_sync, tail_last > tail_first, end_last > end_first)
+        optimizer_s = np.where(last_binds, k.optimizer_last_s, k.optimizer_first_s)
+        dp_comm_s = end - pipe.pipeline_s - optimizer_s
+        iteration = end + profile.iteration_overhead_s
+
+        mem = memory_per_gpu(
+            model,
+            setup,
+            profile.runtime_reserved_bytes,
+            tp=batch.tp,
+            pp=p,
+            dp=batch.dp,
+            mb=batch.mb,
+            vpp=v,
+            zero=batch.zero,
+            sp=batch.sp,
+            recompute=batch.recompute,
+            num_microbatches=batch.num_microbatches,
+            params=k.params,
+            layer_bytes=k.layer_bytes,
+        )
+        capacity = float(ctx.cluster.gpu.hbm_bytes)
+        valid = reason == 0
+        reason = np.where(valid & (mem.total_bytes > capacity), REASON_OOM, reason).astype(np.int16)
+
+        gpus = batch.num_gpus.astype(np.float64)
+        tokens_per_iteration = batch.gb.astype(np.float64) * model.seq_length
+        tokens_per_s = tokens_per_iteration / iteration
+        peak = ctx.cluster.gpu.peak(setup.dtype)
+        model_flop = model.training_flop_per_token()
+        mfu = tokens_per_s * model_flop / (gpus * peak)
+        hfu = (
+            tokens_per_s
+            * (model_flop + _recompute_flop_per_token(model, batch.recompute))
+            / (gpus * peak)
+        )
+
+        out: dict[str, np.ndarray] = {
+            "iteration_time_s": iteration,
+            "compute_s": m * k.busy_compute_s,
+            "recompute_s": m * k.busy_recompute_s,
+            "tp_comm_s": m * k.busy_tp_comm_s,
+            "pp_comm_s": pipe.p2p_exposed_s,
+            "bubble_s": pipe.bubble_s,
+            "dp_comm_s": dp_comm_s,
+            "optimizer_s": optimizer_s,
+            "overhead_s": m * k.busy_overhead_s + profile.iteration_overhead_s,
+            "memory_per_gpu_bytes": mem.total_bytes,
+            "memory_states_bytes": mem.states_bytes,
+            "memory_activations_bytes": mem.activations_bytes,
+            "memory_capacity_bytes": np.full(batch.n, capacity),
+            "feasible": reason == 0,
+            "reason_code": reason,
+            "tokens_per_s": tokens_per_s,
+            "mfu": mfu,
+            "hfu": hfu,
+            "tflops_per_gpu": mfu * peak / 1e12,
+        }
+        if tokens is not None:
+            training_time = tokens / tokens_per_s
+            gpu_hours = gpus * training_time / HOUR_S
+            out["training_time_s"] = training_time
+            out["gpu_hours"] = gpu_hours
+            out["cost_usd"] = gpu_hours * ctx.cluster.price_per_gpu_hour_usd
+        invalid = ~valid
+        if invalid.any():
+            for name, arr in out.items():
+                if arr.dtype.kind == "f" and name != "memory_capacity_bytes":
+                    arr[invalid] = np.nan
+    return out
+
+
+def _recompute_flop_per_token(model: ModelSpec, recompute: np.ndarray) -> np.ndarray:
+    """FLOPs redone per token by activation recomputation (full: every layer's forward;
+    selective: the attention core's forward)."""
+    s, h, L = model.seq_length, model.hidden_size, model.num_layers
+    full = L * (2.0 * model.layer_matmul_params() + 4.0 * s * h)
+    selective = L * 4.0 * s * h
+    rc = np.asarray(recompute)
+    return np.where(rc == 2, full, np.where(rc == 1, selective, 0.0))
+
+
+def as_batch(plans: PlanBatch | ParallelPlan | list[ParallelPlan] | pd.DataFrame) -> PlanBatch:
+    if isinstance(plans, PlanBatch):
+        return plans
+    if isinstance(plans, ParallelPlan):
+        return PlanBatch.from_plans([plans])
+    if isinstance(plans, pd.DataFrame):
+        return PlanBatch.from_frame(plans)
+    return PlanBatch.from_plans(list(plans))
+
+
+def simulate(
+    model: ModelSpec,
+    cluster: ClusterSpec,
+    plans: PlanBatch | ParallelPlan | list[ParallelPlan] | pd.DataFrame,
+    *,
+    profile: Profile | str | None = None,
+    setup: Setup | None = None,
+    tokens: float | None = None,
+) -> pd.DataFrame:
+    """Predict one training iteration of every plan; one row per plan.
+
+    Columns: the plan (num_gpus, tp, pp, dp, micro_batch, global_batch, num_microbatches,
+    recompute, sequence_parallel, vpp, zero, dp_overlap); ``iteration_time_s`` and its
+    breakdown (``compute_s``, ``recompute_s``, ``tp_comm_s``, ``pp_comm_s``, ``bubble_s``,
+    ``dp_comm_s``, ``optimizer_s``, ``overhead_s``), ``memory_per_gpu_bytes`` (worst stage,
+    with ``memory_states_bytes``, ``memory_activations_bytes``, ``memory_capacity_bytes``),
+    ``feasible`` and ``reason`` (why not), ``tokens_per_s``, ``mfu`` (model FLOPs
+    utilization, no recompute in the numerator), ``hfu`` (with recompute) and
+    ``tflops_per_gpu``; with ``tokens``: ``training_time_s``, ``gpu_hours`` and ``cost_usd``.
+    Plans that break a rule are kept with ``feasible=False``, their reason, and NaN times.
+    """
+    batch = as_batch(plans)
+    ctx = make_context(model, cluster, profile, setup)
+    cols = simulate_arrays(ctx, batch, tokens)
+    return results_frame(batch, cols)
+
+
+def results_frame(batch: PlanBatch, cols: dict[str, np.ndarray]) -> pd.DataFrame:
+    """Plan columns + result columns, with ``reason`` as a readable categorical."""
+    df = batch.to_frame()
+    codes = cols.pop("reason_code")
+    for name, arr in cols.items():
+        df[name] = arr
+    df["reason"] = pd.Categorical.from_codes(codes, categories=list(REASONS))
+    return df
+
+
+__all__ = [
+    "RECOMPUTE_MODES",
+    "PlanCosts",
+    "SimContext",
+    "as_batch",
+    "make_context",
+    "plan_costs",
+    "results_frame",
+    "simulate",
+    "simulate_arrays",
+]

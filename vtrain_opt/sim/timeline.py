@@ -1,0 +1,204 @@
+"""Reference event-driven simulator of one plan, and its Chrome/Perfetto trace.
+
+It replays Megatron-LM's pipeline schedules (1F1B, and interleaved 1F1B with virtual
+stages) as a task graph: one compute stream per stage, one stream per directed link
+between stages (transfers on a link serialize), and the data-parallel gradient
+reduction and optimizer step of each stage after its last backward. It uses exactly
+the op costs of the vectorized core (``sim/step.py``), so the two can be compared:
+the core's closed forms must agree with this replay (the contract test).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from vtrain_opt.io import write_json_atomic
+from vtrain_opt.sim.step import SimContext, plan_costs
+from vtrain_opt.sim.taskgraph import TaskGraph
+from vtrain_opt.spec.plan import ParallelPlan, PlanBatch
+
+
+def schedule_order(p: int, v: int, m: int, stage: int) -> list[tuple[str, int, int]]:
+    """Megatron's op order on one stage: ('F' or 'B', micro-batch, model chunk)."""
+    if v == 1:
+        warmup = min(p - stage - 1, m)
+        order: list[tuple[str, int, int]] = [("F", k, 0) for k in range(warmup)]
+        for k in range(m - warmup):
+            order.append(("F", warmup + k, 0))
+            order.append(("B", k, 0))
+        order.extend(("B", k, 0) for k in range(m - warmup, m))
+        return order
+    total = m * v
+    warmup = min((p - stage - 1) * 2 + (v - 1) * p, total)
+
+    def fwd(k: int) -> tuple[str, int, int]:
+        return ("F", (k // (p * v)) * p + k % p, (k // p) % v)
+
+    def bwd(k: int) -> tuple[str, int, int]:
+        return ("B", (k // (p * v)) * p + k % p, v - 1 - (k // p) % v)
+
+    order = [fwd(k) for k in range(warmup)]
+    for k in range(total - warmup):
+        order.append(fwd(warmup + k))
+        order.append(bwd(k))
+    order.extend(bwd(k) for k in range(total - warmup, total))
+    return order
+
+
+def _op(kind: str, stage: int, mb: int, chunk: int) -> str:
+    return f"{kind} s{stage} mb{mb} c{chunk}"
+
+
+def build_pipeline(
+    graph: TaskGraph,
+    fwd_s: np.ndarray,
+    bwd_s: np.ndarray,
+    p2p_s: float,
+    num_microbatches: int,
+) -> list[str]:
+    """Add the pipeline's tasks; return the name of each stage's last compute task.
+
+    ``fwd_s[i, j]``/``bwd_s[i, j]``: time of model chunk j on stage i for one micro-batch.
+    """
+    p, v = fwd_s.shape
+    m = num_microbatches
+    last: list[str] = []
+    for i in range(p):
+        stream = f"stage{i}/compute"
+        for kind, mb, j in schedule_order(p, v, m, i):
+            deps: list[str] = []
+            if kind == "F":
+                if i > 0:
+                    deps.append(f"send {_op('F', i - 1, mb, j)}")
+                elif j > 0:
+                    deps.append(f"send {_op('F', p - 1, mb, j - 1)}")
+                name = graph.add(
+                    _op("F", i, mb, j), stream, fwd_s[i, j], deps, "forward", microbatch=mb, chunk=j
+                )
+                if i < p - 1 or j < v - 1:
+                    dst = i + 1 if i < p - 1 else 0
+                    graph.add(
+                        f"send {name}",
+                        f"p2p/fwd {i}->{dst}",
+                        p2p_s,
+                        [name],
+                        "p2p",
+                        microbatch=mb,
+                        chunk=j,
+                    )
+            else:
+                deps.append(_op("F", i, mb, j))
+                if i < p - 1:
+                    deps.append(f"send {_op('B', i + 1, mb, j)}")
+                elif j < v - 1:
+                    deps.append(f"send {_op('B', 0, mb, j + 1)}")
+                name = graph.add(
+                    _op("B", i, mb, j),
+                    stream,
+                    bwd_s[i, j],
+                    deps,
+                    "backward",
+                    microbatch=mb,
+                    chunk=j,
+                )
+                if i > 0 or j > 0:
+                    dst = i - 1 if i > 0 else p - 1
+                    graph.add(
+                        f"send {name}",
+                        f"p2p/bwd {i}->{dst}",
+                        p2p_s,
+                        [name],
+                        "p2p",
+                        microbatch=mb,
+                        chunk=j,
+                    )
+        last.append(name)
+    return last
+
+
+@dataclass
+class ReferenceResult:
+    """The reference replay of one plan."""
+
+    iteration_time_s: float
+    pipeline_s: float  # from the first forward to the end of the last backward
+    stage_pipeline_end_s: list[float]
+    graph: TaskGraph
+
+    def chrome_trace(self) -> dict[str, object]:
+        return self.graph.chrome_trace()
+
+    def write_trace(self, path: str | Path) -> None:
+        """Write the timeline as Chrome/Perfetto trace JSON, atomically."""
+        write_json_atomic(path, self.chrome_trace())
+
+
+def run_reference(
+    fwd_s: np.ndarray,
+    bwd_s: np.ndarray,
+    p2p_s: float,
+    num_microbatches: int,
+    stage_tail_s: list[tuple[float, float]],
+    iteration_overhead_s: float,
+    embedding_sync_s: float = 0.0,
+) -> ReferenceResult:
+    """Replay a plan: the pipeline, then per stage its gradient reduction and optimizer step.
+
+    ``stage_tail_s[i]`` = (exposed data-parallel communication, optimizer step) of stage i.
+    ``embedding_sync_s``: the all-reduce of tied embedding gradients between the first
+    and the last stage, after both have finished their backward passes.
+    """
+    graph = TaskGraph()
+    last = build_pipeline(graph, fwd_s, bwd_s, p2p_s, num_microbatches)
+    p = fwd_s.shape[0]
+    sync = None
+    if embedding_sync_s > 0 and p > 1:
+        sync = graph.add(
+            "embedding grad sync", "p2p/embedding", embedding_sync_s, [last[0], last[-1]], "dp_comm"
+        )
+    for i, (dp_s, opt_s) in enumerate(stage_tail_s):
+        deps = [last[i]] + ([sync] if sync and i in (0, p - 1) else [])
+        comm = graph.add(f"dp reduce s{i}", f"stage{i}/dp", dp_s, deps, "dp_comm")
+        graph.add(f"optimizer s{i}", f"stage{i}/compute", opt_s, [comm], "optimizer")
+    makespan = graph.run()
+    pipe_end = [graph.tasks[n].end_s for n in last]
+    return ReferenceResult(
+        iteration_time_s=makespan + iteration_overhead_s,
+        pipeline_s=max(pipe_end),
+        stage_pipeline_end_s=pipe_end,
+        graph=graph,
+    )
+
+
+def reference(ctx: SimContext, plan: ParallelPlan) -> ReferenceResult:
+    """Replay one plan with the same op costs as the vectorized core."""
+    plan.validate(ctx.model)
+    batch = PlanBatch.from_plans([plan])
+    with np.errstate(all="ignore"):
+        k = plan_costs(ctx, batch)
+    p, v, m = plan.pp, plan.vpp, plan.num_microbatches
+    fwd = np.full((p, v), float(k.chunk_fwd_s[0]))
+    bwd = np.full((p, v), float(k.chunk_bwd_s[0]))
+    fwd[0, 0] += float(k.first_fwd_s[0])
+    bwd[0, 0] += float(k.first_bwd_s[0])
+    fwd[p - 1, v - 1] += float(k.last_fwd_s[0])
+    bwd[p - 1, v - 1] += float(k.last_bwd_s[0])
+    first_tail = (float(k.dp_first_s[0]), float(k.optimizer_first_s[0]))
+    last_tail = (float(k.dp_last_s[0]), float(k.optimizer_last_s[0]))
+    # Middle stages hold fewer parameters than the first; their tails never bind, but they
+    # are replayed with the first stage's tail as an upper bound of their own.
+    tails = [first_tail] + [first_tail] * (p - 2) + ([last_tail] if p > 1 else [])
+    if p == 1:
+        tails = [first_tail]
+    return run_reference(
+        fwd,
+        bwd,
+        float(k.p2p_s[0]),
+        m,
+        tails,
+        iteration_overhead_s=ctx.profile.iteration_overhead_s,
+        embedding_sync_s=float(k.embedding_sync_s[0]),
+    )

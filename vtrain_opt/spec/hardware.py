@@ -1,0 +1,167 @@
+"""GPUSpec (one device's datasheet) and ClusterSpec (nodes, links and price)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import yaml
+
+from vtrain_opt.resources import data_dir
+from vtrain_opt.spec._check import non_negative_number, positive_int, positive_number
+
+DTYPE_BYTES = {"fp8": 1, "fp16": 2, "bf16": 2, "tf32": 4, "fp32": 4}
+
+
+@dataclass(frozen=True)
+class GPUSpec:
+    """Datasheet figures of one GPU (dense FLOP/s per dtype, HBM size and bandwidth)."""
+
+    name: str
+    peak_flop_per_s: dict[str, float]
+    hbm_bytes: float
+    hbm_bytes_per_s: float
+    nvlink_bytes_per_s: float  # per GPU, per direction
+    num_sms: int
+    flash_attention: bool = True  # FlashAttention kernels exist (Ampere and newer)
+    source: str = field(default="", compare=False)
+
+    def __post_init__(self) -> None:
+        owner = f"gpu {self.name!r}"
+        if not self.peak_flop_per_s:
+            raise ValueError(f"{owner}.peak_flop_per_s: needs at least one dtype")
+        for dtype, v in self.peak_flop_per_s.items():
+            if dtype not in DTYPE_BYTES:
+                raise ValueError(
+                    f"{owner}.peak_flop_per_s: unknown dtype {dtype!r}; allowed: {', '.join(DTYPE_BYTES)}"
+                )
+            positive_number(owner, f"peak_flop_per_s[{dtype}]", v)
+        positive_number(owner, "hbm_bytes", self.hbm_bytes)
+        positive_number(owner, "hbm_bytes_per_s", self.hbm_bytes_per_s)
+        positive_number(owner, "nvlink_bytes_per_s", self.nvlink_bytes_per_s)
+        positive_int(owner, "num_sms", self.num_sms)
+
+    def peak(self, dtype: str) -> float:
+        if dtype not in self.peak_flop_per_s:
+            raise ValueError(
+                f"gpu {self.name!r} has no {dtype} peak; it supports {', '.join(self.peak_flop_per_s)}"
+            )
+        return self.peak_flop_per_s[dtype]
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    """A cluster of identical nodes: the GPU, node size, network tiers and price."""
+
+    gpu: GPUSpec
+    gpus_per_node: int = 8
+    intra_node_bytes_per_s: float | None = None  # per GPU per direction; None: the GPU's NVLink
+    intra_node_latency_s: float = 8e-6
+    inter_node_bytes_per_s: float = 200e9  # per node, per direction (all adapters together)
+    inter_node_latency_s: float = 10e-6
+    price_per_gpu_hour_usd: float = 2.0
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        owner = f"cluster {self.name or self.gpu.name!r}"
+        if not self.name:
+            object.__setattr__(self, "name", self.gpu.name)
+        if self.intra_node_bytes_per_s is None:
+            object.__setattr__(self, "intra_node_bytes_per_s", self.gpu.nvlink_bytes_per_s)
+        positive_int(owner, "gpus_per_node", self.gpus_per_node)
+        positive_number(owner, "intra_node_bytes_per_s", self.intra_node_bytes_per_s)
+        positive_number(owner, "inter_node_bytes_per_s", self.inter_node_bytes_per_s)
+        non_negative_number(owner, "intra_node_latency_s", self.intra_node_latency_s)
+        non_negative_number(owner, "inter_node_latency_s", self.inter_node_latency_s)
+        non_negative_number(owner, "price_per_gpu_hour_usd", self.price_per_gpu_hour_usd)
+
+    @property
+    def intra_bytes_per_s(self) -> float:
+        assert self.intra_node_bytes_per_s is not None
+        return self.intra_node_bytes_per_s
+
+    @property
+    def nic_bytes_per_s_per_gpu(self) -> float:
+        """Inter-node bandwidth available to one GPU when every GPU of a node sends at once."""
+        return self.inter_node_bytes_per_s / self.gpus_per_node
+
+    def with_overrides(
+        self,
+        *,
+        gpus_per_node: int | None = None,
+        inter_node_gbps: float | None = None,
+        price_per_gpu_hour_usd: float | None = None,
+        intra_node_bytes_per_s: float | None = None,
+    ) -> ClusterSpec:
+        """A copy with user overrides (the CLI's --gpus-per-node, --inter-node-gbps, --price...)."""
+        changes: dict[str, Any] = {}
+        if gpus_per_node is not None:
+            changes["gpus_per_node"] = gpus_per_node
+        if inter_node_gbps is not None:
+            positive_number("cluster", "inter_node_gbps", inter_node_gbps)
+            changes["inter_node_bytes_per_s"] = inter_node_gbps * 1e9 / 8
+        if price_per_gpu_hour_usd is not None:
+            changes["price_per_gpu_hour_usd"] = price_per_gpu_hour_usd
+        if intra_node_bytes_per_s is not None:
+            changes["intra_node_bytes_per_s"] = intra_node_bytes_per_s
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "gpu": self.gpu.name,
+            "gpus_per_node": self.gpus_per_node,
+            "intra_node_bytes_per_s": self.intra_bytes_per_s,
+            "intra_node_latency_s": self.intra_node_latency_s,
+            "inter_node_bytes_per_s": self.inter_node_bytes_per_s,
+            "inter_node_latency_s": self.inter_node_latency_s,
+            "price_per_gpu_hour_usd": self.price_per_gpu_hour_usd,
+        }
+
+
+_RAW: dict[str, Any] | None = None
+
+
+def _raw() -> dict[str, Any]:
+    global _RAW
+    if _RAW is None:
+        _RAW = yaml.safe_load((data_dir("search_spaces") / "gpus.yaml").read_text())
+    return _RAW
+
+
+def gpu_names() -> list[str]:
+    return sorted(_raw()["gpus"])
+
+
+def get_gpu(name: str) -> GPUSpec:
+    """A GPU of the catalog (``search_spaces/gpus.yaml``) by its CLI name."""
+    key = name.strip().lower()
+    gpus = _raw()["gpus"]
+    if key not in gpus:
+        raise ValueError(f"unknown GPU {name!r}; known GPUs: {', '.join(sorted(gpus))}")
+    d = dict(gpus[key])
+    return GPUSpec(
+        name=key,
+        peak_flop_per_s={k: float(v) for k, v in d["peak_flop_per_s"].items()},
+        hbm_bytes=float(d["hbm_bytes"]),
+        hbm_bytes_per_s=float(d["hbm_bytes_per_s"]),
+        nvlink_bytes_per_s=float(d["nvlink_bytes_per_s"]),
+        num_sms=int(d["num_sms"]),
+        flash_attention=bool(d.get("flash_attention", True)),
+        source=str(d.get("source", "")),
+    )
+
+
+def get_cluster(gpu_name: str) -> ClusterSpec:
+    """The default cluster of a GPU: the vendor's 8-GPU reference node and a list price."""
+    gpu = get_gpu(gpu_name)
+    c = _raw()["clusters"][gpu.name]
+    return ClusterSpec(
+        gpu=gpu,
+        gpus_per_node=int(c["gpus_per_node"]),
+        intra_node_latency_s=float(c["intra_node_latency_s"]),
+        inter_node_bytes_per_s=float(c["inter_node_gbps"]) * 1e9 / 8,
+        inter_node_latency_s=float(c["inter_node_latency_s"]),
+        price_per_gpu_hour_usd=float(c["price_per_gpu_hour_usd"]),
+        name=gpu.name,
+    )

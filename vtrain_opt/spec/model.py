@@ -1,0 +1,283 @@
+"""ModelSpec: the shape of a decoder-only transformer, its parameter count and FLOPs.
+
+Two families are modelled:
+
+* ``gpt``: GPT-2/3 style. LayerNorm, GeLU MLP (ffn = 4h by default), learned
+  position embeddings, biases, dropout, input and output embeddings tied.
+* ``llama``: LLaMA style. RMSNorm, SwiGLU MLP with its own ffn size, grouped-query
+  attention (``num_query_groups`` kv heads), rotary positions, no biases, no
+  dropout, untied input and output embeddings.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from vtrain_opt.resources import data_dir
+from vtrain_opt.spec._check import as_int, positive_int
+
+FAMILIES = ("gpt", "llama")
+# Megatron pads the vocabulary so that each tensor-parallel shard is a multiple of this.
+VOCAB_PAD_MULTIPLE = 128
+
+_FIELDS = (
+    "family",
+    "num_layers",
+    "hidden_size",
+    "num_attention_heads",
+    "num_query_groups",
+    "ffn_hidden_size",
+    "vocab_size",
+    "seq_length",
+)
+_OPTIONAL = ("name", "global_batch", "tied_embeddings", "description", "source")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A decoder-only transformer shape, in Megatron-LM's vocabulary."""
+
+    family: str
+    num_layers: int
+    hidden_size: int
+    num_attention_heads: int
+    vocab_size: int
+    seq_length: int
+    num_query_groups: int | None = None  # kv heads; None means one per attention head
+    ffn_hidden_size: int | None = None  # None: 4h for gpt, LLaMA's 8h/3 rule for llama
+    tied_embeddings: bool | None = None  # None: tied for gpt, untied for llama
+    name: str = "custom"
+    global_batch: int | None = None  # catalog default global batch, in sequences
+    description: str = field(default="", compare=False)
+    source: str = field(default="", compare=False)
+
+    def __post_init__(self) -> None:
+        owner = f"model {self.name!r}"
+        if self.family not in FAMILIES:
+            raise ValueError(f"{owner}.family: {self.family!r} is not one of {', '.join(FAMILIES)}")
+        for f in ("num_layers", "hidden_size", "num_attention_heads", "vocab_size", "seq_length"):
+            positive_int(owner, f, getattr(self, f))
+        if self.num_query_groups is None:
+            object.__setattr__(self, "num_query_groups", self.num_attention_heads)
+        positive_int(owner, "num_query_groups", self.num_query_groups)
+        if self.ffn_hidden_size is None:
+            object.__setattr__(self, "ffn_hidden_size", _default_ffn(self.family, self.hidden_size))
+        positive_int(owner, "ffn_hidden_size", self.ffn_hidden_size)
+        if self.tied_embeddings is None:
+            object.__setattr__(self, "tied_embeddings", self.family == "gpt")
+        if self.global_batch is not None:
+            positive_int(owner, "global_batch", self.global_batch)
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"{owner}: hidden_size {self.hidden_size} must be divisible by "
+                f"num_attention_heads {self.num_attention_heads}"
+            )
+        if self.num_attention_heads % self.kv_heads:
+            raise ValueError(
+                f"{owner}: num_attention_heads {self.num_attention_heads} must be divisible by "
+                f"num_query_groups {self.kv_heads}"
+            )
+
+    # ---- derived shape -------------------------------------------------------------
+    @property
+    def kv_heads(self) -> int:
+        assert self.num_query_groups is not None
+        return self.num_query_groups
+
+    @property
+    def ffn(self) -> int:
+        assert self.ffn_hidden_size is not None
+        return self.ffn_hidden_size
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @property
+    def kv_hidden_size(self) -> int:
+        """Width of the K (or V) projection: kv heads x head size."""
+        return self.kv_heads * self.head_dim
+
+    @property
+    def swiglu(self) -> bool:
+        return self.family == "llama"
+
+    @property
+    def has_bias(self) -> bool:
+        return self.family == "gpt"
+
+    @property
+    def has_dropout(self) -> bool:
+        return self.family == "gpt"
+
+    @property
+    def learned_positions(self) -> bool:
+        return self.family == "gpt"
+
+    def padded_vocab(self, tp: int = 1) -> int:
+        """Megatron's padded vocabulary for tensor parallelism ``tp``."""
+        multiple = VOCAB_PAD_MULTIPLE * tp
+        return -(-self.vocab_size // multiple) * multiple
+
+    # ---- parameter counts ----------------------------------------------------------
+    def layer_matmul_params(self) -> int:
+        """Weights of the GEMMs of one layer (QKV, output projection, MLP)."""
+        h, f = self.hidden_size, self.ffn
+        qkv = h * (h + 2 * self.kv_hidden_size)
+        mlp = (3 if self.swiglu else 2) * h * f
+        return qkv + h * h + mlp
+
+    def layer_params(self) -> int:
+        """All parameters of one transformer layer (weights, biases, norms)."""
+        h, f = self.hidden_size, self.ffn
+        n = self.layer_matmul_params()
+        if self.has_bias:
+            n += (h + 2 * self.kv_hidden_size) + h + f + h
+            n += 2 * 2 * h  # two LayerNorms, weight and bias
+        else:
+            n += 2 * h  # two RMSNorms, weight only
+        return n
+
+    def embedding_params(self) -> int:
+        """Input embedding (and learned positions); the output layer if untied."""
+        h = self.hidden_size
+        n = self.vocab_size * h
+        if self.learned_positions:
+            n += self.seq_length * h
+        if not self.tied_embeddings:
+            n += self.vocab_size * h
+        return n
+
+    def final_norm_params(self) -> int:
+        return (2 if self.has_bias else 1) * self.hidden_size
+
+    def num_params(self) -> int:
+        """Total trainable parameters (unpadded vocabulary, as published counts use)."""
+        return (
+            self.num_layers * self.layer_params()
+            + self.embedding_params()
+            + self.final_norm_params()
+        )
+
+    # ---- FLOPs ------------------------------------------------------------------------
+    def forward_flop_per_token(self, seq_length: int | None = None) -> float:
+        """Forward FLOPs per token: all GEMMs, the attention core and the logits.
+
+        Attention uses the convention of Megatron-LM and PaLM (QK^T and AV counted
+        in full, causal masking not subtracted), so MFU compares with published figures.
+        """
+        s = self.seq_length if seq_length is None else seq_length
+        layer = 2.0 * self.layer_matmul_params() + 4.0 * s * self.hidden_size
+        return self.num_layers * layer + 2.0 * self.hidden_size * self.vocab_size
+
+    def training_flop_per_token(self, seq_length: int | None = None) -> float:
+        """Model FLOPs per trained token (forward + backward = 3x forward, no recompute)."""
+        return 3.0 * self.forward_flop_per_token(seq_length)
+
+    # ---- io ------------------------------------------------------------------------------
+    def with_seq_length(self, seq_length: int) -> ModelSpec:
+        return replace(self, seq_length=seq_length)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("description")
+        d.pop("source")
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], name: str | None = None) -> ModelSpec:
+        """Build from Megatron-named keys; unknown keys are an error (typos must not pass)."""
+        if not isinstance(data, dict):
+            raise ValueError(f"model {name!r}: expected a mapping of Megatron fields, got {data!r}")
+        owner = f"model {name or data.get('name', 'custom')!r}"
+        unknown = sorted(set(data) - set(_FIELDS) - set(_OPTIONAL))
+        if unknown:
+            raise ValueError(
+                f"{owner}: unknown field(s) {', '.join(unknown)}; allowed: {', '.join(_FIELDS + _OPTIONAL)}"
+            )
+        required = (
+            "family",
+            "num_layers",
+            "hidden_size",
+            "num_attention_heads",
+            "vocab_size",
+            "seq_length",
+        )
+        missing = [k for k in required if k not in data]
+        if missing:
+            raise ValueError(f"{owner}: missing field(s) {', '.join(missing)}")
+        kwargs: dict[str, Any] = {"family": str(data["family"]).lower()}
+        for key in (*_FIELDS[1:], "global_batch"):
+            if data.get(key) is not None:
+                kwargs[key] = as_int(owner, key, data[key])
+        if data.get("tied_embeddings") is not None:
+            kwargs["tied_embeddings"] = bool(data["tied_embeddings"])
+        kwargs["name"] = str(name or data.get("name") or "custom")
+        kwargs["description"] = str(data.get("description", ""))
+        kwargs["source"] = str(data.get("source", ""))
+        return cls(**kwargs)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> ModelSpec:
+        p = Path(path)
+        try:
+            text = p.read_text()
+        except OSError as e:
+            raise ValueError(f"model file {str(p)!r}: cannot be read ({e.strerror})") from None
+        try:
+            data = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
+        except (json.JSONDecodeError, yaml.YAMLError) as e:
+            raise ValueError(
+                f"model file {str(p)!r}: not valid {'JSON' if p.suffix == '.json' else 'YAML'}: {str(e).splitlines()[0]}"
+            ) from None
+        if isinstance(data, dict) and "model" in data and isinstance(data["model"], dict):
+            data = data["model"]
+        return cls.from_dict(
+            data, name=(data or {}).get("name", p.stem) if isinstance(data, dict) else p.stem
+        )
+
+
+def _default_ffn(family: str, hidden: int) -> int:
+    if family == "gpt":
+        return 4 * hidden
+    # LLaMA: 2/3 of 4h, rounded up to a multiple of 256
+    return -(-int(8 * hidden / 3) // 256) * 256
+
+
+_CATALOG: dict[str, ModelSpec] | None = None
+
+
+def _catalog() -> dict[str, ModelSpec]:
+    global _CATALOG
+    if _CATALOG is None:
+        raw = yaml.safe_load((data_dir("search_spaces") / "models.yaml").read_text())
+        _CATALOG = {name: ModelSpec.from_dict(d, name=name) for name, d in raw["models"].items()}
+    return _CATALOG
+
+
+def model_names() -> list[str]:
+    return sorted(_catalog())
+
+
+def get_model(name: str) -> ModelSpec:
+    """A model of the catalog (``search_spaces/models.yaml``) by name."""
+    cat = _catalog()
+    key = name.strip().lower()
+    if key not in cat:
+        raise ValueError(f"unknown model {name!r}; known models: {', '.join(sorted(cat))}")
+    return cat[key]
+
+
+def load_model(name_or_path: str) -> ModelSpec:
+    """A catalog name, or a path to a YAML/JSON model file with Megatron's field names."""
+    p = Path(name_or_path)
+    if p.suffix.lower() in (".yaml", ".yml", ".json") or p.is_file():
+        if not p.is_file():
+            raise ValueError(f"model file {name_or_path!r} does not exist")
+        return ModelSpec.from_file(p)
+    return get_model(name_or_path)

@@ -1,0 +1,399 @@
+"""ParallelPlan (one plan, validated) and PlanBatch (N plans as arrays, invalid ones marked).
+
+The rules are written once, vectorized, in ``_RULES``; a single plan is checked by
+running them on a batch of one, so both paths always agree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from vtrain_opt.spec._check import as_int, positive_int
+from vtrain_opt.spec.model import ModelSpec
+
+RECOMPUTE_MODES = ("none", "selective", "full")
+ZERO_STAGES = (0, 1, 2, 3)
+
+# Reason codes for plans that are not feasible. 0 means feasible. Rule violations
+# come first (see _RULES); simulation adds memory. Searches add their own limits.
+REASON_OK = 0
+_RULE_REASONS: list[str] = []
+
+
+@dataclass(frozen=True)
+class _Rule:
+    reason: str  # short, used as the batch's reason code
+    message: str  # long, formatted with the plan's fields, for ParallelPlan.validate
+    broken: Callable[[PlanBatch, ModelSpec], np.ndarray]
+
+
+def _rules() -> list[_Rule]:
+    return [
+        _Rule(
+            "bad size",
+            "tp, pp, dp, micro_batch, global_batch and vpp must be positive integers, "
+            "got tp={tp} pp={pp} dp={dp} micro_batch={micro_batch} global_batch={global_batch} vpp={vpp}",
+            lambda b, m: (
+                (b.tp < 1) | (b.pp < 1) | (b.dp < 1) | (b.mb < 1) | (b.gb < 1) | (b.vpp < 1)
+            ),
+        ),
+        _Rule(
+            "tp does not divide heads",
+            "tensor parallelism tp={tp} must divide the attention heads ({heads})",
+            lambda b, m: m.num_attention_heads % np.maximum(b.tp, 1) != 0,
+        ),
+        _Rule(
+            "tp does not divide kv heads",
+            "tensor parallelism tp={tp} must divide the kv heads / query groups ({kv_heads})",
+            lambda b, m: m.kv_heads % np.maximum(b.tp, 1) != 0,
+        ),
+        _Rule(
+            "tp does not divide ffn",
+            "tensor parallelism tp={tp} must divide ffn_hidden_size ({ffn})",
+            lambda b, m: m.ffn % np.maximum(b.tp, 1) != 0,
+        ),
+        _Rule(
+            "pp*vpp does not divide layers",
+            "pipeline stages x virtual stages (pp={pp} x vpp={vpp}) must divide the layers ({layers})",
+            lambda b, m: m.num_layers % np.maximum(b.pp * b.vpp, 1) != 0,
+        ),
+        _Rule(
+            "dp*mb does not divide global batch",
+            "global_batch={global_batch} must be a multiple of dp x micro_batch = {dp} x {micro_batch}",
+            lambda b, m: b.gb % np.maximum(b.dp * b.mb, 1) != 0,
+        ),
+        _Rule(
+            "vpp needs pp > 1",
+            "interleaved stages (vpp={vpp}) need pipeline parallelism pp > 1, got pp={pp}",
+            lambda b, m: (b.vpp > 1) & (b.pp < 2),
+        ),
+        _Rule(
+            "vpp needs micro-batches % pp == 0",
+            "the interleaved schedule (vpp={vpp}) needs the number of micro-batches "
+            "(global_batch / (dp x micro_batch) = {num_microbatches}) to be a multiple of pp={pp}",
+            lambda b, m: (b.vpp > 1) & (b.num_microbatches % np.maximum(b.pp, 1) != 0),
+        ),
+        _Rule(
+            "sequence parallel needs tp > 1",
+            "sequence parallelism needs tensor parallelism tp > 1, got tp={tp}",
+            lambda b, m: b.sp & (b.tp < 2),
+        ),
+        _Rule(
+            "tp does not divide seq length",
+            "sequence parallelism needs tp={tp} to divide the sequence length ({seq_length})",
+            lambda b, m: b.sp & (m.seq_length % np.maximum(b.tp, 1) != 0),
+        ),
+        _Rule(
+            "ZeRO-2/3 with pp > 1",
+            "ZeRO stage {zero} cannot be combined with pipeline parallelism (pp={pp}); "
+            "use ZeRO 0 or 1 with pp > 1 (as DeepSpeed requires)",
+            lambda b, m: (b.zero >= 2) & (b.pp > 1),
+        ),
+    ]
+
+
+_RULE_LIST = _rules()
+_RULE_REASONS.extend(r.reason for r in _RULE_LIST)
+REASONS: tuple[str, ...] = ("", *_RULE_REASONS, "out of memory")
+REASON_OOM = REASONS.index("out of memory")
+
+
+def reason_code(reason: str) -> int:
+    return REASONS.index(reason)
+
+
+@dataclass(frozen=True)
+class ParallelPlan:
+    """One training plan: how the model is split over GPUs and scheduled."""
+
+    tp: int = 1
+    pp: int = 1
+    dp: int = 1
+    micro_batch: int = 1
+    global_batch: int = 1
+    recompute: str = "none"  # none | selective | full
+    sequence_parallel: bool = False
+    vpp: int = 1  # virtual pipeline stages per GPU (interleaved 1F1B when > 1)
+    zero: int = 0  # ZeRO stage (0 = none; 1 = distributed optimizer)
+    dp_overlap: bool = True  # overlap the gradient reduction with the backward pass
+
+    def __post_init__(self) -> None:
+        for f in ("tp", "pp", "dp", "micro_batch", "global_batch", "vpp"):
+            positive_int("plan", f, getattr(self, f))
+        if self.recompute not in RECOMPUTE_MODES:
+            raise ValueError(
+                f"plan.recompute: {self.recompute!r} is not one of {', '.join(RECOMPUTE_MODES)}"
+            )
+        if self.zero not in ZERO_STAGES:
+            raise ValueError(f"plan.zero: {self.zero!r} is not one of 0, 1, 2, 3")
+
+    @property
+    def num_gpus(self) -> int:
+        return self.tp * self.pp * self.dp
+
+    @property
+    def num_microbatches(self) -> int:
+        return self.global_batch // (self.dp * self.micro_batch)
+
+    def validate(self, model: ModelSpec) -> ParallelPlan:
+        """Raise ValueError naming the first rule this plan breaks for ``model``."""
+        batch = PlanBatch.from_plans([self])
+        for rule in _RULE_LIST:
+            if bool(rule.broken(batch, model)[0]):
+                values = asdict(self) | {
+                    "heads": model.num_attention_heads,
+                    "kv_heads": model.kv_heads,
+                    "ffn": model.ffn,
+                    "layers": model.num_layers,
+                    "seq_length": model.seq_length,
+                    "num_microbatches": f"{self.global_batch / (self.dp * self.micro_batch):g}",
+                }
+                raise ValueError(f"invalid plan: {rule.message.format(**values)}")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self) | {"num_gpus": self.num_gpus}
+
+    def describe(self) -> str:
+        extras = []
+        if self.vpp > 1:
+            extras.append(f"vpp={self.vpp}")
+        if self.sequence_parallel:
+            extras.append("sp")
+        if self.zero:
+            extras.append(f"zero={self.zero}")
+        extras.append(f"recompute={self.recompute}")
+        return (
+            f"tp={self.tp} pp={self.pp} dp={self.dp} mb={self.micro_batch} gb={self.global_batch} "
+            + " ".join(extras)
+        )
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> ParallelPlan:
+        """From a dict with the field names (or the short aliases mb, gb, sp)."""
+        aliases = {"mb": "micro_batch", "gb": "global_batch", "sp": "sequence_parallel"}
+        kwargs: dict[str, Any] = {}
+        for key, value in data.items():
+            name = aliases.get(key, key)
+            if name in ("tp", "pp", "dp", "micro_batch", "global_batch", "vpp", "zero"):
+                kwargs[name] = as_int("plan", name, value)
+            elif name in ("sequence_parallel", "dp_overlap"):
+                kwargs[name] = _as_bool(name, value)
+            elif name == "recompute":
+                kwargs[name] = str(value)
+            elif name == "num_gpus":
+                continue
+            else:
+                raise ValueError(
+                    f"plan: unknown field {key!r}; allowed: tp, pp, dp, mb, gb, recompute, sp, vpp, zero, dp_overlap"
+                )
+        plan = cls(**kwargs)
+        if "num_gpus" in data and as_int("plan", "num_gpus", data["num_gpus"]) != plan.num_gpus:
+            raise ValueError(
+                f"invalid plan: num_gpus={data['num_gpus']} must equal tp x pp x dp = {plan.num_gpus}"
+            )
+        return plan
+
+
+def _as_bool(name: str, value: Any) -> bool:
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.lower() in (
+        "true",
+        "false",
+        "yes",
+        "no",
+        "on",
+        "off",
+        "1",
+        "0",
+    ):
+        return value.lower() in ("true", "yes", "on", "1")
+    raise ValueError(f"plan.{name}: {value!r} is not a boolean")
+
+
+_INT_FIELDS = ("tp", "pp", "dp", "mb", "gb", "vpp", "zero")
+_BOOL_FIELDS = ("sp", "dp_overlap")
+
+
+class PlanBatch:
+    """N plans as a struct of arrays (each shape (N,)). Invalid plans are marked, not raised.
+
+    Columns: tp, pp, dp, mb (micro-batch), gb (global batch), vpp, zero (int64);
+    recompute (int8 code into RECOMPUTE_MODES); sp, dp_overlap (bool).
+    """
+
+    __slots__ = ("dp", "dp_overlap", "gb", "mb", "pp", "recompute", "sp", "tp", "vpp", "zero")
+
+    tp: np.ndarray
+    pp: np.ndarray
+    dp: np.ndarray
+    mb: np.ndarray
+    gb: np.ndarray
+    vpp: np.ndarray
+    zero: np.ndarray
+    recompute: np.ndarray
+    sp: np.ndarray
+    dp_overlap: np.ndarray
+
+    def __init__(
+        self,
+        *,
+        tp: Any,
+        pp: Any,
+        dp: Any,
+        mb: Any,
+        gb: Any,
+        recompute: Any = "none",
+        sp: Any = False,
+        vpp: Any = 1,
+        zero: Any = 0,
+        dp_overlap: Any = True,
+    ) -> None:
+        cols: dict[str, Any] = {
+            "tp": tp,
+            "pp": pp,
+            "dp": dp,
+            "mb": mb,
+            "gb": gb,
+            "vpp": vpp,
+            "zero": zero,
+            "recompute": _recompute_codes(recompute),
+            "sp": sp,
+            "dp_overlap": dp_overlap,
+        }
+        n = max(np.size(v) for v in cols.values())
+        for name, value in cols.items():
+            arr = np.asarray(value)
+            if arr.ndim > 1:
+                raise ValueError(f"PlanBatch.{name}: expected a scalar or 1-D array")
+            if arr.size not in (1, n):
+                raise ValueError(f"PlanBatch.{name}: length {arr.size} does not match {n}")
+            if name in _INT_FIELDS:
+                if arr.dtype.kind not in "iu":
+                    if arr.dtype.kind == "f" and np.all(np.mod(arr, 1) == 0):
+                        arr = arr.astype(np.int64)
+                    else:
+                        raise ValueError(f"PlanBatch.{name}: expected integers")
+                arr = arr.astype(np.int64, copy=False)
+            elif name in _BOOL_FIELDS:
+                arr = arr.astype(bool, copy=False)
+            out = np.broadcast_to(arr, (n,)) if arr.size == 1 and n != 1 else arr.reshape(n)
+            object.__setattr__(self, name, np.ascontiguousarray(out))
+        if np.any((self.zero < 0) | (self.zero > 3)):
+            raise ValueError("PlanBatch.zero: ZeRO stage must be 0, 1, 2 or 3")
+
+    # ---- construction ---------------------------------------------------------------
+    @classmethod
+    def from_plans(cls, plans: list[ParallelPlan]) -> PlanBatch:
+        if not plans:
+            raise ValueError("PlanBatch.from_plans: no plans given")
+        return cls(
+            tp=[p.tp for p in plans],
+            pp=[p.pp for p in plans],
+            dp=[p.dp for p in plans],
+            mb=[p.micro_batch for p in plans],
+            gb=[p.global_batch for p in plans],
+            recompute=[p.recompute for p in plans],
+            sp=[p.sequence_parallel for p in plans],
+            vpp=[p.vpp for p in plans],
+            zero=[p.zero for p in plans],
+            dp_overlap=[p.dp_overlap for p in plans],
+        )
+
+    @classmethod
+    def from_frame(cls, df: pd.DataFrame) -> PlanBatch:
+        """From a DataFrame with the batch's column names (missing optional ones take defaults)."""
+        kwargs = {c: df[c].to_numpy() for c in cls.__slots__ if c in df.columns}
+        if "recompute" in kwargs and kwargs["recompute"].dtype.kind in "OUS":
+            kwargs["recompute"] = _recompute_codes(kwargs["recompute"])
+        return cls(**kwargs)
+
+    # ---- derived -------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return int(self.tp.shape[0])
+
+    @property
+    def n(self) -> int:
+        return len(self)
+
+    @property
+    def num_gpus(self) -> np.ndarray:
+        return self.tp * self.pp * self.dp
+
+    @property
+    def num_microbatches(self) -> np.ndarray:
+        return self.gb // np.maximum(self.dp * self.mb, 1)
+
+    def check(self, model: ModelSpec) -> np.ndarray:
+        """Reason code per plan (0 = valid): the first rule each plan breaks."""
+        reason = np.zeros(self.n, dtype=np.int16)
+        for code, rule in enumerate(_RULE_LIST, start=1):
+            broken = rule.broken(self, model)
+            reason[(reason == 0) & broken] = code
+        return reason
+
+    def take(self, idx: Any) -> PlanBatch:
+        return PlanBatch(**{name: getattr(self, name)[idx] for name in self.__slots__})
+
+    def plan(self, i: int) -> ParallelPlan:
+        return ParallelPlan(
+            tp=int(self.tp[i]),
+            pp=int(self.pp[i]),
+            dp=int(self.dp[i]),
+            micro_batch=int(self.mb[i]),
+            global_batch=int(self.gb[i]),
+            recompute=RECOMPUTE_MODES[int(self.recompute[i])],
+            sequence_parallel=bool(self.sp[i]),
+            vpp=int(self.vpp[i]),
+            zero=int(self.zero[i]),
+            dp_overlap=bool(self.dp_overlap[i]),
+        )
+
+    def to_frame(self) -> pd.DataFrame:
+        """The plan columns, with human names, for result tables."""
+        return pd.DataFrame(
+            {
+                "num_gpus": self.num_gpus,
+                "tp": self.tp,
+                "pp": self.pp,
+                "dp": self.dp,
+                "micro_batch": self.mb,
+                "global_batch": self.gb,
+                "num_microbatches": self.num_microbatches,
+                "recompute": pd.Categorical.from_codes(
+                    self.recompute.astype(np.int8), categories=list(RECOMPUTE_MODES)
+                ),
+                "sequence_parallel": self.sp,
+                "vpp": self.vpp,
+                "zero": self.zero,
+                "dp_overlap": self.dp_overlap,
+            }
+        )
+
+
+def _recompute_codes(value: Any) -> np.ndarray:
+    arr = np.asarray(value)
+    if arr.dtype.kind in "iu":
+        if np.any((arr < 0) | (arr >= len(RECOMPUTE_MODES))):
+            raise ValueError(
+                "PlanBatch.recompute: codes must be 0 (none), 1 (selective) or 2 (full)"
+            )
+        return arr.astype(np.int8)
+    flat = np.atleast_1d(arr).astype(str)
+    codes = np.full(flat.shape, -1, dtype=np.int8)
+    for code, mode in enumerate(RECOMPUTE_MODES):
+        codes[flat == mode] = code
+    if np.any(codes < 0):
+        bad = sorted(set(flat[codes < 0].tolist()))
+        raise ValueError(
+            f"recompute: {', '.join(map(repr, bad))} not one of {', '.join(RECOMPUTE_MODES)}"
+        )
+    return codes.reshape(arr.shape) if arr.ndim else codes[0:1]
