@@ -31,6 +31,21 @@ from dataclasses import dataclass
 import numpy as np
 
 
+def closed_form_is_exact(
+    *, first_extra_s: np.ndarray, last_extra_s: np.ndarray, p2p_s: np.ndarray,
+    pp: np.ndarray, vpp: np.ndarray,
+) -> np.ndarray:
+    """Where the closed forms equal the task-graph replay exactly (to rounding).
+
+    Exact: a single stage; 1F1B when the first stage carries no extra work or its extra e
+    is small enough that e + 2c <= d; interleaved 1F1B when e = 0. Elsewhere the terms in e
+    are approximations (the contract test bounds them at 1%).
+    """
+    e, d, c = first_extra_s, last_extra_s, p2p_s
+    plain_exact = (e == 0) | (e + 2 * c <= d)
+    return (np.asarray(pp) == 1) | np.where(np.asarray(vpp) > 1, e == 0, plain_exact)
+
+
 @dataclass
 class PipelineTimes:
     """Pipeline phase of one iteration, arrays (N,) in seconds."""
