@@ -96,34 +96,32 @@ def layer_costs(
         dropout = model.has_dropout
         attn_fwd = (
             ops.gemm_s(s, s, d, batch=bh)  # Q K^T
-            + ops.memory_s(2 * scores_bytes)  # fused scale-mask-softmax: read + write
-            + (ops.memory_s(2.5 * scores_bytes) if dropout else 0.0)  # read, write, 1-byte mask
+            + ops.memory_s(2 * scores_bytes, 1, "softmax")  # fused scale-mask-softmax
+            + (ops.memory_s(2.5 * scores_bytes, 1, "dropout") if dropout else 0.0)  # + mask
             + ops.gemm_s(s, d, s, batch=bh)  # P V
         )
         attn_bwd = (
             ops.gemm_s(s, s, d, batch=bh)  # dP = dO V^T
             + ops.gemm_s(s, d, s, batch=bh)  # dV = P^T dO
-            + (ops.memory_s(2.5 * scores_bytes) if dropout else 0.0)
-            + ops.memory_s(3 * scores_bytes)  # softmax backward: read y, dy; write dx
+            + (ops.memory_s(2.5 * scores_bytes, 1, "dropout_bwd") if dropout else 0.0)
+            + ops.memory_s(3 * scores_bytes, 1, "softmax_bwd")  # read y, dy; write dx
             + ops.gemm_s(s, d, s, batch=bh)  # dQ = dS K
             + ops.gemm_s(s, d, s, batch=bh)  # dK = dS^T Q
         )
 
-    # ---- memory-bound ops (bytes moved; the backward moves about twice as much) ---------------
+    # ---- memory-bound ops: bytes moved; each backward moves about twice its forward ------------
     rep = tokens_rep * h * a_bytes  # one replicated activation tensor
-    mem_bytes = 2 * 2 * rep  # two norms: read + write
-    kernels = 2
+    norm = "layernorm" if model.has_bias else "rmsnorm"
+    mem_ops: list[tuple[str, np.ndarray, int]] = [(norm, 2 * rep, 2)]  # (op, fwd bytes, count)
     if model.has_dropout:
-        mem_bytes = mem_bytes + 2 * (3 * rep + tokens_rep * h)  # 2x bias-dropout-add (+ mask)
-        mem_bytes = mem_bytes + 2 * tokens * f / t * a_bytes  # bias + GeLU
-        kernels += 3
+        mem_ops.append(("bias_dropout_add", 3 * rep + tokens_rep * h, 2))  # + 1-byte mask
+        mem_ops.append(("bias_gelu", 2 * tokens * f / t * a_bytes, 1))
     else:
-        mem_bytes = mem_bytes + 2 * 3 * rep  # 2x residual add
-        mem_bytes = mem_bytes + 3 * tokens * f / t * a_bytes  # SwiGLU: read 2, write 1
-        mem_bytes = mem_bytes + 2 * tokens * (h + kvh) / t * a_bytes  # rotary on Q and K
-        kernels += 5
-    mem_fwd = ops.memory_s(mem_bytes, kernels)
-    mem_bwd = ops.memory_s(2 * mem_bytes, 2 * kernels)
+        mem_ops.append(("residual_add", 3 * rep, 2))
+        mem_ops.append(("swiglu", 3 * tokens * f / t * a_bytes, 1))  # read gate, up; write
+        mem_ops.append(("rotary", 2 * tokens * (h + kvh) / t * a_bytes, 1))  # on Q and K
+    mem_fwd = sum(n * ops.memory_s(nbytes, 1, op) for op, nbytes, n in mem_ops)
+    mem_bwd = sum(n * ops.memory_s(2 * nbytes, 2, f"{op}_bwd") for op, nbytes, n in mem_ops)
 
     # ---- tensor-parallel collectives ----------------------------------------------------------
     gpn = ops.cluster.gpus_per_node
@@ -173,20 +171,22 @@ def edge_costs(
     # Embedding: row gather (+ learned positions, dropout for GPT); vocab-parallel, so the
     # partial rows are summed over tp (all-reduce, or reduce-scatter with SP).
     emb_bytes = 2 * act + ((3 * act + 2.5 * act) if model.learned_positions else 0.0)
-    emb_fwd = ops.memory_s(emb_bytes, 3 if model.learned_positions else 1)
-    emb_bwd = ops.memory_s(tokens * h * (a_bytes + 8.0), 2)  # scatter-add into fp32 grads
+    emb_fwd = ops.memory_s(emb_bytes, 3 if model.learned_positions else 1, "embedding")
+    emb_bwd = ops.memory_s(tokens * h * (a_bytes + 8.0), 2, "embedding_bwd")  # fp32 scatter-add
     emb_fwd_comm = np.where(sp, rs, ar)
     emb_bwd_comm = np.where(sp, ag, 0.0)
 
     # Head: final norm, logits GEMM over the local vocabulary shard, vocab-parallel
     # cross-entropy in fp32 (max, exp-sum, target logit: three small all-reduces).
     tokens_rep = np.where(sp, tokens / t, tokens)
-    norm = ops.memory_s(2 * tokens_rep * h * a_bytes, 1)
+    norm_op = "layernorm" if model.has_bias else "rmsnorm"
+    norm_fwd = ops.memory_s(2 * tokens_rep * h * a_bytes, 1, norm_op)
+    norm_bwd = ops.memory_s(4 * tokens_rep * h * a_bytes, 2, f"{norm_op}_bwd")
     logits_fwd = ops.gemm_s(tokens, vocab_local, h)
     logits_bwd = ops.gemm_s(tokens, h, vocab_local) + ops.gemm_s(h, vocab_local, tokens)
     elems = tokens * vocab_local
-    ce_fwd = ops.memory_s(elems * (a_bytes + 16.0), 5)
-    ce_bwd = ops.memory_s(elems * (4.0 + a_bytes), 2)
+    ce_fwd = ops.memory_s(elems * (a_bytes + 16.0), 5, "cross_entropy")
+    ce_bwd = ops.memory_s(elems * (4.0 + a_bytes), 2, "cross_entropy_bwd")
     small = ops.collective_s("all_reduce", tokens * 4.0, t, per_node)
     head_fwd_comm = np.where(sp, ag, 0.0) + 3 * small
     head_bwd_comm = np.where(sp, rs, ar)
@@ -195,9 +195,9 @@ def edge_costs(
         embed_fwd_comm_s=emb_fwd_comm,
         embed_bwd_compute_s=emb_bwd,
         embed_bwd_comm_s=emb_bwd_comm,
-        head_fwd_compute_s=norm + logits_fwd + ce_fwd,
+        head_fwd_compute_s=norm_fwd + logits_fwd + ce_fwd,
         head_fwd_comm_s=head_fwd_comm,
-        head_bwd_compute_s=2 * norm + logits_bwd + ce_bwd,
+        head_bwd_compute_s=norm_bwd + logits_bwd + ce_bwd,
         head_bwd_comm_s=head_bwd_comm,
     )
 

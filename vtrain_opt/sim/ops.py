@@ -17,6 +17,8 @@ efficiencies:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
 
 import numpy as np
 
@@ -34,6 +36,21 @@ class OpModel:
     profile: Profile
     cluster: ClusterSpec
     setup: Setup
+
+    @cached_property
+    def measured(self) -> Any:
+        """Op tables of a measured profile (``sim/measured.py``), or None for analytical ones."""
+        if not self.profile.tables:
+            return None
+        from vtrain_opt.sim.measured import MeasuredTables
+
+        return MeasuredTables(self.profile.tables, self.profile.name)
+
+    def _override(self, op: str, analytical: np.ndarray, **shape: Any) -> np.ndarray:
+        """Measured times where the profile has a table covering the shape, else analytical."""
+        if self.measured is None:
+            return analytical
+        return self.measured.override(op, analytical, dtype=self.setup.dtype, **shape)
 
     # ---- compute -----------------------------------------------------------------------
     @property
@@ -60,7 +77,8 @@ class OpModel:
             best = t if best is None else np.minimum(best, t)
         assert best is not None
         traffic = (m * k + k * n + m * n) * batch * self.setup.act_bytes
-        return np.maximum(best, traffic / self.memory_bytes_per_s) + p.kernel_overhead_s
+        t = np.maximum(best, traffic / self.memory_bytes_per_s) + p.kernel_overhead_s
+        return self._override("gemm", t, m=m, n=n, k=k, batch=batch)
 
     def flash_attention_s(
         self, batch_heads: ArrayLike, seq: ArrayLike, head_dim: ArrayLike, backward: bool = False
@@ -71,15 +89,23 @@ class OpModel:
         if backward:
             flop = flop * 2.5  # dQ, dK, dV GEMMs plus the recomputed scores
             kernels = 3
-        return flop / (self.peak_flop_per_s * self.profile.attention_efficiency) + (
+        t = flop / (self.peak_flop_per_s * self.profile.attention_efficiency) + (
             kernels * self.profile.kernel_overhead_s
         )
+        op = "attention_bwd" if backward else "attention_fwd"
+        return self._override(op, t, batch_heads=batch_heads, seq=seq, head_dim=head_dim)
 
-    def memory_s(self, nbytes: ArrayLike, kernels: ArrayLike = 1) -> np.ndarray:
-        """A memory-bound op (or several fused ones) moving ``nbytes`` through HBM."""
-        return np.asarray(nbytes, dtype=np.float64) / self.memory_bytes_per_s + (
+    def memory_s(self, nbytes: ArrayLike, kernels: ArrayLike = 1, op: str = "memory") -> np.ndarray:
+        """A memory-bound op (or several fused ones) moving ``nbytes`` through HBM.
+
+        ``op`` names the kind (layernorm, rmsnorm, gelu, swiglu, softmax, dropout, residual,
+        rotary, embedding, cross_entropy, optimizer, ...) so a measured profile can answer
+        with that op's own table.
+        """
+        t = np.asarray(nbytes, dtype=np.float64) / self.memory_bytes_per_s + (
             np.asarray(kernels, dtype=np.float64) * self.profile.kernel_overhead_s
         )
+        return self._override(op, t, nbytes=nbytes, kernels=kernels)
 
     # ---- communication -------------------------------------------------------------------
     def bus_bytes_per_s(self, group: ArrayLike, per_node: ArrayLike) -> np.ndarray:
@@ -122,6 +148,7 @@ class OpModel:
             + steps * hop_s
             + volume * np.asarray(nbytes, dtype=np.float64) / self.bus_bytes_per_s(group, per_node)
         )
+        t = self._override(kind, t, nbytes=nbytes, group=group, per_node=per_node)
         return np.where(group > 1, t, 0.0)
 
     def p2p_s(self, nbytes: ArrayLike, inter_node: ArrayLike) -> np.ndarray:
@@ -133,7 +160,8 @@ class OpModel:
             c.intra_bytes_per_s * p.nvlink_efficiency,
         )
         lat = np.where(inter_node, c.inter_node_latency_s, c.intra_node_latency_s)
-        return p.collective_latency_s + lat + np.asarray(nbytes, dtype=np.float64) / bw
+        t = p.collective_latency_s + lat + np.asarray(nbytes, dtype=np.float64) / bw
+        return self._override("send_recv", t, nbytes=nbytes, inter_node=inter_node)
 
 
 def members_per_node(group: np.ndarray, stride: np.ndarray, gpus_per_node: int) -> np.ndarray:

@@ -32,8 +32,12 @@ import numpy as np
 
 
 def closed_form_is_exact(
-    *, first_extra_s: np.ndarray, last_extra_s: np.ndarray, p2p_s: np.ndarray,
-    pp: np.ndarray, vpp: np.ndarray,
+    *,
+    first_extra_s: np.ndarray,
+    last_extra_s: np.ndarray,
+    p2p_s: np.ndarray,
+    pp: np.ndarray,
+    vpp: np.ndarray,
 ) -> np.ndarray:
     """Where the closed forms equal the task-graph replay exactly (to rounding).
 

@@ -18,6 +18,7 @@ pipeline stage (the slowest: it carries the logits and the loss).
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
@@ -51,7 +52,7 @@ class SimContext:
     profile: Profile
     setup: Setup
 
-    @property
+    @cached_property
     def ops(self) -> OpModel:
         return OpModel(self.profile, self.cluster, self.setup)
 
@@ -201,8 +202,8 @@ def plan_costs(ctx: SimContext, batch: PlanBatch) -> PlanCosts:
     def optimizer(stage: np.ndarray) -> np.ndarray:
         # fused Adam over the local (ZeRO: sharded) parameters, plus zeroing the gradients
         per_param = 2 * setup.grad_bytes + 2 * setup.optimizer_bytes + setup.weight_bytes
-        full = ops.memory_s(stage * (per_param + setup.grad_bytes), 4)
-        sharded = ops.memory_s(stage * (per_param / u_d + setup.grad_bytes), 4)
+        full = ops.memory_s(stage * (per_param + setup.grad_bytes), 4, "optimizer")
+        sharded = ops.memory_s(stage * (per_param / u_d + setup.grad_bytes), 4, "optimizer")
         return np.where(batch.zero >= 1, gather2(sharded), gather2(full))
 
     tied = model.tied_embeddings
