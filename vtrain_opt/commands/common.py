@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from vtrain_opt.profiles import load_profile
 from vtrain_opt.sim.step import SimContext, make_context
 from vtrain_opt.spec.hardware import ClusterSpec, get_cluster
 from vtrain_opt.spec.model import ModelSpec, load_model
@@ -79,15 +80,15 @@ def add_model_args(parser: argparse.ArgumentParser, required: bool = True) -> No
     )
 
 
-def add_cluster_args(
-    parser: argparse.ArgumentParser, gpu_default: str | None = "a100-80gb"
-) -> None:
+DEFAULT_GPU = "a100-80gb"
+
+
+def add_cluster_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("cluster")
     g.add_argument(
         "--gpu",
-        default=gpu_default,
         metavar="NAME",
-        help=f"GPU type (default: {gpu_default}); see `catalog`",
+        help=f"GPU type (default: the --profile's GPU, else {DEFAULT_GPU}); see `catalog`",
     )
     g.add_argument(
         "--gpus-per-node", type=positive_int, metavar="N", help="GPUs per node (default: 8)"
@@ -137,8 +138,17 @@ def resolve_model(args: argparse.Namespace) -> ModelSpec:
     return model
 
 
+def gpu_name(args: argparse.Namespace) -> str:
+    """--gpu, else the GPU of --profile (so a profile of another GPU is not mixed up), else the default."""
+    if getattr(args, "gpu", None):
+        return str(args.gpu)
+    if getattr(args, "profile", None):
+        return load_profile(args.profile).gpu
+    return DEFAULT_GPU
+
+
 def resolve_cluster(args: argparse.Namespace, gpu: str | None = None) -> ClusterSpec:
-    cluster = get_cluster(gpu or args.gpu)
+    cluster = get_cluster(gpu or gpu_name(args))
     return cluster.with_overrides(
         gpus_per_node=getattr(args, "gpus_per_node", None),
         inter_node_gbps=getattr(args, "inter_node_gbps", None),
