@@ -267,7 +267,7 @@ def _simulate_chunk(
         pipe = pipeline_times(
             chunk_s=k.chunk_fwd_s + k.chunk_bwd_s,
             chunk_bwd_s=k.chunk_bwd_s,
-            first_extra_s=k.first_fwd_s + k.first_bwd_s,
+            first_extra_fwd_s=k.first_fwd_s,
             first_extra_bwd_s=k.first_bwd_s,
             last_extra_s=k.last_fwd_s + k.last_bwd_s,
             p2p_s=k.p2p_s,

@@ -41,6 +41,41 @@ class GPUSpec:
         positive_number(owner, "nvlink_bytes_per_s", self.nvlink_bytes_per_s)
         positive_int(owner, "num_sms", self.num_sms)
 
+    @classmethod
+    def from_dict(cls, data: Any, name: str, owner: str | None = None) -> GPUSpec:
+        """A GPU from a mapping with the catalog's keys, e.g. a measured profile's ``device``
+        block; other keys (descriptions, sources) are ignored. A bad key raises ValueError."""
+        where = owner or f"gpu {name!r}"
+        if not isinstance(data, dict):
+            raise ValueError(f"{where} must be an object with the GPU catalog's keys")
+        for key in (
+            "peak_flop_per_s",
+            "hbm_bytes",
+            "hbm_bytes_per_s",
+            "nvlink_bytes_per_s",
+            "num_sms",
+        ):
+            if key not in data:
+                raise ValueError(f"{where}: missing key {key!r}")
+        peaks = data["peak_flop_per_s"]
+        if not isinstance(peaks, dict):
+            raise ValueError(f"{where}: key 'peak_flop_per_s' must be an object of dtype -> FLOP/s")
+        try:
+            return cls(
+                name=name,
+                peak_flop_per_s={
+                    str(k): _number(v, f"peak_flop_per_s.{k}") for k, v in peaks.items()
+                },
+                hbm_bytes=_number(data["hbm_bytes"], "hbm_bytes"),
+                hbm_bytes_per_s=_number(data["hbm_bytes_per_s"], "hbm_bytes_per_s"),
+                nvlink_bytes_per_s=_number(data["nvlink_bytes_per_s"], "nvlink_bytes_per_s"),
+                num_sms=int(_number(data["num_sms"], "num_sms")),
+                flash_attention=bool(data.get("flash_attention", True)),
+                source=str(data.get("source", "")),
+            )
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from None
+
     def peak(self, dtype: str) -> float:
         if dtype not in self.peak_flop_per_s:
             raise ValueError(
@@ -119,6 +154,12 @@ class ClusterSpec:
         }
 
 
+def _number(value: Any, key: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"key {key!r} must be a number, got {value!r}")
+    return float(value)
+
+
 _RAW: dict[str, Any] | None = None
 
 
@@ -165,3 +206,25 @@ def get_cluster(gpu_name: str) -> ClusterSpec:
         price_per_gpu_hour_usd=float(c["price_per_gpu_hour_usd"]),
         name=gpu.name,
     )
+
+
+def cluster_for_profile(profile: Any) -> ClusterSpec:
+    """The default cluster of a profile's GPU: the catalog's, or, for a device outside the
+    catalog (a measured profile of a CPU or another GPU), one built from the profile's
+    ``device`` block with the ClusterSpec defaults for what it does not say."""
+    name = str(profile.gpu)
+    if name.strip().lower() in _raw()["gpus"]:
+        return get_cluster(name)
+    device = getattr(profile, "device", None)
+    if not device:
+        raise ValueError(
+            f"profile {profile.name!r}: GPU {name!r} is not in the catalog and the profile has "
+            f"no 'device' block; known GPUs: {', '.join(gpu_names())}"
+        )
+    gpu = GPUSpec.from_dict(device, name=name, owner=f"profile {profile.name!r}: key 'device'")
+    per_node = device.get("devices_per_node", 1)
+    if isinstance(per_node, bool) or not isinstance(per_node, int) or per_node < 1:
+        raise ValueError(
+            f"profile {profile.name!r}: key 'device.devices_per_node' must be a positive integer"
+        )
+    return ClusterSpec(gpu=gpu, gpus_per_node=per_node, name=name)

@@ -1,0 +1,324 @@
+"""Measured op tables (written by ``python -m vtrain_opt profile``), read by interpolation.
+
+A measured profile holds, per dtype, one table per op: the median measured time on a
+grid of sizes. ``MeasuredTables.override`` answers an op-time query from the table
+where the table covers the shape, and keeps the analytical time elsewhere, counting
+what fell outside so the user can be told.
+
+Interpolation is in log space: log time, multilinear in the log of each size axis
+(GEMM over (m, n, k), attention over (batch_heads, seq, head_dim), memory-bound ops
+over bytes, collectives over bytes for each measured group size). Power laws are
+straight lines in log space, so a GEMM or a copy that scales with its size is
+interpolated without bias, and grid points return the measured value exactly.
+
+JSON layout (``profile["tables"]``)::
+
+    {"bf16": {"gemm": {"axes": ["m", "n", "k"],
+                       "grid": {"m": [...], "n": [...], "k": [...]},
+                       "time_s": nested lists (axis order, null = not measured),
+                       "spread": same shape, relative interquartile range (optional),
+                       "repeats": 10, "shape": {...how it was measured...}},
+              "layernorm": {"axes": ["nbytes"], ...},
+              "all_reduce": {"axes": ["group", "nbytes"], "scope": "intra_node", ...}}}
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+DTYPES = ("fp16", "bf16", "fp32")
+
+# Memory-bound ops, by the names ``sim/costs.py`` and ``sim/step.py`` pass to ``memory_s``;
+# each table is keyed by the bytes the simulator counts for the op (see those modules).
+MEMORY_OPS = (
+    "layernorm",
+    "layernorm_bwd",
+    "rmsnorm",
+    "rmsnorm_bwd",
+    "bias_dropout_add",
+    "bias_dropout_add_bwd",
+    "residual_add",
+    "residual_add_bwd",
+    "bias_gelu",
+    "bias_gelu_bwd",
+    "swiglu",
+    "swiglu_bwd",
+    "rotary",
+    "rotary_bwd",
+    "softmax",
+    "softmax_bwd",
+    "dropout",
+    "dropout_bwd",
+    "embedding",
+    "embedding_bwd",
+    "cross_entropy",
+    "cross_entropy_bwd",
+    "optimizer",
+    "memory",
+)
+COLLECTIVES = ("all_reduce", "all_gather", "reduce_scatter")
+
+# The axes of every op's table, in order.
+TABLE_AXES: dict[str, tuple[str, ...]] = {
+    "gemm": ("m", "n", "k"),
+    "attention_fwd": ("batch_heads", "seq", "head_dim"),
+    "attention_bwd": ("batch_heads", "seq", "head_dim"),
+    **{op: ("nbytes",) for op in MEMORY_OPS},
+    **{op: ("group", "nbytes") for op in COLLECTIVES},
+    "send_recv": ("nbytes",),
+}
+# Categorical axes: a query must match a measured value exactly (no interpolation between
+# group sizes: a ring of 3 is not the mean of rings of 2 and 4).
+EXACT_AXES = frozenset({"group"})
+_REL_TOL = 1e-9  # sizes computed in floating point may miss the grid edge by rounding
+
+
+@dataclass(frozen=True)
+class Table:
+    """One op's measured times on a grid: ``time_s`` has one axis per entry of ``axes``."""
+
+    op: str
+    axes: tuple[str, ...]
+    grid: tuple[np.ndarray, ...]
+    time_s: np.ndarray  # NaN where not measured (e.g. out of device memory)
+    scope: str = ""  # "intra_node" for collectives and send/recv
+
+    def lookup(self, *coords: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Interpolated times at the query points and whether each lies inside the grid.
+
+        ``coords`` are broadcastable arrays, one per axis. Returns (times, inside), both of
+        the broadcast shape; times are NaN where ``inside`` is False.
+        """
+        arrays = np.broadcast_arrays(*(np.asarray(c, dtype=np.float64) for c in coords))
+        shape = arrays[0].shape
+        flat = [a.ravel() for a in arrays]
+        n = flat[0].size
+        inside = np.ones(n, dtype=bool)
+        on_grid = np.ones(n, dtype=bool)
+        lo_idx, fracs, hit_idx = [], [], []
+        log_time = np.log(self.time_s)
+        with np.errstate(all="ignore"):
+            for name, g, x in zip(self.axes, self.grid, flat, strict=True):
+                size = len(g)
+                hit = np.clip(np.searchsorted(g, x), 0, size - 1)
+                exact = g[hit] == x
+                on_grid &= exact
+                hit_idx.append(hit)
+                if name in EXACT_AXES:
+                    inside &= exact
+                    lo_idx.append(hit)
+                    fracs.append(np.zeros(n))
+                    continue
+                inside &= (x >= g[0] * (1 - _REL_TOL)) & (x <= g[-1] * (1 + _REL_TOL))
+                if size == 1:
+                    lo_idx.append(np.zeros(n, dtype=np.intp))
+                    fracs.append(np.zeros(n))
+                    continue
+                lg = np.log(g)
+                lx = np.clip(np.log(np.where(x > 0, x, g[0])), lg[0], lg[-1])
+                lo = np.clip(np.searchsorted(lg, lx, side="right") - 1, 0, size - 2)
+                lo_idx.append(lo)
+                fracs.append((lx - lg[lo]) / (lg[lo + 1] - lg[lo]))
+            acc = np.zeros(n)
+            for corner in itertools.product((0, 1), repeat=len(self.axes)):
+                w = np.ones(n)
+                idx = []
+                for c, lo, f, g in zip(corner, lo_idx, fracs, self.grid, strict=True):
+                    w = w * (f if c else 1.0 - f)
+                    idx.append(np.minimum(lo + c, len(g) - 1))
+                v = log_time[tuple(idx)]
+                acc = acc + np.where(w > 0, w * v, 0.0)
+            values = np.exp(acc)
+            # exactly the measured value on grid points (no log/exp rounding)
+            values = np.where(on_grid, self.time_s[tuple(hit_idx)], values)
+        inside &= np.isfinite(values) & (values > 0)
+        values = np.where(inside, values, np.nan)
+        return values.reshape(shape), inside.reshape(shape)
+
+
+def parse_tables(raw: Any, origin: str = "profile") -> dict[str, dict[str, Table]]:
+    """Validate the ``tables`` block of a profile; a bad key raises ValueError naming it."""
+    where = f"{origin}: key 'tables'"
+    if not isinstance(raw, Mapping):
+        raise ValueError(f"{where} must be an object of dtype -> op tables")
+    out: dict[str, dict[str, Table]] = {}
+    for dtype, ops in raw.items():
+        if dtype not in DTYPES:
+            raise ValueError(f"{where}: unknown dtype {dtype!r}; allowed: {', '.join(DTYPES)}")
+        if not isinstance(ops, Mapping):
+            raise ValueError(f"{origin}: key 'tables.{dtype}' must be an object of op tables")
+        out[dtype] = {
+            op: _parse_table(op, t, f"{origin}: key 'tables.{dtype}.{op}") for op, t in ops.items()
+        }
+    return out
+
+
+def _parse_table(op: str, raw: Any, where: str) -> Table:
+    if op not in TABLE_AXES:
+        raise ValueError(f"{where}': unknown op; known ops: {', '.join(TABLE_AXES)}")
+    if not isinstance(raw, Mapping):
+        raise ValueError(f"{where}' must be an object")
+    for key in ("axes", "grid", "time_s"):
+        if key not in raw:
+            raise ValueError(f"{where}': missing key {key!r}")
+    axes = tuple(raw["axes"]) if isinstance(raw["axes"], list) else None
+    if axes != TABLE_AXES[op]:
+        raise ValueError(f"{where}.axes' must be {list(TABLE_AXES[op])}, got {raw['axes']!r}")
+    if not isinstance(raw["grid"], Mapping):
+        raise ValueError(f"{where}.grid' must be an object of axis -> sizes")
+    grid = []
+    for name in axes:
+        values = raw["grid"].get(name)
+        if not isinstance(values, list) or not values:
+            raise ValueError(f"{where}.grid.{name}': missing or not a non-empty list")
+        if not all(_is_number(v) and v > 0 for v in values):
+            raise ValueError(f"{where}.grid.{name}': sizes must be positive numbers")
+        g = np.asarray(values, dtype=np.float64)
+        if np.any(np.diff(g) <= 0):
+            raise ValueError(f"{where}.grid.{name}': sizes must be strictly increasing")
+        grid.append(g)
+    shape = tuple(len(g) for g in grid)
+    time_s = _numeric_array(raw["time_s"], shape, f"{where}.time_s'")
+    measured = time_s[np.isfinite(time_s)]
+    if measured.size == 0:
+        raise ValueError(f"{where}.time_s': no measured value")
+    if np.any(measured <= 0):
+        raise ValueError(f"{where}.time_s': times must be positive seconds (or null)")
+    if "spread" in raw:
+        _numeric_array(raw["spread"], shape, f"{where}.spread'")
+    scope = str(raw.get("scope", ""))
+    return Table(op=op, axes=axes, grid=tuple(grid), time_s=time_s, scope=scope)
+
+
+def _is_number(v: Any) -> bool:
+    return not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)
+
+
+def _numeric_array(raw: Any, shape: tuple[int, ...], where: str) -> np.ndarray:
+    """Nested lists of numbers or null (NaN) of the given shape."""
+    try:
+        arr = np.array(raw, dtype=object)
+    except ValueError:
+        arr = None
+    if arr is None or arr.shape != shape:
+        got = "ragged lists" if arr is None else "x".join(map(str, arr.shape)) or "a scalar"
+        raise ValueError(
+            f"{where} must hold {'x'.join(map(str, shape))} values (the grid), got {got}"
+        )
+    out = np.full(shape, np.nan)
+    for idx, v in np.ndenumerate(arr):
+        if v is None:
+            continue
+        if not _is_number(v):
+            raise ValueError(f"{where}: value {v!r} at {list(idx)} is not a number or null")
+        out[idx] = float(v)
+    return out
+
+
+class MeasuredTables:
+    """The op tables of a measured profile, answering ``OpModel`` queries.
+
+    Counts, per op, how many query points came from the tables and how many fell back to
+    the analytical model (and why), so a command can report it (``coverage``).
+    """
+
+    def __init__(self, tables: Mapping[str, Any], name: str = "profile") -> None:
+        self.name = name
+        self.tables = parse_tables(tables, origin=f"profile {name!r}")
+        self._counts: dict[str, dict[str, int]] = {}
+
+    def dtypes(self) -> list[str]:
+        return list(self.tables)
+
+    def override(self, op: str, analytical: Any, *, dtype: str, **shape: Any) -> np.ndarray:
+        """Measured times where a table of this dtype covers the shape, else ``analytical``."""
+        analytical = np.asarray(analytical, dtype=np.float64)
+        with np.errstate(all="ignore"):
+            coords, needed, in_scope = _query(op, shape)
+        target = np.broadcast_shapes(analytical.shape, *(np.shape(c) for c in coords))
+        needed = np.broadcast_to(needed, target)
+        table = self.tables.get(dtype, {}).get(op)
+        if table is None:
+            why = f"no {dtype} table" if dtype not in self.tables else "not measured"
+            self._count(op, 0, int(needed.sum()), why)
+            return np.broadcast_to(analytical, target).copy()
+        values, inside = table.lookup(*coords)
+        use = np.broadcast_to(inside & in_scope, target)
+        out = np.where(use, np.broadcast_to(values, target), analytical)
+        n_measured = int((use & needed).sum())
+        n_out_scope = int((needed & ~np.broadcast_to(in_scope, target)).sum())
+        n_outside = int((needed & ~use).sum()) - n_out_scope
+        self._count(op, n_measured, n_outside, "outside the measured grid")
+        self._count(op, 0, n_out_scope, "across nodes (tables are measured inside one node)")
+        return out
+
+    def _count(self, op: str, measured: int, analytical: int, why: str) -> None:
+        c = self._counts.setdefault(op, {"measured": 0})
+        c["measured"] += measured
+        if analytical:
+            c[why] = c.get(why, 0) + analytical
+
+    def coverage(self) -> dict[str, dict[str, int]]:
+        """Per op: query points answered from the tables (``measured``) and, per reason,
+        those answered by the analytical model, since this object was created."""
+        return {op: dict(c) for op, c in sorted(self._counts.items())}
+
+    def reset(self) -> None:
+        self._counts.clear()
+
+
+def _query(op: str, shape: Mapping[str, Any]) -> tuple[list[Any], Any, Any]:
+    """Table coordinates of a query, which points need an answer, and which are in scope."""
+    if op == "gemm":
+        m, n, k = (np.asarray(shape[a], dtype=np.float64) for a in ("m", "n", "k"))
+        batch = np.asarray(shape.get("batch", 1), dtype=np.float64)
+        # A batched GEMM runs batch x the tiles of one (m, n, k) GEMM, as one GEMM of
+        # (batch*m, n, k) does: same FLOPs, same tile count, same K loop.
+        return [m * batch, n, k], True, True
+    if op in ("attention_fwd", "attention_bwd"):
+        return [shape["batch_heads"], shape["seq"], shape["head_dim"]], True, True
+    if op in COLLECTIVES:
+        group = np.asarray(shape["group"], dtype=np.float64)
+        per_node = np.asarray(shape.get("per_node", group), dtype=np.float64)
+        # a group of one costs nothing (the caller zeroes it): not a question for the table
+        return [group, shape["nbytes"]], group > 1, per_node >= group
+    if op == "send_recv":
+        inter = np.asarray(shape.get("inter_node", False), dtype=bool)
+        return [shape["nbytes"]], True, ~inter
+    return [shape["nbytes"]], True, True
+
+
+def coverage_summary(coverage: Mapping[str, Mapping[str, int]]) -> str:
+    """One line for the terminal: how much came from the tables, what fell back and why."""
+    measured = sum(c.get("measured", 0) for c in coverage.values())
+    by_reason: dict[str, dict[str, int]] = {}
+    for op, c in coverage.items():
+        for why, n in c.items():
+            if why != "measured" and n:
+                by_reason.setdefault(why, {})[op] = n
+    total = measured + sum(sum(ops.values()) for ops in by_reason.values())
+    if total == 0:
+        return "measured profile: no op was evaluated"
+    line = f"measured profile: {measured} of {total} op evaluations from the measured tables"
+    if by_reason:
+        parts = [
+            f"{why}: {', '.join(f'{op} ({n})' for op, n in sorted(ops.items()))}"
+            for why, ops in sorted(by_reason.items())
+        ]
+        line += "; analytical model for " + "; ".join(parts)
+    return line
+
+
+def measured_coverage(ops: Any) -> dict[str, Any] | None:
+    """The coverage report of an ``OpModel`` with a measured profile, or None."""
+    tables = getattr(ops, "measured", None)
+    if tables is None:
+        return None
+    cov = tables.coverage()
+    return {"ops": cov, "summary": coverage_summary(cov), "dtypes": tables.dtypes()}
