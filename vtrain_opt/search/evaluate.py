@@ -1,0 +1,133 @@
+"""Evaluate plans of one GPU type with the vectorized core and turn chosen ones into rows.
+
+``evaluate`` is the only place a search calls the simulator: one ``simulate_arrays`` call
+per batch, then the search limits. ``rows`` builds a DataFrame for selected indices only,
+so millions of plans never become millions of Python objects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from vtrain_opt.search.limits import SEARCH_REASONS, Limits
+from vtrain_opt.search.space import SearchSpace
+from vtrain_opt.sim.step import simulate_arrays
+from vtrain_opt.spec.plan import PlanBatch
+
+TIME = "training_time_s"
+COST = "cost_usd"
+# Columns of a result row that identify the plan, in tie-break order.
+PLAN_KEY = (
+    "gpu",
+    "tp",
+    "pp",
+    "dp",
+    "micro_batch",
+    "global_batch",
+    "recompute",
+    "sequence_parallel",
+    "vpp",
+    "zero",
+    "dp_overlap",
+)
+
+
+@dataclass
+class Evaluated:
+    """A batch of one GPU type with its simulated columns and final reason codes; (N,)."""
+
+    gpu_index: int
+    batch: PlanBatch
+    cols: dict[str, np.ndarray]
+    reason: np.ndarray  # 0 = feasible (fits and meets every limit)
+
+    @property
+    def n(self) -> int:
+        return self.batch.n
+
+    @property
+    def feasible(self) -> np.ndarray:
+        return self.reason == 0
+
+    @property
+    def fits(self) -> np.ndarray:
+        """Fits in memory (limits ignored)."""
+        return self.cols["reason_code"] == 0
+
+    def tiebreak(self) -> list[np.ndarray]:
+        """Plan columns in PLAN_KEY order, for deterministic ordering."""
+        b = self.batch
+        g = np.full(b.n, self.gpu_index, dtype=np.int64)
+        return [g, b.tp, b.pp, b.dp, b.mb, b.gb, b.recompute, b.sp, b.vpp, b.zero, b.dp_overlap]
+
+
+def evaluate(
+    space: SearchSpace, gpu_index: int, batch: PlanBatch, tokens: float, limits: Limits
+) -> Evaluated:
+    """Simulate ``batch`` on GPU type ``gpu_index`` and apply the limits."""
+    cols = simulate_arrays(space.context(gpu_index), batch, tokens)
+    reason = limits.apply(cols, batch.num_gpus)
+    return Evaluated(gpu_index, batch, cols, reason)
+
+
+def rows(space: SearchSpace, ev: Evaluated, idx: np.ndarray | slice | None = None) -> pd.DataFrame:
+    """Result rows (plan, metrics, feasibility) of the plans ``idx`` of an evaluated batch."""
+    idx = slice(None) if idx is None else idx
+    batch = ev.batch.take(idx)
+    df = batch.to_frame()
+    df.insert(
+        0,
+        "gpu",
+        pd.Categorical.from_codes(
+            np.full(batch.n, ev.gpu_index, dtype=np.int16), categories=[g.name for g in space.gpus]
+        ),
+    )
+    for name, arr in ev.cols.items():
+        if name not in ("reason_code", "feasible"):
+            df[name] = arr[idx]
+    reason = ev.reason[idx]
+    df["fits_memory"] = ev.fits[idx]
+    df["feasible"] = reason == 0
+    df["reason"] = pd.Categorical.from_codes(reason, categories=list(SEARCH_REASONS))
+    return df
+
+
+def frame_tiebreak(df: pd.DataFrame) -> list[np.ndarray]:
+    """PLAN_KEY columns of a result frame as integer arrays (categoricals by code)."""
+    out = []
+    for c in PLAN_KEY:
+        col = df[c]
+        out.append(
+            col.cat.codes.to_numpy(np.int64)
+            if isinstance(col.dtype, pd.CategoricalDtype)
+            else col.to_numpy().astype(np.int64)
+        )
+    return out
+
+
+def sort_rows(df: pd.DataFrame, primary: Sequence[str] = ()) -> pd.DataFrame:
+    """Rows sorted by ``primary`` columns then the plan key, index reset."""
+    from vtrain_opt.search.pareto import lex_order
+
+    if df.empty:
+        return df.reset_index(drop=True)
+    order = lex_order([df[c].to_numpy() for c in primary], frame_tiebreak(df))
+    return df.iloc[order].reset_index(drop=True)
+
+
+def concat_rows(frames: Sequence[pd.DataFrame]) -> pd.DataFrame:
+    """Concatenate result frames, keeping categorical columns categorical."""
+    frames = [f for f in frames if f is not None and len(f)]
+    if not frames:
+        return pd.DataFrame()
+    if len(frames) == 1:
+        return frames[0].reset_index(drop=True)
+    out = pd.concat(frames, ignore_index=True)
+    for c in ("gpu", "recompute", "reason"):
+        if c in out and not isinstance(out[c].dtype, pd.CategoricalDtype):
+            out[c] = out[c].astype(pd.CategoricalDtype(frames[0][c].cat.categories))
+    return out

@@ -1,0 +1,157 @@
+"""Where a search evaluates its work: in this process, or on Ray workers.
+
+``InProcess`` never imports Ray (the studies code calls searches from inside Ray tasks).
+``RayBackend`` starts a small local Ray runtime (a few CPUs, no dashboard, a small object
+store: it fits a 2-core laptop) or joins an existing cluster with ``address``; it shuts
+down only a runtime it started itself. Both run ``map`` in submission order, so results
+do not depend on the backend.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Protocol
+
+# Local runtime settings: enough for a 2-core machine, no dashboard.
+OBJECT_STORE_BYTES = 200 * 2**20
+CONNECT_TIMEOUT_S = 5.0
+
+
+class Backend(Protocol):
+    workers: int
+    name: str
+
+    def put(self, obj: Any) -> Any: ...
+
+    def map(self, fn: Callable[..., Any], calls: Sequence[tuple[Any, ...]]) -> Iterator[Any]: ...
+
+    def close(self) -> None: ...
+
+
+class InProcess:
+    """Run everything here, one call after the other."""
+
+    workers = 0
+    name = "in-process"
+
+    def put(self, obj: Any) -> Any:
+        return obj
+
+    def map(self, fn: Callable[..., Any], calls: Sequence[tuple[Any, ...]]) -> Iterator[Any]:
+        for args in calls:
+            yield fn(*args)
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> InProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class RayBackend:
+    """Run calls as Ray tasks, at most ``2 x workers`` in flight, results in order."""
+
+    name = "ray"
+
+    def __init__(self, workers: int | None = None, address: str | None = None) -> None:
+        import ray
+
+        self._ray = ray
+        self._started = False
+        if ray.is_initialized():
+            pass  # reuse the caller's runtime (a test fixture, a driver script)
+        elif address:
+            _check_reachable(address)
+            try:
+                ray.init(
+                    address=address,
+                    log_to_driver=False,
+                    configure_logging=False,
+                    include_dashboard=False,
+                )
+            except Exception as e:  # Ray raises ConnectionError, RuntimeError, AuthenticationError
+                raise ValueError(
+                    f"--ray-address {address!r}: cannot join the Ray cluster: {_first_line(e)}"
+                ) from None
+            self._started = True
+        else:
+            # A private local runtime: no token needed (Ray 2.60 enables token auth by default).
+            os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+            ray.init(
+                num_cpus=max(1, workers or os.cpu_count() or 1),
+                include_dashboard=False,
+                object_store_memory=OBJECT_STORE_BYTES,
+                log_to_driver=False,
+                configure_logging=False,
+            )
+            self._started = True
+        cpus = int(ray.cluster_resources().get("CPU", 1))
+        self.workers = max(1, min(workers, cpus) if workers else cpus)
+        self._remote: dict[Callable[..., Any], Any] = {}
+
+    def put(self, obj: Any) -> Any:
+        return self._ray.put(obj)
+
+    def map(self, fn: Callable[..., Any], calls: Sequence[tuple[Any, ...]]) -> Iterator[Any]:
+        remote = self._remote.get(fn)
+        if remote is None:
+            remote = self._remote[fn] = self._ray.remote(num_cpus=1)(fn)
+        pending: deque[Any] = deque()
+        it = iter(calls)
+        limit = 2 * self.workers
+        for args in it:
+            pending.append(remote.remote(*args))
+            if len(pending) >= limit:
+                yield self._ray.get(pending.popleft())
+        while pending:
+            yield self._ray.get(pending.popleft())
+
+    def close(self) -> None:
+        if self._started and self._ray.is_initialized():
+            self._ray.shutdown()
+        self._started = False
+
+    def __enter__(self) -> RayBackend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_backend(workers: int, address: str | None = None) -> InProcess | RayBackend:
+    """``workers == 0`` and no address: in-process; otherwise Ray (local or ``address``)."""
+    if workers < 0:
+        raise ValueError(f"workers: must be 0 (in-process) or more, got {workers}")
+    if workers == 0 and not address:
+        return InProcess()
+    return RayBackend(workers or None, address)
+
+
+def _check_reachable(address: str) -> None:
+    """Fail fast with one line when nothing listens at ``address`` (Ray would retry long)."""
+    if address == "auto":
+        return
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(
+            f"--ray-address {address!r}: expected HOST:PORT, ray://HOST:PORT or 'auto'"
+        )
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S):
+            pass
+    except OSError as e:
+        raise ValueError(
+            f"--ray-address {address!r}: cannot reach the Ray cluster ({e.strerror or e})"
+        ) from None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip() or type(e).__name__
+    return text.splitlines()[0]

@@ -1,0 +1,435 @@
+"""SearchSpace: which plans a search may pick, enumerated vectorized, knowing its own size.
+
+A space is a model, one or more GPU types (each with its cluster and price), a range of
+GPU counts (whole nodes by default), a set of global batches, and a candidate list per
+plan dimension (a single value pins the dimension, several leave it free). The valid
+plans are the cartesian product of the lists, filtered by the plan rules
+(``PlanBatch.check``) and the GPU range; they are built with numpy in bounded chunks,
+never one Python object per plan.
+
+Enumeration runs in two levels so its cost tracks the valid plans, not the raw product:
+the *core* rows (global batch, tp, pp, dp, micro-batch) satisfying the GPU range and
+the batch divisibility, then each core row times the small grid of *extras*
+(recompute, sequence parallelism, vpp, ZeRO, dp overlap), filtered by the full rules.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+
+from vtrain_opt.sim.step import SimContext, make_context
+from vtrain_opt.spec.hardware import ClusterSpec, get_cluster
+from vtrain_opt.spec.model import ModelSpec
+from vtrain_opt.spec.plan import RECOMPUTE_MODES, PlanBatch
+from vtrain_opt.spec.setup import Setup
+
+# Raw (core x extras) combinations per enumeration chunk: bounds memory (the simulator's
+# outputs are ~30 float64 columns per plan, so 2**18 plans are ~60 MB).
+CHUNK_PLANS = 1 << 18
+DEFAULT_MAX_GPUS = 4096
+# Largest virtual-stage count tried by default (Megatron uses a handful of chunks per GPU).
+DEFAULT_MAX_VPP = 8
+
+# The plan dimensions a space lists, in the order of PlanBatch's columns.
+DIMENSIONS = (
+    "tp",
+    "pp",
+    "micro_batch",
+    "recompute",
+    "sequence_parallel",
+    "vpp",
+    "zero",
+    "dp_overlap",
+)
+
+
+@dataclass(frozen=True)
+class GpuChoice:
+    """One candidate GPU type: its cluster (node, network, price) and device profile."""
+
+    name: str
+    cluster: ClusterSpec
+    profile: str | None = None  # a shipped profile name or a JSON path; None: the GPU's own
+
+    @property
+    def price_per_gpu_hour_usd(self) -> float:
+        return self.cluster.price_per_gpu_hour_usd
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "profile": self.profile, "cluster": self.cluster.to_dict()}
+
+
+def gpu_choice(
+    name: str,
+    *,
+    price_per_gpu_hour_usd: float | None = None,
+    gpus_per_node: int | None = None,
+    inter_node_gbps: float | None = None,
+    profile: str | None = None,
+) -> GpuChoice:
+    """A catalog GPU with optional overrides of its default cluster."""
+    cluster = get_cluster(name).with_overrides(
+        gpus_per_node=gpus_per_node,
+        inter_node_gbps=inter_node_gbps,
+        price_per_gpu_hour_usd=price_per_gpu_hour_usd,
+    )
+    return GpuChoice(name=cluster.gpu.name, cluster=cluster, profile=profile)
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """The plans a search may pick. Build it with :meth:`create` (defaults resolved)."""
+
+    model: ModelSpec
+    gpus: tuple[GpuChoice, ...]
+    min_gpus: int
+    max_gpus: int
+    gpu_step: int | None  # None: whole nodes of each GPU type
+    global_batch: tuple[int, ...]
+    tp: tuple[int, ...]
+    pp: tuple[int, ...]
+    micro_batch: tuple[int, ...]
+    recompute: tuple[str, ...]
+    sequence_parallel: tuple[bool, ...]
+    vpp: tuple[int, ...]
+    zero: tuple[int, ...]
+    dp_overlap: tuple[bool, ...]
+    tokens: float | None = None  # the default amount of work, if the space names one
+    setup: Setup | None = None  # None: each GPU's default (bf16 + flash where supported)
+    name: str = ""
+    description: str = field(default="", compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.gpus:
+            raise ValueError("space.gpus: give at least one GPU type")
+        names = [g.name for g in self.gpus]
+        if len(set(names)) != len(names):
+            raise ValueError(f"space.gpus: a GPU type is listed twice ({', '.join(names)})")
+        if self.min_gpus < 1 or self.max_gpus < self.min_gpus:
+            raise ValueError(
+                f"space.num_gpus: need 1 <= min ({self.min_gpus}) <= max ({self.max_gpus})"
+            )
+        if self.gpu_step is not None and self.gpu_step < 1:
+            raise ValueError(f"space.num_gpus.step: must be positive, got {self.gpu_step}")
+        for dim in ("global_batch", *DIMENSIONS):
+            if not getattr(self, dim):
+                raise ValueError(f"space.{dim}: the candidate list is empty")
+        _check_values(self)
+        for g in self.gpus:
+            step = self.step_of(g)
+            if self.max_gpus // step * step < self.min_gpus:
+                raise ValueError(
+                    f"space.num_gpus: no multiple of {step} ({g.name} "
+                    f"{'node' if self.gpu_step is None else 'step'}) lies between "
+                    f"{self.min_gpus} and {self.max_gpus} GPUs"
+                )
+
+    # ---- construction -------------------------------------------------------------------
+    @classmethod
+    def create(
+        cls,
+        model: ModelSpec,
+        gpus: Sequence[str | GpuChoice] = ("a100-80gb",),
+        *,
+        min_gpus: int | None = None,
+        max_gpus: int | None = None,
+        gpu_step: int | None = None,
+        global_batch: int | Sequence[int] | None = None,
+        tp: int | Sequence[int] | None = None,
+        pp: int | Sequence[int] | None = None,
+        micro_batch: int | Sequence[int] | None = None,
+        recompute: str | Sequence[str] | None = None,
+        sequence_parallel: bool | Sequence[bool] | None = None,
+        vpp: int | Sequence[int] | None = None,
+        zero: int | Sequence[int] | None = None,
+        dp_overlap: bool | Sequence[bool] | None = None,
+        tokens: float | None = None,
+        setup: Setup | None = None,
+        name: str = "",
+        description: str = "",
+    ) -> SearchSpace:
+        """A space with every unset dimension at its default (see the README's table).
+
+        Defaults: all GPU counts from one node to 4,096 in whole nodes; the model's
+        catalog global batch; tp the powers of two up to the node size that divide the
+        heads; pp every divisor of the layers; micro-batches the powers of two up to the
+        global batch; every recompute mode; sequence parallelism on and off; vpp 1 and
+        each of 2..8 that some pp allows; ZeRO 0 to 3; gradient reduction overlapped.
+        """
+        choices = tuple(g if isinstance(g, GpuChoice) else gpu_choice(g) for g in gpus)
+        if not choices:
+            raise ValueError("space.gpus: give at least one GPU type")
+        node = max(g.cluster.gpus_per_node for g in choices)
+        if global_batch is None:
+            if model.global_batch is None:
+                raise ValueError(
+                    f"model {model.name!r} has no catalog global batch; give the global batch"
+                )
+            global_batch = model.global_batch
+        gbs = _tuple(global_batch, int)
+        max_n = DEFAULT_MAX_GPUS if max_gpus is None else int(max_gpus)
+        min_n = int(min_gpus) if min_gpus is not None else 1
+        if tp is None:
+            tp = [t for t in _powers_of_two(node) if _tp_ok(model, t)]
+        if pp is None:
+            pp = [p for p in _divisors(model.num_layers) if p <= max_n]
+        pps = _tuple(pp, int)
+        if micro_batch is None:
+            micro_batch = _powers_of_two(max(gbs))
+        if recompute is None:
+            recompute = RECOMPUTE_MODES
+        if sequence_parallel is None:
+            sequence_parallel = (False, True)
+        if vpp is None:
+            layers = model.num_layers
+            vpp = [1] + [
+                v
+                for v in range(2, DEFAULT_MAX_VPP + 1)
+                if any(p > 1 and layers % (p * v) == 0 for p in pps)
+            ]
+        if zero is None:
+            zero = (0, 1, 2, 3)
+        if dp_overlap is None:
+            dp_overlap = (True,)
+        return cls(
+            model=model,
+            gpus=choices,
+            min_gpus=min_n,
+            max_gpus=max_n,
+            gpu_step=None if gpu_step is None else int(gpu_step),
+            global_batch=gbs,
+            tp=_tuple(tp, int),
+            pp=pps,
+            micro_batch=_tuple(micro_batch, int),
+            recompute=_tuple(recompute, str),
+            sequence_parallel=_tuple(sequence_parallel, bool),
+            vpp=_tuple(vpp, int),
+            zero=_tuple(zero, int),
+            dp_overlap=_tuple(dp_overlap, bool),
+            tokens=tokens,
+            setup=setup,
+            name=name or model.name,
+            description=description,
+        )
+
+    def with_changes(self, **changes: Any) -> SearchSpace:
+        """A copy with some fields replaced (validated again); ``None`` values are ignored."""
+        kept = {k: v for k, v in changes.items() if v is not None}
+        for key in ("global_batch", "tp", "pp", "micro_batch", "vpp", "zero"):
+            if key in kept:
+                kept[key] = _tuple(kept[key], int)
+        for key in ("sequence_parallel", "dp_overlap"):
+            if key in kept:
+                kept[key] = _tuple(kept[key], bool)
+        if "recompute" in kept:
+            kept["recompute"] = _tuple(kept["recompute"], str)
+        return replace(self, **kept)
+
+    # ---- what the space is ----------------------------------------------------------------
+    def step_of(self, gpu: GpuChoice) -> int:
+        """GPU-count granularity for this GPU type: the space's step, else one node."""
+        return self.gpu_step if self.gpu_step is not None else gpu.cluster.gpus_per_node
+
+    def free_dimensions(self) -> list[str]:
+        dims = ["gpu"] if len(self.gpus) > 1 else []
+        dims += ["num_gpus"] if self.max_gpus > self.min_gpus else []
+        dims += ["global_batch"] if len(self.global_batch) > 1 else []
+        return dims + [d for d in DIMENSIONS if len(getattr(self, d)) > 1]
+
+    def context(self, gpu_index: int) -> SimContext:
+        """The simulator context of one GPU type (built once, then cached)."""
+        return self._contexts[gpu_index]
+
+    @cached_property
+    def _contexts(self) -> tuple[SimContext, ...]:
+        return tuple(make_context(self.model, g.cluster, g.profile, self.setup) for g in self.gpus)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every input that defines the space (for best.json and the study's identity)."""
+        return {
+            "name": self.name,
+            "model": self.model.to_dict(),
+            "gpus": [g.to_dict() for g in self.gpus],
+            "num_gpus": {"min": self.min_gpus, "max": self.max_gpus, "step": self.gpu_step},
+            "global_batch": list(self.global_batch),
+            **{d: list(getattr(self, d)) for d in DIMENSIONS},
+            "tokens": self.tokens,
+            "setup": None
+            if self.setup is None
+            else {"dtype": self.setup.dtype, "attention": self.setup.attention},
+        }
+
+    def fingerprint(self) -> str:
+        """A short stable hash of :meth:`to_dict` (names a study of this space)."""
+        text = json.dumps(self.to_dict(), sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+    # ---- membership (shared by enumeration and sampled plans) ------------------------------
+    def member_mask(self, gpu_index: int, batch: PlanBatch) -> np.ndarray:
+        """Which plans of ``batch`` belong to the space on GPU type ``gpu_index`` (N,)."""
+        n = batch.num_gpus
+        step = self.step_of(self.gpus[gpu_index])
+        return (
+            (batch.check(self.model) == 0)
+            & (n >= self.min_gpus)
+            & (n <= self.max_gpus)
+            & (n % step == 0)
+        )
+
+    # ---- enumeration -----------------------------------------------------------------------
+    def core(self, gpu_index: int) -> dict[str, np.ndarray]:
+        """Core rows (gb, tp, pp, dp, mb) of one GPU type that can hold a valid plan; (C,)."""
+        return self._cores[gpu_index]
+
+    @cached_property
+    def _cores(self) -> tuple[dict[str, np.ndarray], ...]:
+        return tuple(self._build_core(i) for i in range(len(self.gpus)))
+
+    def _build_core(self, gpu_index: int) -> dict[str, np.ndarray]:
+        step = self.step_of(self.gpus[gpu_index])
+        parts = []
+        for gb in self.global_batch:
+            dps = np.array([d for d in _divisors(gb) if d <= self.max_gpus], dtype=np.int64)
+            t, p, d, m = (
+                a.ravel()
+                for a in np.meshgrid(
+                    np.array(self.tp, dtype=np.int64),
+                    np.array(self.pp, dtype=np.int64),
+                    dps,
+                    np.array(self.micro_batch, dtype=np.int64),
+                    indexing="ij",
+                )
+            )
+            n = t * p * d
+            keep = (
+                (n >= self.min_gpus) & (n <= self.max_gpus) & (n % step == 0) & (gb % (d * m) == 0)
+            )
+            parts.append(
+                (np.full(int(keep.sum()), gb, dtype=np.int64), t[keep], p[keep], d[keep], m[keep])
+            )
+        gb_, t, p, d, m = (np.concatenate(cols) for cols in zip(*parts, strict=True))
+        order = np.lexsort((gb_, m, d, p, t, t * p * d))  # by GPUs, then tp, pp, dp, mb, gb
+        return {"gb": gb_[order], "tp": t[order], "pp": p[order], "dp": d[order], "mb": m[order]}
+
+    @cached_property
+    def extras(self) -> dict[str, np.ndarray]:
+        """The grid of (recompute, sp, vpp, zero, dp_overlap) combinations; (E,)."""
+        rc = [RECOMPUTE_MODES.index(r) for r in self.recompute]
+        grid = list(
+            itertools.product(rc, self.sequence_parallel, self.vpp, self.zero, self.dp_overlap)
+        )
+        cols = np.array(grid, dtype=np.int64).T
+        return {
+            "recompute": cols[0].astype(np.int8),
+            "sp": cols[1].astype(bool),
+            "vpp": cols[2],
+            "zero": cols[3],
+            "dp_overlap": cols[4].astype(bool),
+        }
+
+    def chunks(self, chunk_plans: int = CHUNK_PLANS) -> list[tuple[int, int, int]]:
+        """Deterministic (gpu_index, first core row, end core row) ranges of bounded size."""
+        e = len(self.extras["vpp"])
+        rows = max(1, chunk_plans // e)
+        out = []
+        for g in range(len(self.gpus)):
+            c = len(self.core(g)["tp"])
+            out.extend((g, s, min(s + rows, c)) for s in range(0, c, rows))
+        return out
+
+    def plans(self, gpu_index: int, start: int = 0, stop: int | None = None) -> PlanBatch:
+        """The valid plans built from core rows [start, stop) of one GPU type."""
+        core = self.core(gpu_index)
+        stop = len(core["tp"]) if stop is None else stop
+        ex = self.extras
+        e = len(ex["vpp"])
+        k = stop - start
+        batch = PlanBatch(
+            **{name: np.repeat(arr[start:stop], e) for name, arr in core.items()},
+            **{name: np.tile(arr, k) for name, arr in ex.items()},
+        )
+        return batch.take(np.flatnonzero(self.member_mask(gpu_index, batch)))
+
+    def iter_plans(self, chunk_plans: int = CHUNK_PLANS) -> Iterator[tuple[int, PlanBatch]]:
+        for g, s, e in self.chunks(chunk_plans):
+            yield g, self.plans(g, s, e)
+
+    @cached_property
+    def size(self) -> int:
+        """Number of valid plans in the space (all GPU types), counted in chunks."""
+        return int(sum(self.plans(g, s, e).n for g, s, e in self.chunks()))
+
+    def __len__(self) -> int:
+        return self.size
+
+    def candidate_dp(self) -> tuple[int, ...]:
+        """Data-parallel sizes that can occur: divisors of some global batch, within range."""
+        values = {d for gb in self.global_batch for d in _divisors(gb) if d <= self.max_gpus}
+        return tuple(sorted(values))
+
+
+# ---- helpers ---------------------------------------------------------------------------------
+def _tuple(value: Any, kind: type) -> tuple[Any, ...]:
+    if isinstance(value, (str, bytes)) or not isinstance(value, (Sequence, np.ndarray, set)):
+        value = [value]
+    out = []
+    for v in value:
+        if kind is bool:
+            if not isinstance(v, (bool, np.bool_)):
+                raise ValueError(f"expected true or false, got {v!r}")
+            out.append(bool(v))
+        elif kind is int:
+            if isinstance(v, (bool, np.bool_)) or not float(v).is_integer():
+                raise ValueError(f"expected a whole number, got {v!r}")
+            out.append(int(v))
+        else:
+            out.append(kind(v))
+    return tuple(sorted(set(out), key=lambda x: (str(type(x)), x)))
+
+
+def _powers_of_two(limit: int) -> list[int]:
+    return [1 << i for i in range(int(limit).bit_length()) if (1 << i) <= limit]
+
+
+def _divisors(n: int) -> list[int]:
+    small = [d for d in range(1, int(n**0.5) + 1) if n % d == 0]
+    return sorted(set(small + [n // d for d in small]))
+
+
+def _tp_ok(model: ModelSpec, tp: int) -> bool:
+    return model.num_attention_heads % tp == 0 and model.kv_heads % tp == 0 and model.ffn % tp == 0
+
+
+def _check_values(space: SearchSpace) -> None:
+    """Candidate values that can never form a valid plan are errors, not silent no-ops."""
+    m = space.model
+    for gb in space.global_batch:
+        if gb < 1:
+            raise ValueError(f"space.global_batch: must be positive, got {gb}")
+    for t in space.tp:
+        if t < 1 or not _tp_ok(m, t):
+            raise ValueError(
+                f"space.tp: {t} must divide the heads ({m.num_attention_heads}), "
+                f"kv heads ({m.kv_heads}) and ffn ({m.ffn}) of {m.name}"
+            )
+    for p in space.pp:
+        if p < 1 or m.num_layers % p:
+            raise ValueError(f"space.pp: {p} must divide the layers ({m.num_layers}) of {m.name}")
+    for key in ("micro_batch", "vpp"):
+        for v in getattr(space, key):
+            if v < 1:
+                raise ValueError(f"space.{key}: must be positive, got {v}")
+    for r in space.recompute:
+        if r not in RECOMPUTE_MODES:
+            raise ValueError(f"space.recompute: {r!r} is not one of {', '.join(RECOMPUTE_MODES)}")
+    for z in space.zero:
+        if z not in (0, 1, 2, 3):
+            raise ValueError(f"space.zero: {z!r} is not one of 0, 1, 2, 3")
