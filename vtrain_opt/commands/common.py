@@ -12,7 +12,7 @@ import numpy as np
 
 from vtrain_opt.profiles import load_profile
 from vtrain_opt.sim.step import SimContext, make_context
-from vtrain_opt.spec.hardware import ClusterSpec, get_cluster
+from vtrain_opt.spec.hardware import ClusterSpec, cluster_for_profile, get_cluster, gpu_names
 from vtrain_opt.spec.model import ModelSpec, load_model
 from vtrain_opt.spec.setup import ATTENTION_KERNELS, DTYPES, Setup
 from vtrain_opt.units import parse_count, parse_money_usd
@@ -148,7 +148,15 @@ def gpu_name(args: argparse.Namespace) -> str:
 
 
 def resolve_cluster(args: argparse.Namespace, gpu: str | None = None) -> ClusterSpec:
-    cluster = get_cluster(gpu or gpu_name(args))
+    name = gpu or gpu_name(args)
+    cluster = None
+    if getattr(args, "profile", None) and name.strip().lower() not in gpu_names():
+        # a measured profile of a device outside the catalog describes the device itself
+        profile = load_profile(args.profile)
+        if profile.gpu == name and profile.device:
+            cluster = cluster_for_profile(profile)
+    if cluster is None:
+        cluster = get_cluster(name)
     return cluster.with_overrides(
         gpus_per_node=getattr(args, "gpus_per_node", None),
         inter_node_gbps=getattr(args, "inter_node_gbps", None),

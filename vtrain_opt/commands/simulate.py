@@ -21,6 +21,7 @@ from vtrain_opt.commands.common import (
     resolve_model,
 )
 from vtrain_opt.console import breakdown_table, console, describe_plan, summary_table
+from vtrain_opt.sim.measured import measured_coverage
 from vtrain_opt.sim.step import results_frame, simulate_arrays
 from vtrain_opt.sim.timeline import reference
 from vtrain_opt.spec.plan import RECOMPUTE_MODES, ParallelPlan, PlanBatch
@@ -145,6 +146,7 @@ def run(args: argparse.Namespace) -> int:
     pick = int(df.index[df["feasible"]][0]) if df["feasible"].any() else len(df) - 1
     row = df.iloc[pick]
     plan = plans[pick]
+    coverage = measured_coverage(ctx.ops)  # measured profile: what came from its tables
 
     ref_time = None
     if args.trace:
@@ -162,6 +164,8 @@ def run(args: argparse.Namespace) -> int:
         out["recompute_chosen_by"] = "auto" if args.recompute == "auto" else "user"
         if args.tokens:
             out["tokens"] = args.tokens
+        if coverage is not None:
+            out["measured_tables"] = coverage
         if ref_time is not None:
             out["trace"] = args.trace
             out["reference_iteration_time_s"] = ref_time
@@ -178,6 +182,8 @@ def run(args: argparse.Namespace) -> int:
     con.print(f"plan: {describe_plan(row)}{chosen}")
     con.print(breakdown_table(row))
     con.print(summary_table(row))
+    if coverage is not None:
+        con.print(coverage["summary"])
     if ref_time is not None:
         con.print(
             f"reference timeline written to {args.trace} (replayed iteration {format_duration(ref_time)})"

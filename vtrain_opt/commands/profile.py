@@ -1,0 +1,344 @@
+"""``profile``: measure this machine's device with torch and write a measured profile;
+``--check`` compares a real model's step time with the simulator's prediction."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import time
+from pathlib import Path
+from typing import Any
+
+from vtrain_opt.commands.common import add_json_arg, positive_int, print_json
+from vtrain_opt.console import console
+from vtrain_opt.io import write_json_atomic
+from vtrain_opt.profiles import Profile, load_profile
+from vtrain_opt.spec.setup import DTYPES
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "profile",
+        help="measure this machine's device (torch) and write a measured profile",
+        description="Measure every op the simulator times (GEMMs, attention, norms, "
+        "activations, softmax, dropout, embedding, cross-entropy, the optimizer, memory "
+        "bandwidth and, with several devices, collectives) on this machine's device, and "
+        "write a measured profile that `simulate --profile` and `search --profile` read. "
+        "Needs torch: pip install 'vtrain_opt[profile]'.",
+    )
+    p.add_argument(
+        "--device", choices=("cuda", "cpu"), help="device to measure (default: cuda if visible)"
+    )
+    p.add_argument(
+        "--dtype", choices=DTYPES, help="compute dtype (default: bf16 on cuda, fp32 on cpu)"
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="a small grid (under a minute on a CPU): for tests and a first look",
+    )
+    p.add_argument("--out", metavar="FILE", help="where to write the profile (profiles/NAME.json)")
+    p.add_argument("--name", help="profile name (default: the --out file's stem)")
+    p.add_argument(
+        "--world-size",
+        type=positive_int,
+        metavar="N",
+        help="processes for the collectives (NCCL on GPUs, gloo on the CPU); default: every "
+        "visible GPU, 1 (none) on the CPU",
+    )
+    p.add_argument(
+        "--threads",
+        type=positive_int,
+        metavar="N",
+        help="CPU threads torch may use (cpu device; default: torch's, or the checked "
+        "profile's); 1 is steadiest on a busy machine",
+    )
+    g = p.add_argument_group("self-check")
+    g.add_argument(
+        "--check",
+        action="store_true",
+        help="time a real layer and small model and compare with the simulator's prediction "
+        "from the profile (--out's, once measured, or --profile's)",
+    )
+    g.add_argument("--profile", metavar="NAME|FILE", help="measured profile to check")
+    g.add_argument("--family", choices=("gpt", "llama"), help="check model family (default gpt)")
+    g.add_argument("--hidden", type=positive_int, metavar="N", help="check model hidden size")
+    g.add_argument("--heads", type=positive_int, metavar="N", help="check model attention heads")
+    g.add_argument("--layers", type=positive_int, metavar="N", help="check model layers")
+    g.add_argument("--seq-len", type=positive_int, metavar="N", help="check model sequence length")
+    g.add_argument("--micro-batch", type=positive_int, metavar="N", help="check micro-batch")
+    g.add_argument("--vocab", type=positive_int, metavar="N", help="check model vocabulary")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    add_json_arg(p)
+    p.set_defaults(func=run)
+
+
+def _check_out(path: str) -> Path:
+    """Fail before measuring if the profile could not be written."""
+    out = Path(path)
+    if out.is_dir():
+        raise ValueError(f"--out {path}: is a directory; give a file name, e.g. profiles/NAME.json")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"--out {path}: cannot create its folder ({e.strerror})") from None
+    if not os.access(out.parent, os.W_OK | os.X_OK) or (
+        out.exists() and not os.access(out, os.W_OK)
+    ):
+        raise ValueError(f"--out {path}: not writable (permission denied)")
+    return out
+
+
+def _progress(enabled: bool) -> Any:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    return Progress(
+        TextColumn("{task.description:<34}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console(stderr=True),
+        disable=not enabled,
+    )
+
+
+def _shape(args: argparse.Namespace, kind: str) -> Any:
+    from dataclasses import replace
+
+    from vtrain_opt.profiler.check import DEFAULT_SHAPES
+
+    changes = {
+        "family": args.family,
+        "hidden_size": args.hidden,
+        "num_attention_heads": args.heads,
+        "num_layers": args.layers,
+        "seq_length": args.seq_len,
+        "micro_batch": args.micro_batch,
+        "vocab_size": args.vocab,
+    }
+    shape = replace(DEFAULT_SHAPES[kind], **{k: v for k, v in changes.items() if v is not None})
+    shape.model()  # validates (heads divide hidden, ...)
+    return shape
+
+
+def run(args: argparse.Namespace) -> int:
+    from vtrain_opt.profiler import require_torch
+
+    if not args.out and not (args.check and args.profile):
+        raise ValueError(
+            "give --out FILE (where to write the measured profile, e.g. profiles/NAME.json), "
+            "or --check --profile NAME|FILE to check an existing one"
+        )
+    if args.out and args.profile:
+        raise ValueError(
+            "give either --out (measure, then check it) or --profile (check it), not both"
+        )
+    out = _check_out(args.out) if args.out else None
+    torch = require_torch()
+    from vtrain_opt.profiler.device import describe, resolve_device
+
+    checked: Profile | None = None
+    if args.profile:
+        checked = load_profile(args.profile)
+        if not checked.tables:
+            raise ValueError(
+                f"profile {checked.name!r} has no measured tables (kind {checked.kind!r}); "
+                "check a profile written by `vtrain_opt profile`"
+            )
+    device_name = args.device or (checked.provenance.get("kind") if checked else None)
+    device = resolve_device(torch, device_name)
+    kind = "cuda" if device.type == "cuda" else "cpu"
+    threads = args.threads or (checked.device.get("num_sms") if checked and kind == "cpu" else None)
+    if kind == "cpu" and threads:
+        torch.set_num_threads(int(threads))
+    dtype = args.dtype or (
+        next(iter(checked.tables)) if checked else ("bf16" if kind == "cuda" else "fp32")
+    )
+    if kind == "cuda" and dtype == "bf16" and not torch.cuda.is_bf16_supported():
+        raise ValueError("--dtype bf16: this GPU has no bf16 support; use --dtype fp16")
+    shape = _shape(args, kind) if args.check else None
+    info = describe(torch, device)
+    con = console(stderr=True)
+    report: dict[str, Any] = {"device": info["name"], "dtype": dtype}
+
+    if checked is None:
+        assert out is not None
+        profile = _measure(args, torch, device, kind, dtype, info, out)
+        write_json_atomic(out, profile.to_json_dict())
+        report.update(_measure_report(profile, dtype, out))
+        if not args.json:
+            _print_measure(report)
+    else:
+        profile = checked
+        if dtype not in profile.tables:
+            raise ValueError(
+                f"--dtype {dtype}: profile {profile.name!r} has tables for "
+                f"{', '.join(profile.tables)} only"
+            )
+        measured_on = profile.provenance.get("device")
+        if measured_on and measured_on != info["name"]:
+            con.print(
+                f"[yellow]note:[/yellow] profile {profile.name!r} was measured on {measured_on}; "
+                f"this device is {info['name']}"
+            )
+        report["profile"] = profile.id
+
+    if args.check:
+        from vtrain_opt.profiler.check import self_check
+
+        if not args.no_progress and not args.json:
+            con.print("self-check: timing a real layer and model ...")
+        result = self_check(torch, device, dtype, profile, shape)
+        result["device"] = info["name"]
+        report["check"] = result
+        if out is not None:  # keep the check with the profile it judged
+            profile.provenance["self_check"] = result
+            write_json_atomic(out, profile.to_json_dict())
+        if not args.json:
+            _print_check(result)
+    if args.json:
+        print_json(report)
+    return 0
+
+
+def _measure(
+    args: argparse.Namespace,
+    torch: Any,
+    device: Any,
+    kind: str,
+    dtype: str,
+    info: dict[str, Any],
+    out: Path,
+) -> Profile:
+    from vtrain_opt.profiler.collectives import group_sizes, measure_collectives
+    from vtrain_opt.profiler.grid import grid_for
+    from vtrain_opt.profiler.ops import measure_ops
+    from vtrain_opt.profiler.writer import build_profile
+
+    world = args.world_size or (torch.cuda.device_count() if kind == "cuda" else 1)
+    if kind == "cuda" and world > torch.cuda.device_count():
+        raise ValueError(
+            f"--world-size {world}: only {torch.cuda.device_count()} GPU(s) are visible"
+        )
+    grid = grid_for(kind, args.quick)
+    start = time.perf_counter()
+    with _progress(not args.no_progress) as bar:
+        task = bar.add_task(f"{kind} {dtype} ops", total=grid.count())
+
+        def step(what: str) -> None:
+            bar.update(task, advance=1, description=what[:34])
+
+        tables, notes = measure_ops(torch, device, dtype, grid, step)
+        collectives = None
+        if world >= 2:
+            bar.update(task, description=f"collectives x{world} processes")
+            tables.update(measure_collectives(kind, world, dtype, grid))
+            collectives = {
+                "backend": "nccl" if kind == "cuda" else "gloo",
+                "processes": world,
+                "groups": group_sizes(world),
+            }
+    return build_profile(
+        name=args.name or out.stem,
+        info=info,
+        tables={dtype: tables},
+        grid=grid,
+        quick=args.quick,
+        notes=notes,
+        collectives=collectives,
+        elapsed_s=time.perf_counter() - start,
+        command="python -m vtrain_opt profile " + shlex.join(_argv(args)),
+    )
+
+
+def _argv(args: argparse.Namespace) -> list[str]:
+    """The profile command's options, as a user would type them (for the provenance)."""
+    out = []
+    for key in ("device", "dtype", "out", "name", "world_size", "threads"):
+        value = getattr(args, key, None)
+        if value is not None:
+            out += [f"--{key.replace('_', '-')}", str(value)]
+    if args.quick:
+        out.append("--quick")
+    return out
+
+
+def _measure_report(profile: Profile, dtype: str, out: Path) -> dict[str, Any]:
+    from vtrain_opt.profiler.compare import compare
+    from vtrain_opt.spec.hardware import cluster_for_profile, gpu_names
+
+    cluster = cluster_for_profile(profile)
+    # a catalog GPU: against its shipped analytical profile; else against its own fit
+    against = load_profile(profile.gpu) if profile.gpu in gpu_names() else profile
+    return {
+        "out": str(out),
+        "profile": profile.id,
+        "gpu": profile.gpu,
+        "elapsed_s": profile.provenance.get("elapsed_s"),
+        "tables": {op: _points(t) for op, t in profile.tables[dtype].items()},
+        "figures": profile.device.get("measured", {}).get(dtype, {}),
+        "params": {k: profile.params[k] for k in sorted(profile.params)},
+        "comparison": {
+            "against": against.id
+            + ("" if against is not profile else " (its own fitted analytical parameters)"),
+            "measured_over_analytical": compare(profile, against, cluster, dtype),
+        },
+    }
+
+
+def _points(table: dict[str, Any]) -> int:
+    import numpy as np
+
+    return int(np.isfinite(np.array(table["time_s"], dtype=np.float64)).sum())
+
+
+def _print_measure(report: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    con = console()
+    f = report["figures"]
+    con.print(
+        f"wrote [b]{report['out']}[/b] ({report['profile']}, gpu {report['gpu']}) in "
+        f"{report['elapsed_s']:.0f} s: {sum(report['tables'].values())} measured points, "
+        f"{len(report['tables'])} op tables"
+    )
+    if f:
+        con.print(
+            f"GEMM best {f['gemm_best_flop_per_s'] / 1e12:.3g} TFLOP/s, attention best "
+            f"{f['attention_best_flop_per_s'] / 1e12:.3g} TFLOP/s, copy best "
+            f"{f['copy_best_bytes_per_s'] / 1e9:.3g} GB/s"
+        )
+    comp = report["comparison"]
+    table = Table(title=f"measured / analytical ({comp['against']})", title_justify="left")
+    for col in ("op", "median", "min", "max", "points"):
+        table.add_column(col, justify="left" if col == "op" else "right")
+    for op, r in comp["measured_over_analytical"].items():
+        table.add_row(
+            op, f"{r['median']:.2f}", f"{r['min']:.2f}", f"{r['max']:.2f}", str(r["points"])
+        )
+    con.print(table)
+
+
+def _print_check(result: dict[str, Any]) -> None:
+    con = console()
+    con.print(
+        f"self-check on {result['device']} ({result['dtype']}), {result['plan']}, "
+        f"model {result['shape']['family']} h={result['shape']['hidden_size']} "
+        f"heads={result['shape']['num_attention_heads']} layers={result['shape']['num_layers']} "
+        f"seq={result['shape']['seq_length']}:"
+    )
+    for what in ("layer", "model"):
+        r = result[what]
+        con.print(
+            f"  {what:<6} measured {r['measured_s'] * 1e3:9.3f} ms   predicted "
+            f"{r['predicted_s'] * 1e3:9.3f} ms   error {r['error']:+.1%}"
+        )
+    if result.get("coverage"):
+        con.print("  " + result["coverage"]["summary"])

@@ -1,0 +1,118 @@
+"""The sizes the profiler measures: grids shaped like transformer layers under tensor
+parallelism, small (``--quick``) or full, for a CPU or a GPU.
+
+GEMM (m, n, k): m is tokens (micro-batch x sequence) or a weight dimension (weight
+gradients), n and k are hidden / tp, ffn / tp, vocab / tp or tokens: one axis covers
+them all, so the grid is a cube of powers of two. Attention: micro-batch x local heads,
+sequence, head size. Memory-bound ops: elements of the op's main tensor (the byte key
+each table is read by follows from it, as ``sim/costs.py`` counts bytes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+
+def _pow2(lo: int, hi: int, step: int = 1) -> tuple[int, ...]:
+    return tuple(2**e for e in range(lo, hi + 1, step))
+
+
+@dataclass(frozen=True)
+class Grid:
+    """What to measure and how often."""
+
+    gemm: tuple[int, ...]  # values of each of m, n, k
+    attention_batch_heads: tuple[int, ...]
+    attention_seq: tuple[int, ...]
+    attention_head_dim: tuple[int, ...]
+    elements: tuple[int, ...]  # memory-bound ops: elements of the main tensor
+    optimizer_params: tuple[int, ...]
+    collective_bytes: tuple[int, ...]
+    bandwidth_bytes: int  # one large copy, beyond the caches: the device memory bandwidth
+    warmup: int  # untimed calls before timing (clocks, caches, cuBLAS heuristics)
+    repeats: int  # timed samples; the table keeps their median and spread
+    min_sample_s: float  # a sample repeats the op until it lasts this long (timer resolution)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    def count(self, collectives: bool = False) -> int:
+        """Number of measurements (for the progress bar), collectives apart."""
+        from vtrain_opt.sim.measured import MEMORY_OPS
+
+        attention = (
+            len(self.attention_batch_heads) * len(self.attention_seq) * len(self.attention_head_dim)
+        )
+        mem_ops = len(MEMORY_OPS) - 1  # the optimizer has its own sizes
+        return (
+            len(self.gemm) ** 3
+            + 2 * attention
+            + mem_ops * len(self.elements)
+            + len(self.optimizer_params)
+            + 1  # the bandwidth copy
+        )
+
+
+GRIDS: dict[tuple[str, bool], Grid] = {
+    # 2 CPU cores: well under a minute (tests run it)
+    ("cpu", True): Grid(
+        gemm=(64, 256, 1024),
+        attention_batch_heads=(4, 16),
+        attention_seq=(128, 512),
+        attention_head_dim=(64,),
+        elements=_pow2(14, 20, 2),
+        optimizer_params=_pow2(16, 22, 2),
+        collective_bytes=_pow2(12, 22, 5),
+        bandwidth_bytes=2**27,
+        warmup=1,
+        repeats=3,
+        min_sample_s=2e-3,
+    ),
+    ("cpu", False): Grid(
+        gemm=_pow2(6, 12),
+        attention_batch_heads=(1, 4, 16, 64),
+        attention_seq=(128, 256, 512, 1024, 2048),
+        attention_head_dim=(64, 128),
+        elements=_pow2(12, 24, 2),
+        optimizer_params=_pow2(14, 26, 2),
+        collective_bytes=_pow2(10, 26, 2),
+        bandwidth_bytes=2**28,
+        warmup=1,
+        repeats=5,
+        min_sample_s=5e-3,
+    ),
+    ("cuda", True): Grid(
+        gemm=_pow2(8, 14, 2),
+        attention_batch_heads=(4, 16, 64),
+        attention_seq=(512, 2048, 8192),
+        attention_head_dim=(64, 128),
+        elements=_pow2(16, 26, 2),
+        optimizer_params=_pow2(20, 28, 4),
+        collective_bytes=_pow2(16, 28, 4),
+        bandwidth_bytes=2**31,
+        warmup=3,
+        repeats=5,
+        min_sample_s=1e-3,
+    ),
+    # sized so the largest cell fits in 80 GB: a GEMM corner of 3 x 8.6 GB, attention of
+    # 8 x 4.3 GB; a cell that still runs out of memory is left unmeasured (null)
+    ("cuda", False): Grid(
+        gemm=_pow2(6, 16),
+        attention_batch_heads=(1, 4, 16, 64, 256, 512),
+        attention_seq=(256, 512, 1024, 2048, 4096, 8192, 16384, 32768),
+        attention_head_dim=(64, 128),
+        elements=_pow2(12, 29),
+        optimizer_params=_pow2(16, 30, 2),
+        collective_bytes=_pow2(10, 30, 2),
+        bandwidth_bytes=2**31,
+        warmup=5,
+        repeats=10,
+        min_sample_s=2e-3,
+    ),
+}
+
+
+def grid_for(device_kind: str, quick: bool) -> Grid:
+    """The grid for a device kind ('cpu' or 'cuda')."""
+    return GRIDS[(device_kind, quick)]

@@ -1,0 +1,337 @@
+"""Op benchmarks: time every op the simulator models, on this device, over a grid.
+
+Each memory-bound op is measured on a tensor of E elements and filed under the bytes
+that ``sim/costs.py`` (or ``sim/step.py`` for the optimizer) counts for that shape, so
+the simulator reads it back by the same key. The ``_bwd`` tables time the op's backward
+as autograd runs it (``torch.autograd.grad`` on the op's graph).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import numpy as np
+
+from vtrain_opt.profiler import kernels as K
+from vtrain_opt.profiler.grid import Grid
+from vtrain_opt.profiler.timing import Timer, Timing
+from vtrain_opt.spec.setup import Setup
+
+OnStep = Callable[[str], None]
+# Inner widths of the measured tensors: hidden-like, ffn-like, attention scores, vocabulary.
+WIDTHS = {
+    "cpu": {"hidden": 1024, "ffn": 4096, "seq": 1024, "vocab": 8192, "rows": 8192},
+    "cuda": {"hidden": 4096, "ffn": 16384, "seq": 4096, "vocab": 32768, "rows": 32768},
+}
+ROTARY_HEAD_DIM = 128
+
+
+@dataclass
+class Cell:
+    """Measured times of one table, filled cell by cell."""
+
+    time_s: np.ndarray
+    spread: np.ndarray
+    failures: list[str]
+
+    @classmethod
+    def empty(cls, shape: tuple[int, ...]) -> Cell:
+        return cls(np.full(shape, np.nan), np.full(shape, np.nan), [])
+
+    def put(self, idx: tuple[int, ...], t: Timing | None, what: str = "") -> None:
+        if t is None:
+            self.failures.append(what)
+            return
+        self.time_s[idx] = t.median_s
+        self.spread[idx] = t.spread
+
+
+def _is_oom(torch: Any, e: BaseException) -> bool:
+    oom = getattr(torch.cuda, "OutOfMemoryError", ())
+    return (oom and isinstance(e, oom)) or "out of memory" in str(e).lower()
+
+
+class OpBench:
+    """Runs the op benchmarks of one device and dtype."""
+
+    def __init__(self, torch: Any, device: Any, dtype: str, grid: Grid, on_step: OnStep):
+        import torch.nn.functional as F
+
+        self.torch, self.F, self.device, self.grid = torch, F, device, grid
+        self.dtype_name = dtype
+        self.dtype = K.torch_dtype(torch, dtype)
+        self.setup = Setup(dtype=dtype)
+        self.a = float(self.setup.act_bytes)
+        self.kind = "cuda" if device.type == "cuda" else "cpu"
+        self.widths = WIDTHS[self.kind]
+        self.timer = Timer(torch, device, grid.warmup, grid.repeats, grid.min_sample_s)
+        self.on_step = on_step
+        self.optimizer_impl = ""
+
+    # ---- helpers ------------------------------------------------------------------------------
+    def _t(self, *shape: int, grad: bool = False, dtype: Any = None) -> Any:
+        x = self.torch.randn(*shape, device=self.device, dtype=dtype or self.dtype)
+        return x.requires_grad_(grad)
+
+    def _time(self, fn: Callable[[], Any], what: str) -> Timing | None:
+        try:
+            return self.timer.time(fn)
+        except RuntimeError as e:
+            if not _is_oom(self.torch, e):
+                raise
+            if self.kind == "cuda":
+                self.torch.cuda.empty_cache()
+            return None
+        finally:
+            self.on_step(what)
+
+    def _backward(
+        self, y: Any, inputs: tuple[Any, ...], dy: Any | None = None
+    ) -> Callable[[], Any]:
+        dy = self.torch.randn_like(y) if dy is None else dy
+        return lambda: self.torch.autograd.grad(y, inputs, dy, retain_graph=True)
+
+    # ---- GEMM and attention ------------------------------------------------------------------------
+    def gemm(self) -> dict[str, Any]:
+        g = self.grid.gemm
+        cell = Cell.empty((len(g),) * 3)
+        for i, m in enumerate(g):
+            for k_i, k in enumerate(g):
+                a = self._t(m, k)
+                for j, n in enumerate(g):
+                    w = self._t(n, k, grad=True)  # a weight: autograd records the op
+                    t = self._time(lambda a=a, w=w: self.F.linear(a, w), f"gemm {m}x{n}x{k}")
+                    cell.put((i, j, k_i), t, f"{m}x{n}x{k}")
+                    del w
+                del a
+        return _table(("m", "n", "k"), (g, g, g), cell, {"impl": "torch.nn.functional.linear"})
+
+    def attention(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        gr = self.grid
+        axes = (gr.attention_batch_heads, gr.attention_seq, gr.attention_head_dim)
+        shape = tuple(len(a) for a in axes)
+        fwd, bwd = Cell.empty(shape), Cell.empty(shape)
+        for i, bh in enumerate(axes[0]):
+            for j, s in enumerate(axes[1]):
+                for k, d in enumerate(axes[2]):
+                    idx, what = (i, j, k), f"attention {bh}x{s}x{d}"
+                    try:
+                        # (batch, seq, heads, d) transposed to (batch, heads, seq, d), the
+                        # strides of q, k, v split from a fused QKV projection
+                        bases = [self._t(1, s, bh, d, grad=True) for _ in range(3)]
+                    except RuntimeError as e:
+                        if not _is_oom(self.torch, e):
+                            raise
+                        fwd.put(idx, None, what)
+                        bwd.put(idx, None, what)
+                        self.on_step(what)
+                        self.on_step(what)
+                        continue
+                    qkv = tuple(b.transpose(1, 2) for b in bases)
+                    fwd.put(idx, self._time(partial(K.attention, self.F, *qkv), what), what)
+                    out = K.attention(self.F, *qkv)
+                    bwd.put(idx, self._time(self._backward(out, tuple(bases)), what + " bwd"), what)
+                    bases = qkv = out = None  # free before the next, larger cell
+        names = ("batch_heads", "seq", "head_dim")
+        info = {"impl": "torch.nn.functional.scaled_dot_product_attention(is_causal=True)"}
+        return _table(names, axes, fwd, info), _table(names, axes, bwd, info)
+
+    # ---- memory-bound ops --------------------------------------------------------------------------
+    def memory_ops(self) -> dict[str, dict[str, Any]]:
+        tables: dict[str, dict[str, Any]] = {}
+        elements = self.grid.elements
+        for name, (build, width_key) in self._memory_builders().items():
+            fwd_keys, bwd_keys = [], []
+            fwd = Cell.empty((len(elements),))
+            bwd = Cell.empty((len(elements),))
+            for i, e in enumerate(elements):
+                width = min(self.widths[width_key], e)
+                rows = e // width
+                fwd_fn, bwd_fn, fwd_key, bwd_key = build(rows, width)
+                fwd_keys.append(fwd_key)
+                fwd.put((i,), self._time(fwd_fn, f"{name} {e}"), str(e))
+                if bwd_fn is not None:
+                    bwd_keys.append(bwd_key)
+                    bwd.put((i,), self._time(bwd_fn, f"{name}_bwd {e}"), str(e))
+                del fwd_fn, bwd_fn
+            info = {"elements": list(elements), "width": self.widths[width_key]}
+            tables[name] = _table(("nbytes",), (fwd_keys,), fwd, info)
+            if bwd_keys:
+                tables[f"{name}_bwd"] = _table(("nbytes",), (bwd_keys,), bwd, info)
+        tables["optimizer"] = self.optimizer()
+        return tables
+
+    def _memory_builders(self) -> dict[str, tuple[Callable[[int, int], tuple[Any, ...]], str]]:
+        torch, F, a = self.torch, self.F, self.a
+        t = self._t
+
+        def norm(kind: str) -> Callable[[int, int], tuple[Any, ...]]:
+            def build(r: int, w: int) -> tuple[Any, ...]:
+                x, weight, bias = t(r, w, grad=True), t(w, grad=True), t(w, grad=True)
+                if kind == "layernorm":
+                    f = lambda: K.layer_norm(F, x, weight, bias)  # noqa: E731
+                    inputs = (x, weight, bias)
+                else:
+                    f = lambda: K.rms_norm(F, x, weight)  # noqa: E731
+                    inputs = (x, weight)
+                e = r * w
+                return f, self._backward(f(), inputs), 2 * e * a, 4 * e * a
+
+            return build
+
+        def bias_dropout_add(r: int, w: int) -> tuple[Any, ...]:
+            x, bias, res = t(r, w, grad=True), t(w, grad=True), t(r, w, grad=True)
+            f = lambda: K.bias_dropout_add(F, x, bias, res)  # noqa: E731
+            key = 3 * r * w * a + r * w  # + the 1-byte mask
+            return f, self._backward(f(), (x, bias, res)), key, 2 * key
+
+        def residual_add(r: int, w: int) -> tuple[Any, ...]:
+            x, res = t(r, w, grad=True), t(r, w, grad=True)
+            # backward: the residual stream's gradient is the sum of the two branches'
+            dy, db = t(r, w), t(r, w)
+            return lambda: x + res, lambda: dy + db, 3 * r * w * a, 6 * r * w * a
+
+        def bias_gelu(r: int, w: int) -> tuple[Any, ...]:
+            x, bias = t(r, w, grad=True), t(w, grad=True)
+            f = lambda: K.bias_gelu(F, x, bias)  # noqa: E731
+            return f, self._backward(f(), (x, bias)), 2 * r * w * a, 4 * r * w * a
+
+        def swiglu(r: int, w: int) -> tuple[Any, ...]:
+            x = t(r, 2 * w, grad=True)  # fused gate|up; w = output width
+            f = lambda: K.swiglu(F, x)  # noqa: E731
+            return f, self._backward(f(), (x,)), 3 * r * w * a, 6 * r * w * a
+
+        def rotary(r: int, w: int) -> tuple[Any, ...]:
+            d = min(ROTARY_HEAD_DIM, w)
+            x = t(r, w // d, d, grad=True)
+            cos, sin = t(r, 1, d), t(r, 1, d)
+            f = lambda: K.rotary(torch, x, cos, sin)  # noqa: E731
+            return f, self._backward(f(), (x,)), 2 * r * w * a, 4 * r * w * a
+
+        def softmax(r: int, w: int) -> tuple[Any, ...]:
+            x = t(r, w, grad=True)
+            f = lambda: torch.softmax(x, dim=-1)  # noqa: E731
+            return f, self._backward(f(), (x,)), 2 * r * w * a, 3 * r * w * a
+
+        def dropout(r: int, w: int) -> tuple[Any, ...]:
+            x = t(r * w, grad=True)
+            f = lambda: F.dropout(x, K.DROPOUT_P, True)  # noqa: E731
+            key = 2.5 * r * w * a  # read, write, 1-byte mask (at 2-byte activations)
+            return f, self._backward(f(), (x,)), key, key
+
+        def embedding(r: int, w: int) -> tuple[Any, ...]:
+            vocab = self.widths["rows"]
+            table = t(vocab, w, grad=True)
+            ids = torch.randint(0, vocab, (r,), device=self.device)
+            dy = t(r, w)
+            grad = torch.zeros(vocab, w, device=self.device, dtype=torch.float32)
+            # backward: scatter-add into the fp32 gradient of the table
+            bwd = lambda: grad.index_add_(0, ids, dy.float())  # noqa: E731
+            return lambda: F.embedding(ids, table), bwd, 2 * r * w * a, r * w * (a + 8)
+
+        def cross_entropy(r: int, w: int) -> tuple[Any, ...]:
+            logits = t(r, w, grad=True)
+            target = torch.randint(0, w, (r,), device=self.device)
+            f = lambda: K.cross_entropy(F, logits, target)  # noqa: E731
+            loss = f()
+            dloss = torch.ones((), device=self.device)
+            bwd = lambda: torch.autograd.grad(loss, (logits,), dloss, retain_graph=True)  # noqa: E731
+            return f, bwd, r * w * (a + 16), r * w * (4 + a)
+
+        def copy(r: int, w: int) -> tuple[Any, ...]:
+            src, dst = t(r * w), t(r * w)
+            return lambda: dst.copy_(src), None, 2 * r * w * a, 0
+
+        return {
+            "layernorm": (norm("layernorm"), "hidden"),
+            "rmsnorm": (norm("rmsnorm"), "hidden"),
+            "bias_dropout_add": (bias_dropout_add, "hidden"),
+            "residual_add": (residual_add, "hidden"),
+            "bias_gelu": (bias_gelu, "ffn"),
+            "swiglu": (swiglu, "ffn"),
+            "rotary": (rotary, "hidden"),
+            "softmax": (softmax, "seq"),
+            "dropout": (dropout, "hidden"),
+            "embedding": (embedding, "hidden"),
+            "cross_entropy": (cross_entropy, "vocab"),
+            "memory": (copy, "hidden"),
+        }
+
+    def optimizer(self) -> dict[str, Any]:
+        """Mixed-precision Adam over P parameters, filed under the bytes ``sim/step.py``
+        counts per parameter."""
+        s = self.setup
+        per_param = 2 * s.grad_bytes + 2 * s.optimizer_bytes + s.weight_bytes + s.grad_bytes
+        sizes = self.grid.optimizer_params
+        cell = Cell.empty((len(sizes),))
+        for i, p in enumerate(sizes):
+            param = self._t(p, grad=True)
+            grad = self._t(p)
+            opt = K.MixedAdam(self.torch, [param])
+            self.optimizer_impl = opt.impl
+
+            def step(param: Any = param, grad: Any = grad, opt: K.MixedAdam = opt) -> None:
+                param.grad = grad
+                opt.step()
+
+            cell.put((i,), self._time(step, f"optimizer {p}"), str(p))
+            del param, grad, opt
+        info = {"params": list(sizes), "bytes_per_param": per_param, "impl": self.optimizer_impl}
+        return _table(("nbytes",), ([p * per_param for p in sizes],), cell, info)
+
+
+def bandwidth(bench: OpBench) -> dict[str, float]:
+    """Device memory bandwidth: one copy of a buffer larger than the caches."""
+    n = bench.grid.bandwidth_bytes // 4
+    src = bench.torch.empty(n, dtype=bench.torch.float32, device=bench.device).uniform_()
+    dst = bench.torch.empty_like(src)
+    t = bench._time(partial(dst.copy_, src), f"bandwidth {n * 4 / 2**20:.0f} MiB")
+    if t is None:
+        raise ValueError("the memory-bandwidth copy ran out of memory")
+    return {
+        "bytes_per_s": 2.0 * n * 4 / t.median_s,
+        "buffer_bytes": float(n * 4),
+        "spread": t.spread,
+    }
+
+
+def _table(
+    axes: tuple[str, ...], grid: tuple[Any, ...], cell: Cell, info: dict[str, Any]
+) -> dict[str, Any]:
+    """A table in the profile's JSON layout (``sim/measured.py``)."""
+
+    def nested(a: np.ndarray) -> Any:
+        return np.where(np.isfinite(a), a, None).tolist()  # null = not measured
+
+    out: dict[str, Any] = {
+        "axes": list(axes),
+        "grid": {name: [float(v) for v in values] for name, values in zip(axes, grid, strict=True)},
+        "time_s": nested(cell.time_s),
+        "spread": nested(cell.spread),
+        "shape": info,
+    }
+    if cell.failures:
+        out["not_measured"] = cell.failures
+    return out
+
+
+def measure_ops(
+    torch: Any, device: Any, dtype: str, grid: Grid, on_step: OnStep
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """All op tables of one dtype, and notes on how they were measured."""
+    bench = OpBench(torch, device, dtype, grid, on_step)
+    copy = bandwidth(bench)
+    tables: dict[str, Any] = {"gemm": bench.gemm()}
+    tables["attention_fwd"], tables["attention_bwd"] = bench.attention()
+    tables.update(bench.memory_ops())
+    notes = {
+        "optimizer": bench.optimizer_impl,
+        "timing": f"{bench.timer.clock_name} around back-to-back calls after warm-up; median "
+        f"of {grid.repeats} samples, spread = relative interquartile range",
+        "threads": torch.get_num_threads() if bench.kind == "cpu" else None,
+        "memory_bandwidth": copy,
+    }
+    return tables, notes
