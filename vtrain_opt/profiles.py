@@ -134,6 +134,9 @@ class Profile:
     provenance: dict[str, Any] = field(default_factory=dict)
     tables: dict[str, Any] = field(default_factory=dict)  # measured op tables (profiler)
     fit: dict[str, Any] = field(default_factory=dict)  # calibration record, if fitted
+    # a measured profile's device (GPUSpec fields + sources), so a device outside the GPU
+    # catalog (e.g. a CPU) can be simulated: see spec/hardware.py:cluster_for_profile
+    device: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         missing = sorted(set(PARAM_DEFS) - set(self.params))
@@ -192,6 +195,8 @@ class Profile:
         }
         if self.fit:
             out["fit"] = self.fit
+        if self.device:
+            out["device"] = self.device
         if self.tables:
             out["tables"] = self.tables
         return out
@@ -220,6 +225,16 @@ class Profile:
             params[k] = float(value)
             if isinstance(v, dict) and v.get("source"):
                 sources[k] = str(v["source"])
+        device = data.get("device") or {}
+        if device:
+            from vtrain_opt.spec.hardware import GPUSpec
+
+            GPUSpec.from_dict(device, name=str(data["gpu"]), owner=f"{origin}: key 'device'")
+        tables = data.get("tables") or {}
+        if tables:
+            from vtrain_opt.sim.measured import parse_tables
+
+            parse_tables(tables, origin)
         try:
             return cls(
                 name=str(data["name"]),
@@ -229,8 +244,9 @@ class Profile:
                 kind=str(data.get("kind", "analytical")),
                 description=str(data.get("description", "")),
                 provenance=dict(data.get("provenance") or {}),
-                tables=dict(data.get("tables") or {}),
+                tables=dict(tables),
                 fit=dict(data.get("fit") or {}),
+                device=dict(device),
             )
         except ValueError as e:
             raise ValueError(f"{origin}: {e}") from None

@@ -68,7 +68,7 @@ def make_context(
         profile = load_profile(profile, gpu=cluster.gpu.name)
     if setup is None:
         setup = Setup(
-            dtype="bf16" if "bf16" in cluster.gpu.peak_flop_per_s else "fp16",
+            dtype=_default_dtype(cluster, profile),
             attention="flash" if cluster.gpu.flash_attention else "unfused",
         )
     if setup.attention == "flash" and not cluster.gpu.flash_attention:
@@ -77,6 +77,17 @@ def make_context(
         )
     cluster.gpu.peak(setup.dtype)  # raises if the GPU has no such dtype
     return SimContext(model, cluster, profile, setup)
+
+
+def _default_dtype(cluster: ClusterSpec, profile: Profile) -> str:
+    """bf16 where the GPU has it, else fp16; a device with neither (a measured CPU profile
+    has only the dtypes it was measured in) gets its measured dtype."""
+    peaks = cluster.gpu.peak_flop_per_s
+    usable = [d for d in ("bf16", "fp16", "fp32") if d in peaks]
+    if not usable or usable[0] != "fp32":
+        return "bf16" if "bf16" in peaks else "fp16"
+    measured = [d for d in usable if d in profile.tables]
+    return measured[0] if measured else usable[0]
 
 
 @dataclass
