@@ -1,8 +1,8 @@
 """Op benchmarks: time every op the simulator models, on this device, over a grid.
 
 Each memory-bound op is measured on a tensor of E elements and filed under the bytes
-that ``sim/costs.py`` (or ``sim/step.py`` for the optimizer) counts for that shape, so
-the simulator reads it back by the same key. The ``_bwd`` tables time the op's backward
+that ``sim/costs.py`` (or ``sim/step.py`` for the optimizer) counts for that shape
+(``sim_bytes_per_element``), so the simulator reads it back by the same key. The ``_bwd`` tables time the op's backward
 as autograd runs it (``torch.autograd.grad`` on the op's graph).
 """
 
@@ -18,7 +18,7 @@ import numpy as np
 from vtrain_opt.profiler import kernels as K
 from vtrain_opt.profiler.grid import Grid
 from vtrain_opt.profiler.timing import Timer, Timing
-from vtrain_opt.spec.setup import Setup
+from vtrain_opt.sim.measured import sim_bytes_per_element
 
 OnStep = Callable[[str], None]
 # Inner widths of the measured tensors: hidden-like, ffn-like, attention scores, vocabulary.
@@ -63,8 +63,6 @@ class OpBench:
         self.torch, self.F, self.device, self.grid = torch, F, device, grid
         self.dtype_name = dtype
         self.dtype = K.torch_dtype(torch, dtype)
-        self.setup = Setup(dtype=dtype)
-        self.a = float(self.setup.act_bytes)
         self.kind = "cuda" if device.type == "cuda" else "cpu"
         self.widths = WIDTHS[self.kind]
         self.timer = Timer(torch, device, grid.warmup, grid.repeats, grid.min_sample_s)
@@ -141,31 +139,36 @@ class OpBench:
 
     # ---- memory-bound ops --------------------------------------------------------------------------
     def memory_ops(self) -> dict[str, dict[str, Any]]:
+        """Each op on E elements, filed under the bytes the simulator counts for E."""
         tables: dict[str, dict[str, Any]] = {}
         elements = self.grid.elements
+        factors = sim_bytes_per_element(self.dtype_name)
         for name, (build, width_key) in self._memory_builders().items():
-            fwd_keys, bwd_keys = [], []
             fwd = Cell.empty((len(elements),))
             bwd = Cell.empty((len(elements),))
+            has_bwd = False
             for i, e in enumerate(elements):
                 width = min(self.widths[width_key], e)
-                rows = e // width
-                fwd_fn, bwd_fn, fwd_key, bwd_key = build(rows, width)
-                fwd_keys.append(fwd_key)
+                fwd_fn, bwd_fn = build(e // width, width)
                 fwd.put((i,), self._time(fwd_fn, f"{name} {e}"), str(e))
                 if bwd_fn is not None:
-                    bwd_keys.append(bwd_key)
+                    has_bwd = True
                     bwd.put((i,), self._time(bwd_fn, f"{name}_bwd {e}"), str(e))
-                del fwd_fn, bwd_fn
-            info = {"elements": list(elements), "width": self.widths[width_key]}
-            tables[name] = _table(("nbytes",), (fwd_keys,), fwd, info)
-            if bwd_keys:
-                tables[f"{name}_bwd"] = _table(("nbytes",), (bwd_keys,), bwd, info)
-        tables["optimizer"] = self.optimizer()
+            for op, cell in ((name, fwd), (f"{name}_bwd", bwd) if has_bwd else (None, None)):
+                if op is None:
+                    continue
+                info = {
+                    "elements": list(elements),
+                    "width": self.widths[width_key],
+                    "bytes_per_element": factors[op],
+                }
+                keys = [factors[op] * e for e in elements]
+                tables[op] = _table(("nbytes",), (keys,), cell, info)
+        tables["optimizer"] = self.optimizer(factors["optimizer"])
         return tables
 
     def _memory_builders(self) -> dict[str, tuple[Callable[[int, int], tuple[Any, ...]], str]]:
-        torch, F, a = self.torch, self.F, self.a
+        torch, F = self.torch, self.F
         t = self._t
 
         def norm(kind: str) -> Callable[[int, int], tuple[Any, ...]]:
@@ -177,50 +180,47 @@ class OpBench:
                 else:
                     f = lambda: K.rms_norm(F, x, weight)  # noqa: E731
                     inputs = (x, weight)
-                e = r * w
-                return f, self._backward(f(), inputs), 2 * e * a, 4 * e * a
+                return f, self._backward(f(), inputs)
 
             return build
 
         def bias_dropout_add(r: int, w: int) -> tuple[Any, ...]:
             x, bias, res = t(r, w, grad=True), t(w, grad=True), t(r, w, grad=True)
             f = lambda: K.bias_dropout_add(F, x, bias, res)  # noqa: E731
-            key = 3 * r * w * a + r * w  # + the 1-byte mask
-            return f, self._backward(f(), (x, bias, res)), key, 2 * key
+            return f, self._backward(f(), (x, bias, res))
 
         def residual_add(r: int, w: int) -> tuple[Any, ...]:
             x, res = t(r, w, grad=True), t(r, w, grad=True)
             # backward: the residual stream's gradient is the sum of the two branches'
             dy, db = t(r, w), t(r, w)
-            return lambda: x + res, lambda: dy + db, 3 * r * w * a, 6 * r * w * a
+            return lambda: x + res, lambda: dy + db
 
         def bias_gelu(r: int, w: int) -> tuple[Any, ...]:
             x, bias = t(r, w, grad=True), t(w, grad=True)
             f = lambda: K.bias_gelu(F, x, bias)  # noqa: E731
-            return f, self._backward(f(), (x, bias)), 2 * r * w * a, 4 * r * w * a
+            return f, self._backward(f(), (x, bias))
 
         def swiglu(r: int, w: int) -> tuple[Any, ...]:
             x = t(r, 2 * w, grad=True)  # fused gate|up; w = output width
             f = lambda: K.swiglu(F, x)  # noqa: E731
-            return f, self._backward(f(), (x,)), 3 * r * w * a, 6 * r * w * a
+            return f, self._backward(f(), (x,))
 
         def rotary(r: int, w: int) -> tuple[Any, ...]:
             d = min(ROTARY_HEAD_DIM, w)
             x = t(r, w // d, d, grad=True)
             cos, sin = t(r, 1, d), t(r, 1, d)
             f = lambda: K.rotary(torch, x, cos, sin)  # noqa: E731
-            return f, self._backward(f(), (x,)), 2 * r * w * a, 4 * r * w * a
+            return f, self._backward(f(), (x,))
 
         def softmax(r: int, w: int) -> tuple[Any, ...]:
             x = t(r, w, grad=True)
             f = lambda: torch.softmax(x, dim=-1)  # noqa: E731
-            return f, self._backward(f(), (x,)), 2 * r * w * a, 3 * r * w * a
+            return f, self._backward(f(), (x,))
 
         def dropout(r: int, w: int) -> tuple[Any, ...]:
             x = t(r * w, grad=True)
             f = lambda: F.dropout(x, K.DROPOUT_P, True)  # noqa: E731
-            key = 2.5 * r * w * a  # read, write, 1-byte mask (at 2-byte activations)
-            return f, self._backward(f(), (x,)), key, key
+            return f, self._backward(f(), (x,))
 
         def embedding(r: int, w: int) -> tuple[Any, ...]:
             vocab = self.widths["rows"]
@@ -230,7 +230,7 @@ class OpBench:
             grad = torch.zeros(vocab, w, device=self.device, dtype=torch.float32)
             # backward: scatter-add into the fp32 gradient of the table
             bwd = lambda: grad.index_add_(0, ids, dy.float())  # noqa: E731
-            return lambda: F.embedding(ids, table), bwd, 2 * r * w * a, r * w * (a + 8)
+            return lambda: F.embedding(ids, table), bwd
 
         def cross_entropy(r: int, w: int) -> tuple[Any, ...]:
             logits = t(r, w, grad=True)
@@ -239,11 +239,11 @@ class OpBench:
             loss = f()
             dloss = torch.ones((), device=self.device)
             bwd = lambda: torch.autograd.grad(loss, (logits,), dloss, retain_graph=True)  # noqa: E731
-            return f, bwd, r * w * (a + 16), r * w * (4 + a)
+            return f, bwd
 
         def copy(r: int, w: int) -> tuple[Any, ...]:
             src, dst = t(r * w), t(r * w)
-            return lambda: dst.copy_(src), None, 2 * r * w * a, 0
+            return lambda: dst.copy_(src), None
 
         return {
             "layernorm": (norm("layernorm"), "hidden"),
@@ -260,11 +260,9 @@ class OpBench:
             "memory": (copy, "hidden"),
         }
 
-    def optimizer(self) -> dict[str, Any]:
+    def optimizer(self, bytes_per_param: float) -> dict[str, Any]:
         """Mixed-precision Adam over P parameters, filed under the bytes ``sim/step.py``
-        counts per parameter."""
-        s = self.setup
-        per_param = 2 * s.grad_bytes + 2 * s.optimizer_bytes + s.weight_bytes + s.grad_bytes
+        counts for P parameters."""
         sizes = self.grid.optimizer_params
         cell = Cell.empty((len(sizes),))
         for i, p in enumerate(sizes):
@@ -278,9 +276,12 @@ class OpBench:
                 opt.step()
 
             cell.put((i,), self._time(step, f"optimizer {p}"), str(p))
-            del param, grad, opt
-        info = {"params": list(sizes), "bytes_per_param": per_param, "impl": self.optimizer_impl}
-        return _table(("nbytes",), ([p * per_param for p in sizes],), cell, info)
+        info = {
+            "elements": list(sizes),
+            "bytes_per_element": bytes_per_param,
+            "impl": f"AdamW ({self.optimizer_impl}), fp32 master weights and states",
+        }
+        return _table(("nbytes",), ([p * bytes_per_param for p in sizes],), cell, info)
 
 
 def bandwidth(bench: OpBench) -> dict[str, float]:

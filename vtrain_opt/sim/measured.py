@@ -11,6 +11,13 @@ over bytes, collectives over bytes for each measured group size). Power laws are
 straight lines in log space, so a GEMM or a copy that scales with its size is
 interpolated without bias, and grid points return the measured value exactly.
 
+Memory-bound ops are measured on tensors of E elements and looked up by the bytes the
+simulator counts for them. That count (bytes per element of the op's main tensor) is
+the simulator's convention, which may change: a table records the elements it measured
+and the bytes per element it was written with, and ``MeasuredTables`` re-keys it with
+the current simulator's count (``sim_bytes_per_element``, read off ``sim/costs.py`` and
+``sim/step.py`` themselves), so an older profile keeps answering for the same shapes.
+
 JSON layout (``profile["tables"]``)::
 
     {"bf16": {"gemm": {"axes": ["m", "n", "k"],
@@ -18,7 +25,8 @@ JSON layout (``profile["tables"]``)::
                        "time_s": nested lists (axis order, null = not measured),
                        "spread": same shape, relative interquartile range (optional),
                        "repeats": 10, "shape": {...how it was measured...}},
-              "layernorm": {"axes": ["nbytes"], ...},
+              "layernorm": {"axes": ["nbytes"], "shape": {"elements": [...],
+                            "bytes_per_element": 8.0, ...}, ...},
               "all_reduce": {"axes": ["group", "nbytes"], "scope": "intra_node", ...}}}
 """
 
@@ -221,6 +229,93 @@ def _numeric_array(raw: Any, shape: tuple[int, ...], where: str) -> np.ndarray:
     return out
 
 
+# ---- the simulator's byte convention, read off its own code --------------------------------
+_FACTORS: dict[str, dict[str, float]] = {}
+
+
+def sim_bytes_per_element(dtype: str) -> dict[str, float]:
+    """Bytes ``sim/costs.py`` and ``sim/step.py`` count per element of each memory-bound op's
+    main tensor (per parameter for the optimizer), at this dtype.
+
+    Found by running the cost functions on two small reference models (GPT and LLaMA,
+    unfused attention, one GPU) with an op model that records what it is asked. The
+    embedding follows the LLaMA model (a plain row lookup, as the profiler measures it).
+    """
+    if dtype in _FACTORS:
+        return _FACTORS[dtype]
+    from dataclasses import dataclass, field
+
+    from vtrain_opt.profiles import load_profile
+    from vtrain_opt.sim.costs import edge_costs, layer_costs
+    from vtrain_opt.sim.memory import stage_params
+    from vtrain_opt.sim.ops import OpModel
+    from vtrain_opt.sim.step import SimContext, simulate_arrays
+    from vtrain_opt.spec.hardware import get_cluster
+    from vtrain_opt.spec.model import ModelSpec
+    from vtrain_opt.spec.plan import ParallelPlan, PlanBatch
+    from vtrain_opt.spec.setup import Setup
+
+    @dataclass(frozen=True)
+    class Recorder(OpModel):
+        calls: list[tuple[str, float]] = field(default_factory=list)
+
+        def memory_s(self, nbytes: Any, kernels: Any = 1, op: str = "memory") -> np.ndarray:
+            self.calls.append((op, float(np.ravel(nbytes)[0])))
+            return np.zeros(np.shape(nbytes))
+
+    cluster = get_cluster("a100-80gb")
+    setup = Setup(dtype=dtype, attention="unfused")
+    s, h, heads, vocab = 128, 256, 4, 1024
+    shape = dict(num_layers=1, hidden_size=h, num_attention_heads=heads, vocab_size=vocab)
+    gpt = ModelSpec(family="gpt", seq_length=s, **shape)
+    llama = ModelSpec(family="llama", seq_length=s, **shape)
+    one, no = np.array([1]), np.array([False])
+    seen: dict[str, list[float]] = {}
+    for spec in (gpt, llama):
+        rec = Recorder(load_profile("a100-80gb"), cluster, setup)
+        layer_costs(spec, rec, one, one, no, np.array([0]))
+        edge_costs(spec, rec, one, one, no)
+        ctx = SimContext(spec, cluster, rec.profile, setup)
+        ctx.__dict__["ops"] = rec  # the cached op model, replaced by the recorder
+        plan = ParallelPlan(tp=1, pp=1, dp=1, micro_batch=1, global_batch=1)
+        simulate_arrays(ctx, PlanBatch.from_plans([plan]))
+        t, f = float(s), float(spec.ffn)
+        # elements of each op's main tensor in this model (what the profiler's E counts)
+        per_op = {
+            "layernorm": t * h, "rmsnorm": t * h, "bias_dropout_add": t * h,
+            "residual_add": t * h, "bias_gelu": t * f, "swiglu": t * f,
+            "rotary": t * (h + spec.kv_hidden_size), "softmax": heads * t * t,
+            "dropout": heads * t * t, "cross_entropy": t * spec.padded_vocab(1),
+        }  # fmt: skip
+        if spec is llama:  # GPT's embedding adds positions and dropout to the lookup
+            per_op["embedding"] = t * h
+        elements = {**per_op, **{f"{op}_bwd": n for op, n in per_op.items()}}
+        elements["optimizer"] = float(stage_params(spec, one, one).first[0])
+        for op, nbytes in rec.calls:
+            if op in elements:
+                seen.setdefault(op, []).append(nbytes / elements[op])
+    factors = {op: float(np.median(v)) for op, v in seen.items()}
+    factors["memory"] = 2.0 * setup.act_bytes  # a copy: read and write
+    _FACTORS[dtype] = factors
+    return factors
+
+
+def _rekey(table: Table, raw: Any, dtype: str) -> Table:
+    """A memory-bound op's table keyed by the current simulator's bytes per element."""
+    shape = raw.get("shape") if isinstance(raw, Mapping) else None
+    if (
+        not isinstance(shape, Mapping)
+        or "elements" not in shape
+        or "bytes_per_element" not in shape
+    ):
+        return table  # written without them: keep its keys
+    now = sim_bytes_per_element(dtype).get(table.op)
+    then = shape["bytes_per_element"]
+    if now is None or not _is_number(then) or then <= 0 or abs(now / then - 1.0) < 1e-9:
+        return table
+    return Table(table.op, table.axes, (table.grid[0] * (now / then),), table.time_s, table.scope)
+
+
 class MeasuredTables:
     """The op tables of a measured profile, answering ``OpModel`` queries.
 
@@ -231,6 +326,10 @@ class MeasuredTables:
     def __init__(self, tables: Mapping[str, Any], name: str = "profile") -> None:
         self.name = name
         self.tables = parse_tables(tables, origin=f"profile {name!r}")
+        for dtype, ops in self.tables.items():
+            for op, table in ops.items():
+                if op in MEMORY_OPS:
+                    ops[op] = _rekey(table, tables[dtype][op], dtype)
         self._counts: dict[str, dict[str, int]] = {}
 
     def dtypes(self) -> list[str]:
