@@ -312,8 +312,9 @@ def _print_measure(report: dict[str, Any]) -> None:
     if f:
         con.print(
             f"GEMM best {f['gemm_best_flop_per_s'] / 1e12:.3g} TFLOP/s, attention best "
-            f"{f['attention_best_flop_per_s'] / 1e12:.3g} TFLOP/s, copy best "
-            f"{f['copy_best_bytes_per_s'] / 1e9:.3g} GB/s"
+            f"{f['attention_best_flop_per_s'] / 1e12:.3g} TFLOP/s, memory bandwidth "
+            f"{f['copy_large_bytes_per_s'] / 1e9:.3g} GB/s (large copy; "
+            f"{f['copy_best_bytes_per_s'] / 1e9:.3g} GB/s at best, in cache)"
         )
     comp = report["comparison"]
     table = Table(title=f"measured / analytical ({comp['against']})", title_justify="left")

@@ -91,7 +91,12 @@ class MixedAdam:
         self.opt.step()
         if self.mixed:
             with torch.no_grad():
-                torch._foreach_copy_(self.params, self.master)
+                copy = getattr(torch, "_foreach_copy_", None)
+                if copy is not None:
+                    copy(self.params, self.master)
+                else:
+                    for p, m in zip(self.params, self.master, strict=True):
+                        p.copy_(m)
             for m in self.master:
                 m.grad = None
         for p in self.params:

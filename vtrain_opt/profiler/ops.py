@@ -144,6 +144,8 @@ class OpBench:
         elements = self.grid.elements
         factors = sim_bytes_per_element(self.dtype_name)
         for name, (build, width_key) in self._memory_builders().items():
+            if self.kind == "cuda":
+                self.torch.cuda.empty_cache()  # each op's largest cell needs room
             fwd = Cell.empty((len(elements),))
             bwd = Cell.empty((len(elements),))
             has_bwd = False

@@ -36,6 +36,7 @@ import itertools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -97,6 +98,11 @@ class Table:
     time_s: np.ndarray  # NaN where not measured (e.g. out of device memory)
     scope: str = ""  # "intra_node" for collectives and send/recv
 
+    @cached_property
+    def _logs(self) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+        with np.errstate(all="ignore"):
+            return np.log(self.time_s), tuple(np.log(g) for g in self.grid)
+
     def lookup(self, *coords: Any) -> tuple[np.ndarray, np.ndarray]:
         """Interpolated times at the query points and whether each lies inside the grid.
 
@@ -110,9 +116,9 @@ class Table:
         inside = np.ones(n, dtype=bool)
         on_grid = np.ones(n, dtype=bool)
         lo_idx, fracs, hit_idx = [], [], []
-        log_time = np.log(self.time_s)
+        log_time, log_grid = self._logs
         with np.errstate(all="ignore"):
-            for name, g, x in zip(self.axes, self.grid, flat, strict=True):
+            for name, g, lg, x in zip(self.axes, self.grid, log_grid, flat, strict=True):
                 size = len(g)
                 hit = np.clip(np.searchsorted(g, x), 0, size - 1)
                 exact = g[hit] == x
@@ -128,7 +134,6 @@ class Table:
                     lo_idx.append(np.zeros(n, dtype=np.intp))
                     fracs.append(np.zeros(n))
                     continue
-                lg = np.log(g)
                 lx = np.clip(np.log(np.where(x > 0, x, g[0])), lg[0], lg[-1])
                 lo = np.clip(np.searchsorted(lg, lx, side="right") - 1, 0, size - 2)
                 lo_idx.append(lo)
