@@ -92,6 +92,39 @@ PARAM_DEFS: dict[str, ParamDef] = {
             "fixed cost of one NCCL collective or send/recv (launch, handshake)",
         ),
         ParamDef(
+            "collective_hbm_passes",
+            "bytes per payload byte",
+            0.0,
+            8.0,
+            "HBM traffic of a collective's copy and reduction kernels per byte of payload "
+            "(all-reduce; half of it for all-gather and reduce-scatter)",
+        ),
+        ParamDef(
+            "host_layer_s",
+            "s",
+            0.0,
+            10e-3,
+            "host (CPU) time to dispatch one transformer layer's forward: Python, framework and "
+            "kernel launches; the backward dispatches twice as much. A layer whose GPU work is "
+            "shorter runs at the host's pace (launch-bound)",
+        ),
+        ParamDef(
+            "host_overlap",
+            "exponent",
+            1.0,
+            16.0,
+            "how well the host's dispatch overlaps the GPU's execution of a pass: its time is "
+            "(host^k + gpu^k)^(1/k), from k=1 (no overlap) to large k (the longer of the two)",
+        ),
+        ParamDef(
+            "host_collective_wait",
+            "fraction",
+            0.0,
+            1.0,
+            "share of a tensor-parallel collective's duration during which the host is blocked "
+            "(0: the host dispatches ahead of collectives; 1: it waits for each to finish)",
+        ),
+        ParamDef(
             "microbatch_overhead_s",
             "s",
             0.0,

@@ -17,6 +17,11 @@ Layer model (Megatron-LM, per micro-batch of T = b*s tokens, tp = t):
              reduce-scatter with it)
   recompute: none; selective = the attention core's forward again; full = the
              whole layer forward again (with its TP collectives) before its backward.
+
+Host-bound layers: the host dispatches a layer's forward in ``host_layer_s`` (twice
+that for the backward, plus the recomputed part) while the GPU runs what was already
+queued, so each pass takes max(host time, GPU time). The excess of the host time over
+the GPU time is kept apart as ``host_stall_*`` (it shows as framework overhead).
 """
 
 from __future__ import annotations
@@ -29,6 +34,9 @@ from vtrain_opt.sim.ops import OpModel, members_per_node
 from vtrain_opt.spec.model import ModelSpec
 
 RECOMPUTE_NONE, RECOMPUTE_SELECTIVE, RECOMPUTE_FULL = 0, 1, 2
+# Ops a Megatron GPT layer's forward dispatches (norms, GEMMs, attention, dropouts, residual
+# adds, collectives, and the views between them), to scale the host time of extra ops.
+HOST_OPS_PER_LAYER = 24.0
 
 
 @dataclass
@@ -41,6 +49,8 @@ class LayerCosts:
     bwd_comm_s: np.ndarray
     recompute_compute_s: np.ndarray  # the part of the forward redone in the backward
     recompute_comm_s: np.ndarray
+    host_stall_fwd_s: np.ndarray  # time the GPU waits for the host to dispatch the forward
+    host_stall_bwd_s: np.ndarray  # likewise for the backward (with recomputation)
 
 
 @dataclass
@@ -59,6 +69,19 @@ class EdgeCosts:
 
 def _f(x: np.ndarray) -> np.ndarray:
     return np.asarray(x, dtype=np.float64)
+
+
+def _overlap(host_s: np.ndarray, gpu_s: np.ndarray, sharpness: float) -> np.ndarray:
+    """Time of a pass whose host dispatch and GPU execution overlap imperfectly.
+
+    A smooth maximum (host^k + gpu^k)^(1/k): k -> infinity is perfect overlap (the max),
+    k = 1 no overlap at all (the sum). Never less than either part.
+    """
+    k = sharpness
+    hi = np.maximum(host_s, gpu_s)
+    lo = np.minimum(host_s, gpu_s)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return hi * (1.0 + np.where(hi > 0, lo / hi, 0.0) ** k) ** (1.0 / k)
 
 
 def layer_costs(
@@ -88,15 +111,33 @@ def layer_costs(
 
     # ---- attention core ----------------------------------------------------------------------
     bh = b * local_heads
+    softmax_host_ops: np.ndarray | float = 0.0  # ops dispatched beyond a standard layer
     if ops.setup.attention == "flash":
         attn_fwd = ops.flash_attention_s(bh, s, d)
         attn_bwd = ops.flash_attention_s(bh, s, d, backward=True)
     else:
         scores_bytes = bh * s * s * a_bytes
+        elems = bh * s * s
         dropout = model.has_dropout
+        # Megatron's fused scale-mask-softmax kernel runs only when b * heads/tp is a multiple
+        # of 4 (and 16 < s <= 4096); otherwise PyTorch's path upcasts to fp32 and runs scale,
+        # mask-fill, softmax and casts as separate kernels: about 37 (forward) and 41
+        # (backward) bytes per score instead of 2A and 3A, and 4 more ops to dispatch each.
+        fused = (np.mod(bh, 4) == 0) & (16 < s <= 4096) & (s % 4 == 0)
+        softmax_fwd = np.where(
+            fused,
+            ops.memory_s(2 * scores_bytes, 1, "softmax"),
+            ops.memory_s(elems * (a_bytes + 35.0), 5, "softmax"),
+        )
+        softmax_bwd = np.where(
+            fused,
+            ops.memory_s(3 * scores_bytes, 1, "softmax_bwd"),
+            ops.memory_s(elems * (a_bytes + 39.0), 5, "softmax_bwd"),
+        )
+        softmax_host_ops = np.where(fused, 0.0, 4.0)
         attn_fwd = (
             ops.gemm_s(s, s, d, batch=bh)  # Q K^T
-            + ops.memory_s(2 * scores_bytes, 1, "softmax")  # fused scale-mask-softmax
+            + softmax_fwd
             + (ops.memory_s(2.5 * scores_bytes, 1, "dropout") if dropout else 0.0)  # + mask
             + ops.gemm_s(s, d, s, batch=bh)  # P V
         )
@@ -104,7 +145,7 @@ def layer_costs(
             ops.gemm_s(s, s, d, batch=bh)  # dP = dO V^T
             + ops.gemm_s(s, d, s, batch=bh)  # dV = P^T dO
             + (ops.memory_s(2.5 * scores_bytes, 1, "dropout_bwd") if dropout else 0.0)
-            + ops.memory_s(3 * scores_bytes, 1, "softmax_bwd")  # read y, dy; write dx
+            + softmax_bwd
             + ops.gemm_s(s, d, s, batch=bh)  # dQ = dS K
             + ops.gemm_s(s, d, s, batch=bh)  # dK = dS^T Q
         )
@@ -139,13 +180,33 @@ def layer_costs(
         rc == RECOMPUTE_FULL, fwd_compute, np.where(rc == RECOMPUTE_SELECTIVE, attn_fwd, 0.0)
     )
     recompute_comm = np.where(rc == RECOMPUTE_FULL, tp_comm, 0.0)
+    bwd_compute = gemm_bwd + attn_bwd + mem_bwd
+    host = ops.profile.host_layer_s * (1.0 + softmax_host_ops / HOST_OPS_PER_LAYER)
+    # selective recomputation re-dispatches only the attention core: about a quarter of a layer
+    host_recompute = np.where(
+        rc == RECOMPUTE_FULL, 1.0, np.where(rc == RECOMPUTE_SELECTIVE, 0.25, 0.0)
+    )
+    kappa = ops.profile.host_collective_wait
+    gpu_fwd = fwd_compute + tp_comm
+    gpu_bwd = bwd_compute + recompute_compute + tp_comm + recompute_comm
+    stall_fwd = _overlap(host + kappa * tp_comm, gpu_fwd, ops.profile.host_overlap) - gpu_fwd
+    stall_bwd = (
+        _overlap(
+            host * (2.0 + host_recompute) + kappa * (tp_comm + recompute_comm),
+            gpu_bwd,
+            ops.profile.host_overlap,
+        )
+        - gpu_bwd
+    )
     return LayerCosts(
         fwd_compute_s=fwd_compute,
         fwd_comm_s=tp_comm,
-        bwd_compute_s=gemm_bwd + attn_bwd + mem_bwd,
+        bwd_compute_s=bwd_compute,
         bwd_comm_s=tp_comm,
         recompute_compute_s=recompute_compute,
         recompute_comm_s=recompute_comm,
+        host_stall_fwd_s=stall_fwd,
+        host_stall_bwd_s=stall_bwd,
     )
 
 
@@ -185,8 +246,12 @@ def edge_costs(
     logits_fwd = ops.gemm_s(tokens, vocab_local, h)
     logits_bwd = ops.gemm_s(tokens, h, vocab_local) + ops.gemm_s(h, vocab_local, tokens)
     elems = tokens * vocab_local
-    ce_fwd = ops.memory_s(elems * (a_bytes + 16.0), 5, "cross_entropy")
-    ce_bwd = ops.memory_s(elems * (4.0 + a_bytes), 2, "cross_entropy_bwd")
+    # Megatron's vocab-parallel cross-entropy in fp32, per logit: cast (read A, write 4), max
+    # (read 4), subtract, exp and normalize in place (read 4 + write 4 each), sum (read 4):
+    # the softmax is kept for the backward, which copies it, subtracts the target, scales
+    # by the loss gradient (read 4 + write 4 each) and casts back (read 4, write A).
+    ce_fwd = ops.memory_s(elems * (a_bytes + 36.0), 6, "cross_entropy")
+    ce_bwd = ops.memory_s(elems * (28.0 + a_bytes), 4, "cross_entropy_bwd")
     small = ops.collective_s("all_reduce", tokens * 4.0, t, per_node)
     head_fwd_comm = np.where(sp, ag, 0.0) + 3 * small
     head_bwd_comm = np.where(sp, rs, ar)

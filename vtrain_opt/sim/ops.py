@@ -11,7 +11,8 @@ efficiencies:
   bytes moved at the profile's fraction of HBM bandwidth, plus per-kernel overhead.
 * Collectives: NCCL's ring/tree volumes (2(n-1)/n of the buffer for all-reduce,
   (n-1)/n for all-gather and reduce-scatter) at the bus bandwidth of the link tier,
-  plus a fixed launch cost and a per-step link latency.
+  plus a fixed launch cost, a per-step link latency, and the HBM traffic of NCCL's
+  copy and reduction kernels (``collective_hbm_passes`` bytes per payload byte).
 """
 
 from __future__ import annotations
@@ -133,12 +134,15 @@ class OpModel:
         if kind == "all_reduce":
             volume = 2.0 * (group - 1) / np.maximum(group, 1)
             ring_steps = 2.0 * (group - 1)
+            passes = self.profile.collective_hbm_passes
         elif kind in ("all_gather", "reduce_scatter"):
             volume = (group - 1) / np.maximum(group, 1)
             ring_steps = group - 1
+            passes = 0.5 * self.profile.collective_hbm_passes
         else:
             raise ValueError(f"unknown collective {kind!r}")
         c = self.cluster
+        nbytes = np.asarray(nbytes, dtype=np.float64)
         intra = per_node >= group
         # Across nodes NCCL switches to trees/hierarchical rings: log-depth latency.
         steps = np.where(intra, ring_steps, 2.0 * np.ceil(np.log2(np.maximum(group, 2))))
@@ -146,7 +150,8 @@ class OpModel:
         t = (
             self.profile.collective_latency_s
             + steps * hop_s
-            + volume * np.asarray(nbytes, dtype=np.float64) / self.bus_bytes_per_s(group, per_node)
+            + volume * nbytes / self.bus_bytes_per_s(group, per_node)
+            + passes * nbytes / self.memory_bytes_per_s  # copy and reduction kernels
         )
         t = self._override(kind, t, nbytes=nbytes, group=group, per_node=per_node)
         return np.where(group > 1, t, 0.0)

@@ -136,10 +136,15 @@ def plan_costs(ctx: SimContext, batch: PlanBatch) -> PlanCosts:
     def gather(x: np.ndarray) -> np.ndarray:
         return np.broadcast_to(x, uniq.shape)[codes]
 
-    layer_fwd = gather(lc.fwd_compute_s + lc.fwd_comm_s)
+    layer_fwd = gather(lc.fwd_compute_s + lc.fwd_comm_s + lc.host_stall_fwd_s)
     layer_bwd = gather(
-        lc.bwd_compute_s + lc.bwd_comm_s + lc.recompute_compute_s + lc.recompute_comm_s
+        lc.bwd_compute_s
+        + lc.bwd_comm_s
+        + lc.recompute_compute_s
+        + lc.recompute_comm_s
+        + lc.host_stall_bwd_s
     )
+    layer_stall = gather(lc.host_stall_fwd_s + lc.host_stall_bwd_s)
     layer_compute = gather(lc.fwd_compute_s + lc.bwd_compute_s)
     layer_recompute = gather(lc.recompute_compute_s)
     layer_comm = gather(lc.fwd_comm_s + lc.bwd_comm_s + lc.recompute_comm_s)
@@ -168,7 +173,7 @@ def plan_costs(ctx: SimContext, batch: PlanBatch) -> PlanCosts:
     )
     busy_recompute = stage_layers * layer_recompute
     busy_tp_comm = stage_layers * layer_comm + head_comm + np.where(single, embed_comm, 0.0)
-    busy_overhead = v * mb_overhead
+    busy_overhead = v * mb_overhead + stage_layers * layer_stall
 
     # ---- data-parallel gradient communication and optimizer, first and last stage -----------
     # The collectives depend only on (tp, pp, dp): computed once per distinct triple.
