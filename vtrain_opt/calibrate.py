@@ -8,9 +8,13 @@ box mapped linearly (log-linearly for overheads) onto their bounds.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from datetime import date
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 from scipy.optimize import least_squares
@@ -29,14 +33,18 @@ ITERATION_PARAMS = (
     "gemm_efficiency",
     "gemm_k_half",
     "memory_efficiency",
-    "kernel_overhead_s",
     "host_layer_s",
     "host_collective_wait",
     "host_overlap",
     "microbatch_overhead_s",
-    "iteration_overhead_s",
     "network_efficiency",
 )
+# Set, not fitted: iteration times cannot tell them apart from the host and optimizer
+# terms (fits drive them to their lower bounds), so they keep small physical values.
+FIXED_PARAMS = {
+    "kernel_overhead_s": (1e-6, "GPU-side gap between dependent kernels (~1 us); fixed"),
+    "iteration_overhead_s": (1e-3, "per-iteration bookkeeping outside the pipeline; fixed"),
+}
 FIT_BOUNDS: dict[str, tuple[float, float]] = {
     "gemm_efficiency": (0.4, 0.95),
     "gemm_k_half": (0.0, 512.0),
@@ -266,3 +274,143 @@ def cross_validate(
         out[test] = predictor.predict(result.profile)[test]
         fold_params.append(result.params)
     return CrossValidation(out, mape_pct(out, measured), fold_params)
+
+
+# ---- the whole calibration: NCCL sweep, iteration fit, cross-validation, provenance -------------
+@dataclass
+class Calibration:
+    profile: Profile
+    fit: FitResult
+    cv: CrossValidation | None
+    predictor: Predictor
+    record: dict[str, Any]
+
+
+def _sha256(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def calibrate(
+    measurement_paths: Sequence[str | Path],
+    setup: RunSetup,
+    *,
+    base: Profile | None = None,
+    nccl_dir: str | Path | None = None,
+    nccl_prefix: str | None = None,
+    folds: int = 5,
+    seed: int = 0,
+    name: str | None = None,
+) -> Calibration:
+    """Fit a profile of ``setup.gpu`` to measured iteration times (and NCCL sweeps).
+
+    Returns the fitted profile with its fit record (data files with their SHA-256, date,
+    setup, fitted values, training and k-fold cross-validated MAPE per file).
+    """
+    from vtrain_opt import __version__
+    from vtrain_opt.measurements import read_measurements
+    from vtrain_opt.nccl import error_table, fit_collectives, read_sweeps
+    from vtrain_opt.profiles import load_profile
+
+    if folds == 1 or folds < 0:
+        raise ValueError("folds: use 0 (no cross-validation) or at least 2")
+    measurements = read_measurements(list(measurement_paths))
+    predictor = Predictor(measurements, setup)
+    profile = base or load_profile(setup.gpu)
+    profile = profile.with_params(**{k: v for k, (v, _) in FIXED_PARAMS.items()})
+    record: dict[str, Any] = {
+        "date": date.today().isoformat(),
+        "vtrain_opt_version": __version__,
+        "method": "robust (soft-L1) least squares on log(predicted/measured), each file "
+        "weighted equally, parameters bounded (calibrate.FIT_BOUNDS)",
+        "setup": asdict(setup),
+        "data": [
+            {
+                "path": str(p),
+                "sha256": _sha256(p),
+                "rows": int((measurements.rows["file"] == str(p)).sum()),
+            }
+            for p in measurement_paths
+        ],
+        "skipped_rows": len(measurements.skipped),
+        "fixed": {k: v for k, (v, _) in FIXED_PARAMS.items()},
+    }
+    if nccl_dir is not None:
+        sweep = read_sweeps(nccl_dir, nccl_prefix or setup.gpu.split("-")[0])
+        cluster = setup.cluster()
+        profile = fit_collectives(sweep, profile, cluster)
+        table = error_table(sweep, profile, cluster)
+        record["nccl"] = {
+            "dir": str(nccl_dir),
+            "files": sorted({f"{sweep.gpu}_allreduce_{n}gpu.csv" for n in sweep.group}),
+            "fitted": {
+                k: profile.params[k]
+                for k in ("nvlink_efficiency", "collective_latency_s", "collective_hbm_passes")
+            },
+            "mape_pct_by_group_and_size": table.round(2).to_dict("records"),
+        }
+    result = fit(predictor, profile, ITERATION_PARAMS)
+    measured = predictor.measured_s
+    files = measurements.rows["file"].to_numpy()
+    pred = predictor.predict(result.profile)
+    record["fitted"] = result.params
+    record["at_bounds"] = result.at_bounds
+    record["train_mape_pct"] = {
+        f: mape_pct(pred[files == f], measured[files == f]) for f in sorted(set(files))
+    }
+    cv = None
+    if folds:
+        cv = cross_validate(predictor, profile, k=folds, params=ITERATION_PARAMS, seed=seed)
+        record["cv"] = {
+            "folds": folds,
+            "seed": seed,
+            "mape_pct": {
+                f: mape_pct(cv.predicted_s[files == f], measured[files == f])
+                for f in sorted(set(files))
+            },
+            "overall_mape_pct": cv.mape_pct,
+        }
+    sources = dict(result.profile.sources)
+    for k in ITERATION_PARAMS:
+        sources[k] = f"fitted to {len(measured)} measured iterations on {record['date']} (see fit)"
+    for k, (_, why) in FIXED_PARAMS.items():
+        sources[k] = why
+    if "nccl" in record:
+        for k in record["nccl"]["fitted"]:
+            sources[k] = f"fitted to nccl-tests all-reduce sweeps in {nccl_dir} (see fit.nccl)"
+    fitted = replace(
+        result.profile,
+        name=name or setup.gpu,
+        gpu=setup.gpu,
+        kind="calibrated",
+        sources=sources,
+        description=f"{setup.gpu} profile calibrated on measured Megatron iteration times "
+        f"({', '.join(Path(p).name for p in measurement_paths)}).",
+        provenance={"method": "calibrated", "date": record["date"]},
+        fit=record,
+    )
+    return Calibration(fitted, result, cv, predictor, record)
+
+
+def derive(calibrated: Profile, gpu: str) -> Profile:
+    """A profile of another GPU from a calibrated one: the efficiency model is kept and the
+    peaks, bandwidths and memory come from the GPU's datasheet (the catalog)."""
+    note = (
+        f"derived from the calibrated {calibrated.gpu} profile ({calibrated.id}): value kept; "
+        f"{gpu}'s peaks and bandwidths come from its datasheet"
+    )
+    return replace(
+        calibrated,
+        name=gpu,
+        gpu=gpu,
+        kind="derived",
+        sources={k: note for k in calibrated.params},
+        description=f"{gpu} profile derived from the calibrated {calibrated.gpu} profile by "
+        "datasheet ratios (search_spaces/gpus.yaml); the efficiencies and overheads are "
+        f"{calibrated.gpu}'s. Not measured on {gpu}.",
+        provenance={
+            "method": "derived",
+            "derived_from": calibrated.id,
+            "date": date.today().isoformat(),
+        },
+        fit={},
+    )

@@ -78,7 +78,8 @@ def summary_table(row: Mapping[str, Any]) -> Table:
     table.add_row(
         "utilization",
         f"MFU {float(row['mfu']):.1%}, HFU {float(row['hfu']):.1%} "
-        f"({float(row['tflops_per_gpu']):.0f} model TFLOP/s per GPU)",
+        f"({float(row['tflops_per_gpu']):.0f} model / {float(row['hw_tflops_per_gpu']):.0f} "
+        "hardware TFLOP/s per GPU)",
     )
     if (
         "training_time_s" in row

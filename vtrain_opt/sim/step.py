@@ -354,7 +354,8 @@ def _simulate_chunk(
             "tokens_per_s": tokens_per_s,
             "mfu": mfu,
             "hfu": hfu,
-            "tflops_per_gpu": mfu * peak / 1e12,
+            "tflops_per_gpu": mfu * peak / 1e12,  # model FLOPs (as MFU)
+            "hw_tflops_per_gpu": hfu * peak / 1e12,  # with recompute, as Megatron reports
         }
         if tokens is not None:
             training_time = tokens / tokens_per_s
@@ -407,8 +408,10 @@ def simulate(
     ``dp_comm_s``, ``optimizer_s``, ``overhead_s``), ``memory_per_gpu_bytes`` (worst stage,
     with ``memory_states_bytes``, ``memory_activations_bytes``, ``memory_capacity_bytes``),
     ``feasible`` and ``reason`` (why not), ``tokens_per_s``, ``mfu`` (model FLOPs
-    utilization, no recompute in the numerator), ``hfu`` (with recompute) and
-    ``tflops_per_gpu``; with ``tokens``: ``training_time_s``, ``gpu_hours`` and ``cost_usd``.
+    utilization, no recompute in the numerator), ``hfu`` (hardware FLOPs utilization, with
+    recompute), ``tflops_per_gpu`` and ``hw_tflops_per_gpu`` (the same two as TFLOP/s per
+    GPU; Megatron-LM's published figures count recompute, like the latter); with
+    ``tokens``: ``training_time_s``, ``gpu_hours`` and ``cost_usd``.
     Plans that break a rule are kept with ``feasible=False``, their reason, and NaN times.
     """
     batch = as_batch(plans)

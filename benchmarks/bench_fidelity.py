@@ -1,0 +1,85 @@
+"""Fidelity (issue 3): cross-validated MAPE on the measured runs and the NCCL sweeps.
+
+Prints, for the calibration half in ../shared/data (absent: says so and exits):
+  * k-fold cross-validated MAPE of the iteration-time model, per file (each row is
+    predicted by a fit that never saw it), and the training MAPE;
+  * groups (GPU count, tp, pp, micro-batch, model) whose cross-validated predictions are
+    off by more than 10% on average;
+  * the intra-node all-reduce model against the nccl-tests sweeps, per group size and
+    message-size band (fitted on the sweeps, as the shipped profile is).
+
+Run: python benchmarks/bench_fidelity.py [--folds 5] [--seed 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from vtrain_opt.calibrate import RunSetup, calibrate
+from vtrain_opt.nccl import error_table, read_sweeps
+from vtrain_opt.profiles import load_profile
+from vtrain_opt.spec.hardware import get_cluster
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--folds", type=int, default=5)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    if not SHARED.is_dir():
+        print(f"no shared data at {SHARED}; nothing to measure")
+        sys.exit(0)
+    files = [SHARED / "measured" / "single_node.csv", SHARED / "measured" / "multi_node.csv"]
+    t0 = time.perf_counter()
+    cal = calibrate(files, RunSetup(), nccl_dir=SHARED / "nccl", folds=args.folds, seed=args.seed)
+    elapsed = time.perf_counter() - t0
+    rec = cal.record
+    print(
+        f"iteration-time model, {args.folds}-fold cross-validation (seed {args.seed}), "
+        f"{len(cal.predictor.measured_s)} rows, {elapsed:.0f} s:"
+    )
+    for f in sorted(rec["train_mape_pct"]):
+        print(
+            f"  {Path(f).name:16s} CV MAPE {rec['cv']['mape_pct'][f]:5.2f}%   "
+            f"training MAPE {rec['train_mape_pct'][f]:5.2f}%"
+        )
+    # groups of the cross-validated predictions
+    assert cal.cv is not None
+    m = cal.predictor.measurements
+    rows = m.rows.assign(predicted_s=cal.cv.predicted_s, measured_s=m.measured_s)
+    rows["ratio"] = rows["predicted_s"] / rows["measured_s"]
+    rows["model"] = "h" + rows["hidden_size"].astype(str) + "-l" + rows["num_layers"].astype(str)
+    print("  cross-validated groups off by more than 10% on average:")
+    found = False
+    for key in ("num_gpus", "tp", "pp", "micro_batch", "model"):
+        agg = rows.groupby(["file", key])["ratio"].agg(["mean", "size"]).reset_index()
+        for _, r in agg[(agg["mean"] - 1).abs() > 0.10].iterrows():
+            found = True
+            print(f"    {Path(r['file']).name}: {key}={r[key]}: {r['mean']:.2f}x (n={r['size']})")
+    if not found:
+        print("    none")
+    ape = np.abs(rows["ratio"] - 1) * 100
+    print(f"  max CV error {ape.max():.1f}%; rows over 20%: {(ape > 20).sum()}")
+
+    sweep = read_sweeps(SHARED / "nccl", "a100")
+    table = error_table(sweep, cal.profile, get_cluster("a100-80gb"))
+    print("NCCL all-reduce (A100, 2-8 GPUs, 1 MiB-1 GiB), MAPE % by size band:")
+    print(table.round(1).to_string(index=False))
+    print(f"  mean over group sizes: {table['all'].mean():.2f}%")
+    v100 = read_sweeps(SHARED / "nccl", "v100")
+    vt = error_table(v100, load_profile("v100-32gb"), get_cluster("v100-32gb"))
+    print(
+        "V100 (DGX-1 hybrid cube-mesh; shipped analytical profile, not fitted): MAPE by group size "
+        + ", ".join(f"{int(g)}: {a:.0f}%" for g, a in zip(vt["gpus"], vt["all"], strict=True))
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,128 @@
+"""``calibrate``: fit a profile to measured iteration times; report cross-validated MAPE."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from vtrain_opt.calibrate import ITERATION_PARAMS, calibrate, derive
+from vtrain_opt.commands.common import add_json_arg, non_negative_int, print_json
+from vtrain_opt.commands.fidelity_args import add_measurement_args, run_setup
+from vtrain_opt.console import console
+from vtrain_opt.io import write_json_atomic
+from vtrain_opt.profiles import PARAM_DEFS, load_profile
+from vtrain_opt.spec.hardware import get_gpu
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "calibrate",
+        help="fit a device profile to measured iteration times (k-fold cross-validated)",
+        description="Fit the bounded physical parameters of a device profile to measured "
+        "iteration times (robust loss on relative error), report k-fold cross-validated "
+        "MAPE, and write the profile with the data it was fitted on, the date and the errors.",
+    )
+    add_measurement_args(p)
+    p.add_argument("--out", required=True, metavar="FILE.json", help="where to write the profile")
+    p.add_argument(
+        "--base",
+        metavar="NAME|FILE",
+        help="profile to start from (default: the shipped profile of --gpu)",
+    )
+    p.add_argument(
+        "--nccl",
+        metavar="DIR",
+        help="folder of nccl-tests all-reduce sweeps ({gpu}_allreduce_{n}gpu.csv) "
+        "to fit the intra-node collective model first",
+    )
+    p.add_argument(
+        "--nccl-prefix",
+        metavar="PREFIX",
+        help="file prefix of the sweeps (default: the GPU name before the first '-')",
+    )
+    p.add_argument(
+        "--folds",
+        type=non_negative_int,
+        default=5,
+        metavar="K",
+        help="k-fold cross-validation (default 5; 0 skips it)",
+    )
+    p.add_argument("--seed", type=non_negative_int, default=0, help="fold assignment seed")
+    p.add_argument("--name", help="profile name (default: the GPU name)")
+    p.add_argument(
+        "--derive",
+        metavar="GPU[,GPU...]",
+        help="also write profiles of these GPUs derived by datasheet ratios, "
+        "beside --out (e.g. h100-sxm,h200,b200)",
+    )
+    add_json_arg(p)
+    p.set_defaults(func=run)
+
+
+def _check_writable(path: Path) -> None:
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise ValueError(f"--out {str(path)!r}: folder {str(parent)!r} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise ValueError(f"--out {str(path)!r}: folder {str(parent)!r} is not writable")
+    if path.is_dir():
+        raise ValueError(f"--out {str(path)!r} is a folder; give a file name")
+
+
+def run(args: argparse.Namespace) -> int:
+    setup = run_setup(args)
+    out = Path(args.out)
+    _check_writable(out)
+    derived = [g.strip() for g in (args.derive or "").split(",") if g.strip()]
+    for g in derived:
+        get_gpu(g)  # unknown names fail now, not after the fit
+    base = load_profile(args.base, gpu=setup.gpu) if args.base else None
+    result = calibrate(
+        args.measurements,
+        setup,
+        base=base,
+        nccl_dir=args.nccl,
+        nccl_prefix=args.nccl_prefix,
+        folds=args.folds,
+        seed=args.seed,
+        name=args.name,
+    )
+    write_json_atomic(out, result.profile.to_json_dict())
+    written = [str(out)]
+    for g in derived:
+        path = out.parent / f"{g}.json"
+        write_json_atomic(path, derive(result.profile, g).to_json_dict())
+        written.append(str(path))
+    record = result.record
+    if args.json:
+        print_json(
+            {
+                "profile": str(out),
+                "written": written,
+                "fitted": record["fitted"],
+                "at_bounds": record["at_bounds"],
+                "train_mape_pct": record["train_mape_pct"],
+                "cv_mape_pct": record.get("cv", {}).get("mape_pct"),
+                "cv_overall_mape_pct": record.get("cv", {}).get("overall_mape_pct"),
+                "nccl": record.get("nccl"),
+            }
+        )
+        return 0
+    con = console()
+    con.print(
+        f"fitted {len(ITERATION_PARAMS)} parameters on {len(result.predictor.measured_s)} rows:"
+    )
+    for k, v in record["fitted"].items():
+        bound = " (at its bound)" if k in record["at_bounds"] else ""
+        con.print(f"  {k:24s} {v:.4g} {PARAM_DEFS[k].unit}{bound}")
+    for f, v in record["train_mape_pct"].items():
+        cv = record.get("cv", {}).get("mape_pct", {}).get(f)
+        cv_text = f", {args.folds}-fold cross-validated {cv:.2f}%" if cv is not None else ""
+        con.print(f"  {Path(f).name}: training MAPE {v:.2f}%{cv_text}")
+    if "nccl" in record:
+        tab = record["nccl"]["mape_pct_by_group_and_size"]
+        overall = sum(r["all"] for r in tab) / len(tab)
+        con.print(f"  NCCL all-reduce sweeps: MAPE {overall:.2f}% (mean over group sizes)")
+    con.print("wrote " + ", ".join(written))
+    return 0

@@ -1,0 +1,129 @@
+"""``validate``: predict measured runs and report MAPE overall, by group, and the worst rows."""
+
+from __future__ import annotations
+
+import argparse
+
+from rich.table import Table
+
+from vtrain_opt.calibrate import Predictor
+from vtrain_opt.commands.common import add_json_arg, positive_int, print_json
+from vtrain_opt.commands.fidelity_args import add_measurement_args, run_setup
+from vtrain_opt.console import console
+from vtrain_opt.measurements import read_measurements
+from vtrain_opt.profiles import load_profile
+from vtrain_opt.validation import GROUPS, scatter_plot, validate
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "validate",
+        help="compare predictions with measured iteration times (MAPE, groups, worst rows)",
+        description="Predict every row of measurement CSV files with the stated setup and a "
+        "profile, and report the mean absolute percentage error overall, by group (GPU "
+        "count, tp, pp, micro-batch, model) and the worst rows.",
+    )
+    add_measurement_args(p)
+    p.add_argument(
+        "--profile",
+        metavar="NAME|FILE",
+        help="device profile (default: the shipped profile of --gpu)",
+    )
+    p.add_argument("--plot", metavar="FILE.png", help="write a predicted-vs-measured scatter plot")
+    p.add_argument(
+        "--worst",
+        type=positive_int,
+        default=10,
+        metavar="N",
+        help="worst rows to list (default 10)",
+    )
+    add_json_arg(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    setup = run_setup(args)
+    profile = load_profile(args.profile, gpu=setup.gpu)
+    measurements = read_measurements(args.measurements)
+    report = validate(measurements, Predictor(measurements, setup), profile)
+    if args.plot:
+        scatter_plot(report, args.plot)
+    if args.json:
+        out = report.to_json()
+        out["profile"] = profile.id
+        out["setup"] = vars(setup) if hasattr(setup, "__dict__") else {}
+        if args.plot:
+            out["plot"] = args.plot
+        print_json(out)
+        return 0
+
+    con = console()
+    con.print(
+        f"profile {profile.id}; {len(report.rows)} rows predicted, {len(report.skipped)} skipped"
+    )
+    for s in report.skipped[:5]:
+        con.print(f"  skipped {s.file} row {s.row}: {s.reason}")
+    if len(report.skipped) > 5:
+        con.print(f"  ... and {len(report.skipped) - 5} more skipped rows")
+    files = Table(title="MAPE by file", title_justify="left")
+    for col in ("file", "rows", "MAPE"):
+        files.add_column(col, justify="left" if col == "file" else "right")
+    for _, r in report.by_file().iterrows():
+        files.add_row(str(r["file"]), str(int(r["rows"])), f"{r['mape_pct']:.2f}%")
+    files.add_row("[b]all[/b]", str(len(report.rows)), f"[b]{report.mape_pct:.2f}%[/b]")
+    con.print(files)
+    groups = Table(title="By group (MAPE; mean predicted/measured)", title_justify="left")
+    for col in ("group", "file", "values"):
+        groups.add_column(col)
+    for key, label in GROUPS.items():
+        agg = report.by_group(key)
+        for name, g in agg.groupby("file"):
+            cells = [
+                f"{v}: {m:.1f}% ({r:.2f}, n={n})"
+                for v, m, r, n in zip(
+                    g[key], g["mape_pct"], g["mean_ratio"], g["rows"], strict=True
+                )
+            ]
+            groups.add_row(label, str(name).rsplit("/", 1)[-1], "; ".join(cells))
+    con.print(groups)
+    worst = Table(title=f"Worst {args.worst} rows", title_justify="left")
+    for col in (
+        "file:row",
+        "GPUs",
+        "tp",
+        "pp",
+        "dp",
+        "mb",
+        "gb",
+        "model",
+        "measured",
+        "predicted",
+        "error",
+    ):
+        worst.add_column(col, justify="right")
+    for _, r in report.worst(args.worst).iterrows():
+        worst.add_row(
+            f"{str(r['file']).rsplit('/', 1)[-1]}:{r['row']}",
+            str(r["num_gpus"]),
+            str(r["tp"]),
+            str(r["pp"]),
+            str(r["dp"]),
+            str(r["micro_batch"]),
+            str(r["global_batch"]),
+            r["model"],
+            f"{r['measured_s']:.3f} s",
+            f"{r['predicted_s']:.3f} s",
+            f"{r['ape_pct']:.1f}%",
+        )
+    con.print(worst)
+    biased = report.biased_groups()
+    if len(biased):
+        items = [
+            f"{r['group']}={r['value']} ({str(r['file']).rsplit('/', 1)[-1]}): "
+            f"{r['mean_ratio']:.2f}x"
+            for _, r in biased.iterrows()
+        ]
+        con.print("[yellow]groups off by more than 10% on average:[/yellow] " + "; ".join(items))
+    if args.plot:
+        con.print(f"plot written to {args.plot}")
+    return 0

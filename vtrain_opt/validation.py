@@ -1,0 +1,173 @@
+"""Compare predictions with measured iteration times: MAPE overall, by group, worst rows.
+
+Groups follow the issue's acceptance rule: by GPU count, tensor, pipeline and data
+parallelism, micro-batch and model shape, so a systematic bias (a whole group off by
+more than 10%) shows even when the overall error is small.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from vtrain_opt.calibrate import Predictor
+from vtrain_opt.measurements import MeasurementSet
+from vtrain_opt.profiles import Profile
+
+GROUPS = {
+    "num_gpus": "GPU count",
+    "tp": "tensor parallelism",
+    "pp": "pipeline parallelism",
+    "micro_batch": "micro-batch",
+    "model": "model",
+}
+WORST = 10
+
+
+@dataclass
+class ValidationReport:
+    rows: pd.DataFrame  # measured rows + predicted_s, measured_s, ape_pct, ratio
+    skipped: list[Any]
+
+    @property
+    def mape_pct(self) -> float:
+        return float(self.rows["ape_pct"].mean())
+
+    @property
+    def max_ape_pct(self) -> float:
+        return float(self.rows["ape_pct"].max())
+
+    def by_file(self) -> pd.DataFrame:
+        return self._agg("file")
+
+    def by_group(self, key: str) -> pd.DataFrame:
+        """MAPE and mean predicted/measured ratio per value of ``key``, per file."""
+        return self._agg(key)
+
+    def _agg(self, key: str) -> pd.DataFrame:
+        g = self.rows.groupby(["file", key] if key != "file" else ["file"], sort=True)
+        return g.agg(
+            rows=("ape_pct", "size"),
+            mape_pct=("ape_pct", "mean"),
+            mean_ratio=("ratio", "mean"),
+        ).reset_index()
+
+    def worst(self, n: int = WORST) -> pd.DataFrame:
+        return self.rows.sort_values("ape_pct", ascending=False).head(n)
+
+    def biased_groups(self, threshold: float = 0.10) -> pd.DataFrame:
+        """Groups whose mean predicted/measured ratio is off by more than ``threshold``."""
+        frames = []
+        for key in GROUPS:
+            agg = self.by_group(key)
+            agg = agg[(agg["mean_ratio"] - 1).abs() > threshold]
+            frames.append(agg.assign(group=key, value=agg[key].astype(str)).drop(columns=[key]))
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+    def to_json(self) -> dict[str, Any]:
+        files = {
+            r["file"]: {"n_rows": int(r["rows"]), "mape_pct": float(r["mape_pct"])}
+            for _, r in self.by_file().iterrows()
+        }
+        groups = {}
+        for key in GROUPS:
+            agg = self.by_group(key)
+            groups[key] = [
+                {
+                    "file": r["file"],
+                    "value": _plain(r[key]),
+                    "n_rows": int(r["rows"]),
+                    "mape_pct": float(r["mape_pct"]),
+                    "mean_ratio": float(r["mean_ratio"]),
+                }
+                for _, r in agg.iterrows()
+            ]
+        cols = [
+            "file",
+            "row",
+            "num_gpus",
+            "tp",
+            "pp",
+            "dp",
+            "micro_batch",
+            "global_batch",
+            "hidden_size",
+            "num_attention_heads",
+            "num_layers",
+            "seq_length",
+            "measured_s",
+            "predicted_s",
+            "ape_pct",
+        ]
+        return {
+            "mape_pct": self.mape_pct,
+            "n_rows": len(self.rows),
+            "max_ape_pct": self.max_ape_pct,
+            "files": files,
+            "groups": groups,
+            "skipped": [{"file": s.file, "row": s.row, "reason": s.reason} for s in self.skipped],
+            "n_skipped": len(self.skipped),
+            "rows": [
+                {k: _plain(v) for k, v in r.items()} for r in self.rows[cols].to_dict("records")
+            ],
+        }
+
+
+def _plain(v: Any) -> Any:
+    return v.item() if hasattr(v, "item") else v
+
+
+def validate(
+    measurements: MeasurementSet, predictor: Predictor, profile: Profile
+) -> ValidationReport:
+    predicted = predictor.predict(profile)
+    measured = measurements.measured_s
+    rows = measurements.rows.copy()
+    rows["measured_s"] = measured
+    rows["predicted_s"] = predicted
+    rows["ape_pct"] = np.abs(predicted - measured) / measured * 100
+    rows["ratio"] = predicted / measured
+    rows["model"] = (
+        "h"
+        + rows["hidden_size"].astype(str)
+        + "-l"
+        + rows["num_layers"].astype(str)
+        + "-s"
+        + rows["seq_length"].astype(str)
+    )
+    return ValidationReport(rows, measurements.skipped)
+
+
+def scatter_plot(report: ValidationReport, path: str, title: str = "") -> None:
+    """Predicted vs measured iteration time, log axes, with the y = x line; written atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from vtrain_opt.io import write_with
+
+    fig, ax = plt.subplots(figsize=(6, 6))
+    for name, g in report.rows.groupby("file"):
+        label = f"{str(name).rsplit('/', 1)[-1]} (MAPE {g['ape_pct'].mean():.1f}%)"
+        ax.scatter(g["measured_s"], g["predicted_s"], s=10, alpha=0.6, label=label)
+    lo = float(min(report.rows["measured_s"].min(), report.rows["predicted_s"].min())) * 0.8
+    hi = float(max(report.rows["measured_s"].max(), report.rows["predicted_s"].max())) * 1.25
+    ax.plot([lo, hi], [lo, hi], color="black", lw=1, label="y = x")
+    ax.plot([lo, hi], [lo * 1.1, hi * 1.1], color="grey", lw=0.6, ls="--", label="±10%")
+    ax.plot([lo, hi], [lo / 1.1, hi / 1.1], color="grey", lw=0.6, ls="--")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlim(lo, hi)
+    ax.set_ylim(lo, hi)
+    ax.set_xlabel("measured iteration time (s)")
+    ax.set_ylabel("predicted iteration time (s)")
+    ax.set_title(title or f"vtrain_opt: MAPE {report.mape_pct:.2f}% on {len(report.rows)} rows")
+    ax.legend(loc="upper left", fontsize=8)
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+    plt.close(fig)
