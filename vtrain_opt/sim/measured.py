@@ -109,6 +109,8 @@ class Table:
         ``coords`` are broadcastable arrays, one per axis. Returns (times, inside), both of
         the broadcast shape; times are NaN where ``inside`` is False.
         """
+        if len(self.axes) == 1 and self.axes[0] not in EXACT_AXES:
+            return self._lookup_1d(np.asarray(coords[0], dtype=np.float64))
         arrays = np.broadcast_arrays(*(np.asarray(c, dtype=np.float64) for c in coords))
         shape = arrays[0].shape
         flat = [a.ravel() for a in arrays]
@@ -153,6 +155,18 @@ class Table:
         inside &= np.isfinite(values) & (values > 0)
         values = np.where(inside, values, np.nan)
         return values.reshape(shape), inside.reshape(shape)
+
+    def _lookup_1d(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The same interpolation over one axis, in one ``np.interp`` (the common case)."""
+        g = self.grid[0]
+        log_time, (lg,) = self._logs
+        with np.errstate(all="ignore"):
+            inside = (x >= g[0] * (1 - _REL_TOL)) & (x <= g[-1] * (1 + _REL_TOL))
+            values = np.exp(np.interp(np.log(np.where(x > 0, x, g[0])), lg, log_time))
+            hit = np.clip(np.searchsorted(g, x), 0, len(g) - 1)
+            values = np.where(g[hit] == x, self.time_s[hit], values)  # exact on grid points
+        inside &= np.isfinite(values) & (values > 0)
+        return np.where(inside, values, np.nan), inside
 
 
 def parse_tables(raw: Any, origin: str = "profile") -> dict[str, dict[str, Table]]:
