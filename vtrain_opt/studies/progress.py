@@ -1,7 +1,8 @@
 """Progress of a long study on stderr: done / total, failures and an ETA.
 
 On a terminal a rich progress bar; otherwise (a log file, an overnight ``nohup`` run) one
-plain line every ``LINE_EVERY_S`` seconds or tenth of the work, so logs stay short.
+plain line every ``LINE_EVERY_S`` seconds or tenth of the work (but at most one per
+``MIN_GAP_S``), so logs stay short.
 Nothing is written to stdout (``--json`` owns it).
 """
 
@@ -14,6 +15,8 @@ from typing import Any, TextIO
 from vtrain_opt.units import format_duration
 
 LINE_EVERY_S = 30.0
+# ... and at most one line per MIN_GAP_S (a run shorter than that prints none).
+MIN_GAP_S = 5.0
 
 
 class Progress:
@@ -87,11 +90,8 @@ class Progress:
             return
         now = time.perf_counter()
         step = max(1, self._todo // 10)
-        if (
-            self.done == self.total
-            or now - self._last_line >= LINE_EVERY_S
-            or self.done - self._last_done >= step
-        ):
+        since = now - max(self._last_line, self._t0)
+        if since >= LINE_EVERY_S or (since >= MIN_GAP_S and self.done - self._last_done >= step):
             self._last_line, self._last_done = now, self.done
             print(self.line(), file=self._stream, flush=True)
 

@@ -1,0 +1,206 @@
+"""The compute-optimal study: real answer vs ideal, budgets, the command and its errors."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+
+from vtrain_opt.cli import main
+from vtrain_opt.search import SearchSpace, gpu_choice, search
+from vtrain_opt.studies.chinchilla import (
+    REF_TOKENS,
+    StudyBudget,
+    StudyConfig,
+    run_study,
+)
+from vtrain_opt.studies.lossfit import FITS
+from vtrain_opt.studies.shapes import ShapeRules
+from vtrain_opt.units import DAY_S
+
+# A small study: 6 sizes from 0.3B to 20B on one A100 cluster of 64 GPUs.
+SMALL = ["--min-params", "0.3B", "--max-params", "20B", "--num-sizes", "6"]
+
+
+def small_config(*budgets: StudyBudget, **kw) -> StudyConfig:
+    return StudyConfig(
+        gpu=gpu_choice("a100-80gb"),
+        budgets=budgets,
+        min_params=0.3e9,
+        max_params=20e9,
+        num_sizes=6,
+        **kw,
+    )
+
+
+@pytest.fixture(scope="module")
+def cluster_study():
+    return run_study(small_config(StudyBudget(num_gpus=64, time_s=7 * DAY_S)), workers=0)
+
+
+def test_fixed_cluster_answer_is_consistent(cluster_study) -> None:
+    a = cluster_study.main
+    fit = FITS["hoffmann"]
+    c = a.candidates
+    ok = c[c["status"] == "ok"]
+    assert len(ok) >= 3
+    # every candidate: D = its plan's throughput x the time, loss = the law at (N, D)
+    assert np.allclose(ok["tokens"], ok["tokens_per_s"] * 7 * DAY_S)
+    assert np.allclose(ok["loss"], fit.loss(ok["params"].to_numpy(), ok["tokens"].to_numpy()))
+    assert (ok["num_gpus"] <= 64).all()
+    # N* is the loss minimum of the candidates
+    assert a.optimal["loss"] == pytest.approx(ok["loss"].min())
+    assert a.optimal["params"] == ok.loc[ok["loss"].idxmin(), "params"]
+    # the ideal answer: the law's optimum at 64 GPUs x peak x 7 days x 100%
+    compute = 64 * 312e12 * 7 * DAY_S
+    assert a.ideal["compute_flop"] == pytest.approx(compute)
+    n, d = fit.optimum(compute)
+    assert (a.ideal["params"], a.ideal["tokens"]) == (pytest.approx(n), pytest.approx(d))
+    assert a.ideal["rule"]["tokens"] / a.ideal["rule"]["params"] == pytest.approx(20)
+    # real plans run below peak: fewer FLOPs, a higher loss than the ideal minimum
+    assert 6 * a.optimal["params"] * a.optimal["tokens"] < compute
+    assert a.optimal["loss"] > a.ideal["loss"]
+    assert 0 < a.optimal["mfu"] < 1
+    assert a.gap["params_ratio"] == pytest.approx(a.optimal["params"] / n)
+
+
+def test_money_budget_picks_the_plan_with_most_tokens() -> None:
+    """D = max over every plan of min(B / cost, T / time): checked by brute force."""
+    budget = StudyBudget(usd=20_000.0, time_s=10 * DAY_S)
+    cfg = small_config(budget, max_gpus=64)
+    result = run_study(cfg, workers=0)
+    cands = result.main.candidates
+    for _, row in cands[cands["status"] != "no plan"].head(3).iterrows():
+        model = ShapeRules().shape(int(row["hidden_size"]), int(row["num_layers"]))
+        assert model.num_params() == row["params"]
+        space = SearchSpace.create(model, ["a100-80gb"], max_gpus=64)
+        every = search(space, tokens=REF_TOKENS, objective="pareto", keep_all_max=10**7).plans
+        every = every[every["feasible"]]
+        d = np.minimum(20_000.0 / every["cost_usd"], 10 * DAY_S / every["training_time_s"])
+        assert row["tokens"] == pytest.approx(float(d.max()) * REF_TOKENS, rel=1e-9)
+        assert row["cost_usd"] <= 20_000.0 * (1 + 1e-9)
+        assert row["days"] <= 10 * (1 + 1e-9)
+
+
+def test_several_budgets_draw_a_frontier(tmp_path, capsys) -> None:
+    code = main(
+        [
+            "chinchilla",
+            "--num-gpus",
+            "64",
+            "--budgets",
+            "2d,7d,30d",
+            *SMALL,
+            "--workers",
+            "0",
+            "--out",
+            str(tmp_path),
+            "--json",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert code == 0
+    doc = json.loads(out)
+    front = doc["frontier"]
+    assert [f["budget"]["days"] for f in front] == [2, 7, 30]
+    ideal_n = [f["ideal"]["params"] for f in front]
+    assert ideal_n == sorted(ideal_n)
+    # more days on the same cluster: every size trains more tokens, so the best loss falls
+    losses = [f["optimal"]["loss"] for f in front]
+    assert losses == sorted(losses, reverse=True)
+    assert doc["optimal"] == front[-1]["optimal"]
+    for name in ("loss_vs_size.png", "frontier.png", "study.json", "candidates.parquet"):
+        assert (tmp_path / name).stat().st_size > 0
+
+
+def test_command_json_has_the_answers_and_plot(tmp_path, capsys) -> None:
+    code = main(
+        [
+            "chinchilla",
+            "--gpu",
+            "h100-sxm",
+            "--budget",
+            "$30k",
+            "--max-days",
+            "20",
+            "--max-gpus",
+            "64",
+            *SMALL,
+            "--loss-fit",
+            "epoch",
+            "--workers",
+            "0",
+            "--out",
+            str(tmp_path),
+            "--json",
+        ]
+    )
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    doc = json.loads(captured.out)
+    for key in ("optimal", "ideal"):
+        assert {"params", "tokens", "loss"} <= set(doc[key])
+    assert doc["loss_fit"]["name"] == "epoch"
+    assert len(doc["candidates"]) == 6
+    assert {"params", "tokens", "loss", "status", "mfu"} <= set(doc["candidates"][0])
+    assert doc["optimal"]["cost_usd"] <= 30_000 * (1 + 1e-9)
+    assert doc["optimal"]["days"] <= 20 * (1 + 1e-9)
+    assert (tmp_path / "loss_vs_size.png").read_bytes()[:4] == b"\x89PNG"
+    assert json.loads((tmp_path / "study.json").read_text())["optimal"] == doc["optimal"]
+
+
+def _run_err(args, capsys) -> tuple[int, str]:
+    code = main(["chinchilla", *SMALL, *args, "--workers", "0", "--no-plots"])
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err
+    return code, captured.err.strip()
+
+
+def test_too_small_cluster_time_names_the_smallest_budget_that_works(tmp_path, capsys) -> None:
+    code, err = _run_err(["--num-gpus", "8", "--days", "0.001", "--out", str(tmp_path)], capsys)
+    assert code == 2 and len(err.splitlines()) == 1
+    m = re.search(r"smallest budget that works is ([0-9.e+-]+) days on 8 GPUs", err)
+    assert m, err
+    days = float(m.group(1)) * 1.02
+    code, err = _run_err(["--num-gpus", "8", "--days", str(days), "--out", str(tmp_path)], capsys)
+    assert code == 0, err
+
+
+def test_too_small_money_budget_names_the_smallest_budget_that_works(tmp_path, capsys) -> None:
+    code, err = _run_err(["--budget", "$0.5", "--max-gpus", "64", "--out", str(tmp_path)], capsys)
+    assert code == 2
+    m = re.search(r"smallest budget that works is \$([0-9.]+)(k?)", err)
+    assert m, err
+    usd = float(m.group(1)) * (1e3 if m.group(2) else 1) * 1.02
+    code, err = _run_err(
+        ["--budget", f"${usd:.2f}", "--max-gpus", "64", "--out", str(tmp_path)], capsys
+    )
+    assert code == 0, err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--num-gpus", "64"], "give a budget"),
+        (["--num-gpus", "64", "--days", "7", "--budget", "$1M"], "not both"),
+        (["--budget", "$1M", "--days", "7"], "not both"),
+        (["--budget", "5M"], "no unit"),
+        (["--num-gpus", "64", "--days", "7", "--max-days", "9"], "--max-days goes with --budget"),
+        (["--num-gpus", "64", "--days", "7", "--ideal-mfu", "150%"], "(0, 1]"),
+        (["--num-gpus", "64", "--days", "7", "--min-params", "30B"], "above --max-params"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(args, message, capsys, tmp_path) -> None:
+    code, err = _run_err([*args, "--out", str(tmp_path)], capsys)
+    assert code == 2
+    assert message in err and len(err.splitlines()) == 1
+
+
+def test_on_ray_matches_in_process(ray_local, cluster_study) -> None:
+    on_ray = run_study(small_config(StudyBudget(num_gpus=64, time_s=7 * DAY_S)), workers=2)
+    assert on_ray.backend == "ray"
+    here, there = cluster_study.main.candidates, on_ray.main.candidates
+    assert here.equals(there)
+    assert on_ray.main.optimal == cluster_study.main.optimal
