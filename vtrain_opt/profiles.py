@@ -258,6 +258,7 @@ class Profile:
             params[k] = float(value)
             if isinstance(v, dict) and v.get("source"):
                 sources[k] = str(v["source"])
+        _fill_new_params(params, sources, str(data["gpu"]), origin)
         device = data.get("device") or {}
         if device:
             from vtrain_opt.spec.hardware import GPUSpec
@@ -283,6 +284,31 @@ class Profile:
             )
         except ValueError as e:
             raise ValueError(f"{origin}: {e}") from None
+
+
+def _fill_new_params(
+    params: dict[str, float], sources: dict[str, str], gpu: str, origin: str
+) -> None:
+    """Give a profile written before a parameter existed that parameter from the GPU's
+    shipped profile, so saved (e.g. measured) profiles keep loading; say so in its source."""
+    missing = [k for k in PARAM_DEFS if k not in params]
+    if not missing:
+        return
+    shipped = data_dir("profiles") / f"{gpu}.json"
+    if not shipped.is_file():
+        raise ValueError(
+            f"{origin}: missing parameter(s) {', '.join(missing)} (and no shipped profile of "
+            f"{gpu!r} to take them from)"
+        )
+    base = json.loads(shipped.read_text())["params"]
+    for k in missing:
+        entry = base.get(k)
+        if entry is None:
+            raise ValueError(f"{origin}: missing parameter {k!r}")
+        params[k] = float(entry["value"] if isinstance(entry, dict) else entry)
+        sources[k] = (
+            f"not in this profile (written before the parameter existed): taken from the shipped {gpu} profile"
+        )
 
 
 def profile_names() -> list[str]:
