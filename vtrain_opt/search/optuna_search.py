@@ -1,0 +1,463 @@
+"""The Optuna strategy: sample plans, evaluate them a batch at a time, tell the results.
+
+Each trial picks a GPU type, a global batch and one value per free dimension (ordered
+dimensions as an index into their sorted candidates, so samplers see the order). Trials
+are asked ``batch_size`` at a time; the batch's new plans are simulated in one vectorized
+call (on a Ray worker when the backend is Ray), and results are cached by plan, so a
+repeated configuration is never simulated twice. Memory and the budget/time limits are
+Optuna constraints (``trial.set_constraint``); a sampled combination outside the space
+(a divisibility rule, the GPU range) is told as pruned, without simulating it.
+
+Recomputation is not sampled when it is free: each trial simulates its plan with every
+recompute mode of the space (in the same vectorized call) and keeps the least
+recomputation that fits in memory. Recomputing only adds work, so among the modes that
+fit the least one is the fastest and the cheapest (benchmarks/bench_search.py checks this
+dominance on the shipped spaces); samplers otherwise settle on "full", which always fits.
+
+Studies live in an Optuna storage: a journal file (resumable: running the same search
+again continues it up to ``trials``) or an RDB URL. Interrupts are held back while a
+batch is told, and trials left running by a killed run are marked failed on resume, so a
+study is never left half-told.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from vtrain_opt.search.collect import TOP_K, Partial, reduce_rows
+from vtrain_opt.search.evaluate import COST, TIME, evaluate, rows
+from vtrain_opt.search.limits import Limits
+from vtrain_opt.search.ray_backend import Backend
+from vtrain_opt.search.space import SearchSpace
+from vtrain_opt.spec.plan import RECOMPUTE_MODES, PlanBatch
+
+SAMPLERS = ("tpe", "nsga2", "gp", "random")
+# A plan key: (gpu index, gb, tp, pp, dp, mb, recompute code, sp, vpp, zero, dp_overlap);
+# in a trial's key the recompute code may be AUTO: the least of the space's modes that fits.
+Key = tuple[int, int, int, int, int, int, int, bool, int, int, bool]
+AUTO = -1
+_KEY_COLS = ("gpu", "gb", "tp", "pp", "dp", "mb", "recompute", "sp", "vpp", "zero", "dp_overlap")
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class OptunaRun:
+    partial: Partial  # every distinct plan the study evaluated, reduced
+    trials: int  # finished trials in the study
+    study_name: str
+    history: pd.DataFrame  # one row per finished trial: number, state, objective values, key
+
+
+def make_sampler(name: str, seed: int) -> Any:
+    import optuna
+
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True)
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed)
+    if name == "gp":
+        return optuna.samplers.GPSampler(seed=seed, deterministic_objective=True)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    raise ValueError(f"sampler: {name!r} is not one of {', '.join(SAMPLERS)}")
+
+
+def default_study_name(
+    space: SearchSpace, tokens: float, limits: Limits, objective: str, sampler: str, seed: int
+) -> str:
+    """Same inputs, same name: re-running a search finds its study and continues it."""
+    ident = json.dumps(
+        [space.to_dict(), tokens, limits.to_dict(), objective, sampler, seed],
+        sort_keys=True,
+        default=str,
+    )
+    digest = hashlib.sha256(ident.encode()).hexdigest()[:12]
+    return f"{space.name or space.model.name}-{objective}-{sampler}-s{seed}-{digest}"
+
+
+def open_storage(storage: str | None) -> Any:
+    """None: in memory. An URL (sqlite:///f.db, postgresql://...): RDB. Else a journal file."""
+    import optuna
+
+    if storage is None:
+        return None
+    if "://" in storage:
+        try:
+            return optuna.storages.RDBStorage(storage)
+        except Exception as e:  # bad URL, missing driver, unreachable server
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ValueError(f"--storage {storage!r}: cannot open the database: {first}") from None
+    path = Path(storage)
+    if path.is_dir():
+        raise ValueError(f"--storage {storage!r} is a folder; give a journal file path")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _drop_torn_tail(path)
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    return JournalStorage(JournalFileBackend(str(path)))
+
+
+def _drop_torn_tail(path: Path) -> None:
+    """A journal whose last record was cut by a kill (no final newline) gets it removed,
+    so that the next append does not glue onto it and corrupt the file."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    data = path.read_bytes()
+    if data.endswith(b"\n"):
+        return
+    from vtrain_opt.io import write_with
+
+    keep = data[: data.rfind(b"\n") + 1]
+    write_with(path, lambda tmp: tmp.write_bytes(keep))
+
+
+class ParamSpace:
+    """Maps trial parameters to plans of the space, and back.
+
+    Sampling every dimension independently lands outside the space most of the time (the
+    GPU count must be a whole number of nodes, dp x micro-batch must divide the global
+    batch, ...), and samplers learn nothing from such trials. So the GPU count is sampled
+    as a continuous ``gpus_log2`` and each ordered dimension as an index, then resolved in
+    order (GPU type, global batch, tp, pp, GPU count, micro-batch, sequence parallelism,
+    vpp, ZeRO, overlap) to the nearest value that keeps the plan valid given
+    the ones before. Nearby parameters map to nearby plans, and almost every trial is a
+    plan of the space; the rare remainder is told as pruned.
+    """
+
+    def __init__(self, space: SearchSpace) -> None:
+        self.space = space
+        self.gpus = [g.name for g in space.gpus]
+        steps = [space.step_of(g) for g in space.gpus]
+        lo = min(-(-space.min_gpus // s) * s for s in steps)
+        self.log2_range = (float(np.log2(lo)), float(np.log2(space.max_gpus)))
+        self.ordered: dict[str, tuple[Any, ...]] = {
+            "global_batch": space.global_batch,
+            "tp": space.tp,
+            "pp": space.pp,
+            "micro_batch": space.micro_batch,
+            "vpp": space.vpp,
+            "zero": space.zero,
+        }
+        self.recompute = tuple(sorted(RECOMPUTE_MODES.index(r) for r in space.recompute))
+        self.categorical: dict[str, tuple[Any, ...]] = {
+            "sequence_parallel": space.sequence_parallel,
+            "dp_overlap": space.dp_overlap,
+        }
+        self._dps = {gb: _divisors(gb) for gb in space.global_batch}
+
+    def suggest(self, trial: Any) -> Key | None:
+        p: dict[str, Any] = {}
+        if len(self.gpus) > 1:
+            p["gpu"] = trial.suggest_categorical("gpu", self.gpus)
+        if self.log2_range[1] > self.log2_range[0]:
+            p["gpus_log2"] = trial.suggest_float("gpus_log2", *self.log2_range)
+        for name, values in self.ordered.items():
+            if len(values) > 1:
+                p[f"{name}_index"] = trial.suggest_int(f"{name}_index", 0, len(values) - 1)
+        for name, values in self.categorical.items():
+            if len(values) > 1:
+                p[name] = trial.suggest_categorical(name, values)
+        return self.resolve(p)
+
+    def resolve(self, p: dict[str, Any]) -> Key | None:
+        """The plan a trial's parameters stand for; None when no valid plan is near."""
+        sp_, m = self.space, self.space.model
+        g = self.gpus.index(p["gpu"]) if "gpu" in p else 0
+        step = sp_.step_of(sp_.gpus[g])
+
+        def pick(name: str, ok: Callable[[Any], bool]) -> Any:
+            values = self.ordered[name]
+            want = p.get(f"{name}_index", 0)
+            good = [i for i, v in enumerate(values) if ok(v)]
+            if not good:
+                return None
+            return values[min(good, key=lambda i: (abs(i - want), i))]
+
+        gb = pick("global_batch", lambda v: True)
+        tp = pick("tp", lambda v: True)
+        pp = pick("pp", lambda v: True)
+        target = p.get("gpus_log2", self.log2_range[1])
+        dps = [
+            d
+            for d in self._dps[gb]
+            if sp_.min_gpus <= tp * pp * d <= sp_.max_gpus and (tp * pp * d) % step == 0
+        ]
+        if not dps:
+            return None
+        dp = min(dps, key=lambda d: (abs(np.log2(tp * pp * d) - target), d))
+        mb = pick("micro_batch", lambda v: gb % (dp * v) == 0)
+        if mb is None:
+            return None
+        nmb = gb // (dp * mb)
+        rc = self.recompute[0] if len(self.recompute) == 1 else AUTO
+        sp = p.get("sequence_parallel", self.categorical["sequence_parallel"][0])
+        if sp and (tp < 2 or m.seq_length % tp):
+            sp = False if False in self.categorical["sequence_parallel"] else sp
+        vpp = pick(
+            "vpp",
+            lambda v: v == 1 or (pp > 1 and m.num_layers % (pp * v) == 0 and nmb % pp == 0),
+        )
+        zero = pick("zero", lambda v: v < 2 or pp == 1)
+        if vpp is None or zero is None:
+            return None
+        ovl = p.get("dp_overlap", self.categorical["dp_overlap"][0])
+        return (
+            g,
+            int(gb),
+            int(tp),
+            int(pp),
+            int(dp),
+            int(mb),
+            rc,
+            bool(sp),
+            int(vpp),
+            int(zero),
+            bool(ovl),
+        )
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def evaluate_keys(
+    space: SearchSpace, gpu_index: int, keys: np.ndarray, tokens: float, limits: Limits
+) -> tuple[np.ndarray, pd.DataFrame, dict[str, np.ndarray]]:
+    """Simulate the plans ``keys`` (K, 11) of one GPU type in one call (here or on Ray).
+
+    Returns which keys belong to the space, the result rows of those that do, and their
+    constraint values (memory and each active limit; <= 0 means met).
+    """
+    c = {name: keys[:, i] for i, name in enumerate(_KEY_COLS)}
+    batch = PlanBatch(
+        tp=c["tp"],
+        pp=c["pp"],
+        dp=c["dp"],
+        mb=c["mb"],
+        gb=c["gb"],
+        recompute=c["recompute"].astype(np.int8),
+        sp=c["sp"].astype(bool),
+        vpp=c["vpp"],
+        zero=c["zero"],
+        dp_overlap=c["dp_overlap"].astype(bool),
+    )
+    member = space.member_mask(gpu_index, batch)
+    inside = batch.take(np.flatnonzero(member))
+    if inside.n == 0:
+        return member, pd.DataFrame(), {}
+    ev = evaluate(space, gpu_index, inside, tokens, limits)
+    constraints = {
+        "memory": ev.cols["memory_per_gpu_bytes"] / ev.cols["memory_capacity_bytes"] - 1.0,
+        **limits.violations(ev.cols),
+    }
+    return member, rows(space, ev), constraints
+
+
+def run_optuna(
+    space: SearchSpace,
+    tokens: float,
+    limits: Limits,
+    objective: str,
+    backend: Backend,
+    *,
+    trials: int,
+    sampler: str = "tpe",
+    seed: int = 0,
+    batch_size: int = 16,
+    storage: str | None = None,
+    study_name: str | None = None,
+    progress: Progress | None = None,
+    top_k: int = TOP_K,
+) -> OptunaRun:
+    """Run (or continue) a study until it holds ``trials`` finished trials."""
+    import optuna
+
+    if trials < 1:
+        raise ValueError(f"trials: must be at least 1, got {trials}")
+    if batch_size < 1:
+        raise ValueError(f"batch size: must be at least 1, got {batch_size}")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    name = study_name or default_study_name(space, tokens, limits, objective, sampler, seed)
+    directions = ["minimize", "minimize"] if objective == "pareto" else ["minimize"]
+    study = optuna.create_study(
+        study_name=name,
+        storage=open_storage(storage),
+        sampler=make_sampler(sampler, seed),
+        directions=directions,
+        load_if_exists=True,
+    )
+    if [d.name.lower() for d in study.directions] != directions:
+        raise ValueError(f"study {name!r} exists with other objectives; choose another --storage")
+    params = ParamSpace(space)
+    shared = backend.put(space)
+    cache: dict[Key | None, tuple[bool, int]] = {None: (False, -1)}  # -> (in space, row)
+    frames: list[pd.DataFrame] = []
+    constraint_rows: list[dict[str, np.ndarray]] = []
+
+    def lookup(keys: list[Key | None]) -> None:
+        """Evaluate the trial keys not seen yet: one vectorized call per GPU type."""
+        new = sorted({k for k in keys if k not in cache})  # type: ignore[type-var]
+        if not new:
+            return
+        plans = {k: _expand(k, params.recompute) for k in new}
+        flat = sorted({p for ps in plans.values() for p in ps})
+        arr = np.array(flat, dtype=np.int64)
+        groups = [(int(g), arr[arr[:, 0] == g]) for g in np.unique(arr[:, 0])]
+        calls = [(shared, g, sub, tokens, limits) for g, sub in groups]
+        row_of: dict[Key, int] = {}
+        offset = sum(len(f) for f in frames)
+        for (_, sub), (member, df, cons) in zip(
+            groups, backend.map(evaluate_keys, calls), strict=True
+        ):
+            inside = [_as_key(tuple(k)) for k, m in zip(sub.tolist(), member, strict=True) if m]
+            row_of.update({k: offset + j for j, k in enumerate(inside)})
+            if len(df):
+                frames.append(df)
+                constraint_rows.append(cons)
+                offset += len(df)
+        fits = _concat(frames)["fits_memory"].to_numpy() if frames else np.zeros(0, bool)
+        for key, candidates in plans.items():
+            found = [row_of[p] for p in candidates if p in row_of]
+            if not found:
+                cache[key] = (False, -1)
+                continue
+            fitting = [i for i in found if fits[i]]
+            cache[key] = (True, fitting[0] if fitting else found[-1])
+
+    # Resume: trials a killed run left running are failed; finished ones are re-evaluated
+    # (one vectorized call) so their plans appear in the results.
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+    finished_states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    previous = study.get_trials(deepcopy=False, states=finished_states)
+    lookup([params.resolve(t.params) for t in previous])
+    done = len(previous)
+    if progress:
+        progress(done, trials)
+
+    while done < trials:
+        asked = [study.ask() for _ in range(min(batch_size, trials - done))]
+        try:
+            keys = [params.suggest(t) for t in asked]
+            lookup(keys)
+            all_rows = _concat(frames)
+            cons = _concat_constraints(constraint_rows)
+            with _interrupts_held():
+                for trial, key in zip(asked, keys, strict=True):
+                    _tell(study, trial, cache[key], all_rows, cons, objective)
+                asked = []
+        except BaseException:
+            with _interrupts_held():
+                for trial in asked:  # asked but not told: not counted, re-asked on resume
+                    study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            raise
+        done += len(keys)
+        if progress:
+            progress(done, trials)
+
+    evaluated = _concat(frames)
+    history = _history(study, params)
+    return OptunaRun(
+        partial=reduce_rows(evaluated, top_k) if len(evaluated) else reduce_rows(pd.DataFrame()),
+        trials=done,
+        study_name=name,
+        history=history,
+    )
+
+
+def _tell(
+    study: Any,
+    trial: Any,
+    hit: tuple[bool, int],
+    all_rows: pd.DataFrame,
+    cons: dict[str, np.ndarray],
+    objective: str,
+) -> None:
+    import optuna
+
+    inside, i = hit
+    if not inside:
+        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        return
+    for name in sorted(cons):
+        trial.set_constraint(name, float(cons[name][i]))
+    t, c = float(all_rows[TIME].iat[i]), float(all_rows[COST].iat[i])
+    values = {"time": [t], "cost": [c], "pareto": [t, c]}[objective]
+    study.tell(trial, values)
+
+
+def _history(study: Any, params: ParamSpace) -> pd.DataFrame:
+    """One row per finished trial, in trial order: its plan key, state, values, feasibility."""
+    import optuna
+
+    out = []
+    for t in study.get_trials(deepcopy=False):
+        if t.state not in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED):
+            continue
+        cons = t.constraints
+        out.append(
+            {
+                "number": t.number,
+                "state": t.state.name,
+                "value0": t.values[0] if t.values else np.nan,
+                "value1": t.values[1] if t.values and len(t.values) > 1 else np.nan,
+                "feasible": t.state == optuna.trial.TrialState.COMPLETE
+                and all(v <= 0 for v in cons.values()),
+                "key": params.resolve(t.params),
+            }
+        )
+    return pd.DataFrame(out)
+
+
+def _expand(key: Key, modes: tuple[int, ...]) -> list[Key]:
+    """The plans a trial key stands for: one per recompute mode when it is AUTO."""
+    if key[6] != AUTO:
+        return [key]
+    return [(*key[:6], rc, *key[7:]) for rc in modes]  # type: ignore[misc]
+
+
+def _as_key(values: tuple[int, ...]) -> Key:
+    g, gb, tp, pp, dp, mb, rc, sp, vpp, zero, ovl = values
+    return (g, gb, tp, pp, dp, mb, rc, bool(sp), vpp, zero, bool(ovl))
+
+
+def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    if not frames:
+        return pd.DataFrame()
+    if len(frames) > 1:
+        frames[:] = [pd.concat(frames, ignore_index=True)]
+    return frames[0]
+
+
+def _concat_constraints(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    if len(parts) > 1:
+        parts[:] = [{k: np.concatenate([p[k] for p in parts]) for k in parts[0]}]
+    return parts[0] if parts else {}
+
+
+@contextlib.contextmanager
+def _interrupts_held() -> Iterator[None]:
+    """Hold Ctrl-C back until the block ends (a batch is told whole or not at all)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
