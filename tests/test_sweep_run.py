@@ -210,3 +210,18 @@ def test_sigkill_mid_run_then_resume_loses_nothing(tmp_path) -> None:
     }
     table = pd.read_parquet(out / "summary.parquet")
     assert len(table) == 48 and table["id"].is_unique and (table["status"] == "ok").all()
+
+
+def test_a_task_whose_worker_dies_is_recorded_as_failed(tmp_path, ray_local, monkeypatch) -> None:
+    import vtrain_opt.studies.sweep as sweep_module
+
+    def dying(scenario):  # a nested function travels to the worker by value
+        os._exit(1)
+
+    monkeypatch.setattr(sweep_module, "run_scenario", dying)
+    sweep = load_sweep(write(tmp_path, STATUSES, "statuses.yaml"))
+    with SweepStore(tmp_path / "out", sweep) as store:
+        run = run_sweep(sweep, store, workers=2)
+    recs = records(tmp_path / "out")
+    assert (run.ran, run.failed, len(recs)) == (4, 4, 4)
+    assert all(r["status"] == "failed" and "Ray task lost" in r["error"] for r in recs.values())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import re
 import sys
 from pathlib import Path
@@ -301,7 +302,11 @@ def run_command(args: argparse.Namespace) -> int:
             bar[0].advance()
 
     try:
-        result = run_study(config, workers=workers, ray_address=args.ray_address, progress=progress)
+        # Ray prints some messages (a worker that died, ...) on stdout: keep it for --json
+        with contextlib.redirect_stdout(sys.stderr):
+            result = run_study(
+                config, workers=workers, ray_address=args.ray_address, progress=progress
+            )
     finally:
         for b in bar:
             b.close()

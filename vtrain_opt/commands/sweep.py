@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -140,7 +141,9 @@ def _run(args: argparse.Namespace, sweep: Sweep, store: SweepStore) -> SweepRun:
     def record(rec: dict[str, Any]) -> None:
         bar[0].advance(failed=rec["status"] == "failed")
 
-    with store:
+    # Ray prints some messages of its own (a worker that died, ...) on stdout: keep stdout
+    # for --json, send them to stderr
+    with store, contextlib.redirect_stdout(sys.stderr):
         try:
             return run_sweep(
                 sweep,
