@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import re
 import sys
 from pathlib import Path
@@ -17,7 +18,6 @@ from vtrain_opt.commands.common import (
     add_json_arg,
     add_setup_args,
     count,
-    gpu_name,
     jsonable,
     non_negative_int,
     positive_float,
@@ -28,6 +28,7 @@ from vtrain_opt.commands.common import (
 from vtrain_opt.console import console
 from vtrain_opt.io import write_json_atomic, write_with
 from vtrain_opt.search.space import GpuChoice
+from vtrain_opt.sim.step import make_context
 from vtrain_opt.spec.model import FAMILIES
 from vtrain_opt.spec.setup import Setup
 from vtrain_opt.studies import plots
@@ -95,17 +96,37 @@ def register(sub: argparse._SubParsersAction) -> None:
         "4096, then 1024-steps to 32768)",
     )
     m.add_argument(
-        "--aspect-ratio", type=positive_float, default=128.0, help="hidden / layers (128)"
+        "--aspect-ratio",
+        type=positive_float,
+        default=128.0,
+        metavar="R",
+        help="hidden / layers (128)",
     )
-    m.add_argument("--head-size", type=positive_int, default=128, help="head dimension (128)")
     m.add_argument(
-        "--layer-multiple", type=positive_int, default=8, help="layers are a multiple of this (8)"
+        "--head-size", type=positive_int, default=128, metavar="N", help="head dimension (128)"
     )
     m.add_argument(
-        "--kv-heads", type=positive_int, help="kv heads (default: 8 for llama, all for gpt)"
+        "--layer-multiple",
+        type=positive_int,
+        default=8,
+        metavar="N",
+        help="layers are a multiple of this (8)",
     )
-    m.add_argument("--vocab", type=positive_int, help="vocabulary (default 51200 gpt, 32000 llama)")
-    m.add_argument("--seq-len", type=positive_int, default=2048, help="sequence length (2048)")
+    m.add_argument(
+        "--kv-heads",
+        type=positive_int,
+        metavar="N",
+        help="kv heads (default: 8 for llama, all for gpt)",
+    )
+    m.add_argument(
+        "--vocab",
+        type=positive_int,
+        metavar="N",
+        help="vocabulary (default 51200 gpt, 32000 llama)",
+    )
+    m.add_argument(
+        "--seq-len", type=positive_int, default=2048, metavar="N", help="sequence length (2048)"
+    )
     m.add_argument(
         "--batch-tokens-at-1b",
         type=count,
@@ -114,7 +135,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="token batch of a 1B model (default 2^20); it grows as (N/1B)^exponent",
     )
     m.add_argument(
-        "--batch-exponent", type=float, default=0.25, help="growth of the token batch with N (0.25)"
+        "--batch-exponent",
+        type=float,
+        default=0.25,
+        metavar="X",
+        help="growth of the token batch with N (0.25)",
     )
     m.add_argument(
         "--global-batch", type=positive_int, metavar="N", help="sequences per batch for every size"
@@ -135,7 +160,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="utilization of the ideal (1.0 or 100%%)",
     )
     law.add_argument(
-        "--tokens-per-param", type=positive_float, default=20.0, help="the rule of thumb (20)"
+        "--tokens-per-param",
+        type=positive_float,
+        default=20.0,
+        metavar="R",
+        help="the rule of thumb (20)",
     )
     law.add_argument(
         "--min-tokens-per-param",
@@ -224,13 +253,6 @@ def config_from(args: argparse.Namespace) -> StudyConfig:
     budgets = budgets_from(args)
     cluster = resolve_cluster(args)
     gpu = GpuChoice(name=cluster.gpu.name, cluster=cluster, profile=args.profile)
-    if args.dtype or args.attention:
-        setup = Setup(
-            dtype=args.dtype or "bf16",
-            attention=args.attention or ("flash" if cluster.gpu.flash_attention else "unfused"),
-        )
-    else:
-        setup = None
     rules = ShapeRules(
         family=args.family,
         **({"hidden_ladder": parse_ladder(args.hidden_ladder)} if args.hidden_ladder else {}),
@@ -244,6 +266,13 @@ def config_from(args: argparse.Namespace) -> StudyConfig:
         batch_exponent=args.batch_exponent,
         global_batch=args.global_batch,
     )
+    setup = None
+    if args.dtype or args.attention:  # the other one keeps the GPU's default
+        probe = rules.for_params(args.min_params)
+        default = make_context(probe, cluster, gpu.profile).setup
+        setup = Setup(
+            dtype=args.dtype or default.dtype, attention=args.attention or default.attention
+        )
     if args.min_params > args.max_params:
         raise ValueError(
             f"--min-params {format_count(args.min_params)} is above --max-params "
@@ -283,16 +312,12 @@ def _slug(text: str) -> str:
 
 # ---- running ---------------------------------------------------------------------------------
 def run_command(args: argparse.Namespace) -> int:
-    if args.gpu is None and args.profile is None:
-        args.gpu = gpu_name(args)
     config = config_from(args)
     out = Path(args.out) if args.out else default_out(config)
     _check_out(out)
     workers = args.workers
-    if workers is None:
-        import os
-
-        workers = os.cpu_count() or 1
+    if workers is None:  # every local core; on a cluster (--ray-address) every CPU of it
+        workers = 0 if args.ray_address else (os.cpu_count() or 1)
     bar: list[Progress] = []
 
     def progress(done: int, total: int) -> None:

@@ -132,7 +132,9 @@ def run_command(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, sweep: Sweep, store: SweepStore) -> SweepRun:
-    workers = args.workers if args.workers is not None else (os.cpu_count() or 1)
+    workers = args.workers
+    if workers is None:  # every local core; on a cluster (--ray-address) every CPU of it
+        workers = 0 if args.ray_address else (os.cpu_count() or 1)
     bar: list[Progress] = []
 
     def start(total: int, done: int) -> None:
