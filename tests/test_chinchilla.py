@@ -204,3 +204,17 @@ def test_on_ray_matches_in_process(ray_local, cluster_study) -> None:
     here, there = cluster_study.main.candidates, on_ray.main.candidates
     assert here.equals(there)
     assert on_ray.main.optimal == cluster_study.main.optimal
+
+
+def test_sizes_that_do_not_fit_are_listed_with_the_reason(tmp_path, capsys) -> None:
+    args = ["chinchilla", "--num-gpus", "8", "--days", "30", "--min-params", "0.5B"]
+    args += ["--max-params", "500B", "--num-sizes", "4", "--workers", "0", "--no-plots"]
+    assert main([*args, "--out", str(tmp_path), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    no_plan = [c for c in doc["candidates"] if c["status"] == "no plan"]
+    assert no_plan and all("memory" in c["reason"] for c in no_plan)
+    assert all(c["loss"] is None for c in no_plan)
+    assert doc["optimal"]["params"] < min(c["params"] for c in no_plan)
+    plan = doc["optimal"]["plan"]
+    assert all(isinstance(plan[k], int) for k in ("num_gpus", "tp", "pp", "dp", "micro_batch"))
+    assert plan["num_gpus"] <= 8

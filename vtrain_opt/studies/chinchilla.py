@@ -465,7 +465,21 @@ def _answer(row: pd.Series) -> dict[str, Any]:
         "memory_per_gpu_bytes",
     )
     out = {k: _plain(row[k]) for k in keys}
-    out["plan"] = {k: _plain(row[k]) for k in PLAN_COLUMNS}
+    out["plan"] = plan_dict(row)
+    return out
+
+
+def plan_dict(row: pd.Series) -> dict[str, Any]:
+    """The plan columns of a row with their own types (a frame with NaN rows holds floats)."""
+    out: dict[str, Any] = {}
+    for k in PLAN_COLUMNS:
+        v = _plain(row[k])
+        if k in ("sequence_parallel", "dp_overlap"):
+            out[k] = bool(v)
+        elif k == "recompute":
+            out[k] = str(v)
+        else:
+            out[k] = int(v)
     return out
 
 
