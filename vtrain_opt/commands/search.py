@@ -23,7 +23,12 @@ from vtrain_opt.commands.common import (
 from vtrain_opt.search.engine import AUTO_EXHAUSTIVE_MAX, OBJECTIVES, STRATEGIES, narrow, search
 from vtrain_opt.search.exhaustive import raw_size
 from vtrain_opt.search.limits import Limits
-from vtrain_opt.search.optuna_search import SAMPLERS, default_study_name
+from vtrain_opt.search.optuna_search import (
+    DEFAULT_INNER,
+    INNER_DIMS,
+    SAMPLERS,
+    default_study_name,
+)
 from vtrain_opt.search.space import SearchSpace, gpu_choice
 from vtrain_opt.search.spacefile import load_space
 from vtrain_opt.spec.model import load_model
@@ -124,6 +129,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     s.add_argument("--seed", type=non_negative_int, default=0, help="sampler seed (default 0)")
     s.add_argument(
+        "--inner",
+        type=_inner,
+        metavar="DIMS|none",
+        help="dimensions each Optuna trial completes itself, taking its fastest feasible plan "
+        f"(default: {','.join(DEFAULT_INNER)}; 'none': a trial is one plan)",
+    )
+    s.add_argument(
         "--storage",
         metavar="PATH|URL",
         help="Optuna storage: a journal file (default: OUT/study.journal) or an RDB URL "
@@ -170,6 +182,8 @@ def _step(text: str) -> int | None:
 
 
 def _budget(text: str) -> Any:
+    if str(text).strip().startswith("-"):
+        raise argparse.ArgumentTypeError(f"{text!r}: a budget must be positive")
     try:
         return parse_budget(text)
     except ValueError as e:
@@ -187,6 +201,18 @@ def _sampler(text: str) -> str:
     if text not in SAMPLERS:
         raise argparse.ArgumentTypeError(f"{text!r} is not one of {', '.join(SAMPLERS)}")
     return text
+
+
+def _inner(text: str) -> tuple[str, ...]:
+    if str(text).strip().lower() == "none":
+        return ()
+    names = tuple(_names(text))
+    bad = [n for n in names if n not in INNER_DIMS]
+    if bad:
+        raise argparse.ArgumentTypeError(
+            f"{', '.join(bad)}: not an inner dimension; choose from {', '.join(INNER_DIMS)} or none"
+        )
+    return names
 
 
 def _workers(text: str) -> int | str:
@@ -290,7 +316,15 @@ def run(args: argparse.Namespace) -> int:
     out_dir = Path(args.out) if args.out else None
     storage = args.storage
     if strategy == "optuna" and storage is None:
-        name = default_study_name(narrowed, tokens, limits, args.objective, args.sampler, args.seed)
+        name = default_study_name(
+            narrowed,
+            tokens,
+            limits,
+            args.objective,
+            args.sampler,
+            args.seed,
+            DEFAULT_INNER if args.inner is None else args.inner,
+        )
         out_dir = out_dir or _previous_run(name) or _default_dir(space)
         storage = str(out_dir / "study.journal")
 
@@ -311,6 +345,7 @@ def run(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             storage=storage,
             progress=tick,
+            inner=args.inner,
         )
 
     baseline_row, savings = None, None

@@ -111,14 +111,16 @@ def search(
     progress: Progress | None = None,
     top_k: int = TOP_K,
     keep_all_max: int = KEEP_ALL_MAX,
+    inner: tuple[str, ...] | None = None,
 ) -> SearchResult:
     """Find the fastest, the cheapest and the Pareto-optimal plans of ``space``.
 
     ``tokens`` is the training work (default: the space's); ``limits`` the budget, time and
     GPU limits. ``strategy``: ``exhaustive`` (exact), ``optuna`` (``trials`` trials asked
     ``batch_size`` at a time from ``sampler`` with ``seed``; ``storage`` makes the study
-    resumable), or ``auto`` (exhaustive when the space is small enough to finish in
-    seconds). ``workers=0`` runs here without Ray; ``workers>0`` or ``ray_address`` on Ray.
+    resumable; each trial completes the ``inner`` dimensions itself, default recompute and
+    sequence parallelism), or ``auto`` (exhaustive when the space is small enough to finish
+    in seconds). ``workers=0`` runs here without Ray; ``workers>0`` or ``ray_address`` on Ray.
     """
     t0 = _time.perf_counter()
     if objective not in OBJECTIVES:
@@ -139,7 +141,7 @@ def search(
             part = run_exhaustive(space, tokens, limits, backend, progress, top_k, keep_all_max)
             size: int | None = part.evaluated
         else:
-            from vtrain_opt.search.optuna_search import run_optuna
+            from vtrain_opt.search.optuna_search import DEFAULT_INNER, run_optuna
 
             run = run_optuna(
                 space,
@@ -155,6 +157,7 @@ def search(
                 study_name=study_name,
                 progress=progress,
                 top_k=top_k,
+                inner=DEFAULT_INNER if inner is None else inner,
             )
             part = run.partial
             size = space.size if raw <= AUTO_EXHAUSTIVE_MAX else None
@@ -265,7 +268,7 @@ def diagnose(part: Partial, limits: Limits) -> tuple[list[str], pd.DataFrame]:
         need, have = float(lean["memory_per_gpu_bytes"]), float(lean["memory_capacity_bytes"])
         return [
             f"no plan fits in GPU memory: the leanest needs {format_bytes(need)} per GPU of "
-            f"{format_bytes(have)} ({need / have - 1:+.0%})"
+            f"{format_bytes(have)} ({_excess(need / have)})"
         ], part.least_memory
     msgs = []
     checks = [
@@ -281,7 +284,7 @@ def diagnose(part: Partial, limits: Limits) -> tuple[list[str], pd.DataFrame]:
         excess.append(over)
         best = float(fits[col].min())
         if best > limit:
-            msgs.append(f"{name} {fmt(limit)} binds: {what} {fmt(best)} ({best / limit - 1:+.1%})")
+            msgs.append(f"{name} {fmt(limit)} binds: {what} {fmt(best)} ({_excess(best / limit)})")
     worst = np.max(excess, axis=0) if excess else np.zeros(len(fits))
     order = np.argsort(worst, kind="stable")[:CLOSEST]
     closest = fits.iloc[order].reset_index(drop=True)
@@ -299,6 +302,11 @@ def diagnose(part: Partial, limits: Limits) -> tuple[list[str], pd.DataFrame]:
     if not msgs:
         msgs.append("no plan meets the limits")
     return msgs, closest
+
+
+def _excess(ratio: float) -> str:
+    """How far over a limit: '+12.5%', or '3.4x the limit' when far over."""
+    return f"{ratio:.1f}x the limit" if ratio >= 2 else f"{ratio - 1:+.1%}"
 
 
 def _days(seconds: float) -> str:

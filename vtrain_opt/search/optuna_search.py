@@ -1,18 +1,20 @@
 """The Optuna strategy: sample plans, evaluate them a batch at a time, tell the results.
 
-Each trial picks a GPU type, a global batch and one value per free dimension (ordered
-dimensions as an index into their sorted candidates, so samplers see the order). Trials
-are asked ``batch_size`` at a time; the batch's new plans are simulated in one vectorized
-call (on a Ray worker when the backend is Ray), and results are cached by plan, so a
-repeated configuration is never simulated twice. Memory and the budget/time limits are
-Optuna constraints (``trial.set_constraint``); a sampled combination outside the space
-(a divisibility rule, the GPU range) is told as pruned, without simulating it.
+A trial samples the *structural* dimensions of a plan: GPU type, global batch, tp, pp and
+the GPU count (as ``gpus_log2``), plus any free dimension not completed inside the trial.
+The *inner* dimensions (by default recomputation and sequence parallelism, which trade
+memory for time) are not sampled: the trial evaluates each of their combinations in the
+same vectorized call and keeps the fastest feasible one. For a fixed GPU type and count
+the fastest plan is also the cheapest, so this inner choice is exact for every
+objective, and the sampler no longer has to find the narrow band of plans that fit in
+memory one dimension at a time (it settles on full recomputation otherwise, which always
+fits). ``inner=()`` samples every dimension.
 
-Recomputation is not sampled when it is free: each trial simulates its plan with every
-recompute mode of the space (in the same vectorized call) and keeps the least
-recomputation that fits in memory. Recomputing only adds work, so among the modes that
-fit the least one is the fastest and the cheapest (benchmarks/bench_search.py checks this
-dominance on the shipped spaces); samplers otherwise settle on "full", which always fits.
+Trials are asked ``batch_size`` at a time; the batch's new plans are simulated in one
+call (on a Ray worker when the backend is Ray) and results are cached by plan, so a
+repeated configuration is never simulated twice. Memory and the budget/time limits are
+Optuna constraints (``trial.set_constraint``); a sampled combination with no valid plan
+(a divisibility rule, the GPU range) is told as pruned, without simulating anything.
 
 Studies live in an Optuna storage: a journal file (resumable: running the same search
 again continues it up to ``trials``) or an RDB URL. Interrupts are held back while a
@@ -24,9 +26,11 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import signal
 import threading
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,10 +47,20 @@ from vtrain_opt.search.space import SearchSpace
 from vtrain_opt.spec.plan import RECOMPUTE_MODES, PlanBatch
 
 SAMPLERS = ("tpe", "nsga2", "gp", "random")
-# A plan key: (gpu index, gb, tp, pp, dp, mb, recompute code, sp, vpp, zero, dp_overlap);
-# in a trial's key the recompute code may be AUTO: the least of the space's modes that fits.
+# A plan key: (gpu index, gb, tp, pp, dp, mb, recompute code, sp, vpp, zero, dp_overlap).
+# In a trial's key an inner dimension holds AUTO: the trial evaluates all its values.
 Key = tuple[int, int, int, int, int, int, int, bool, int, int, bool]
 AUTO = -1
+# Dimensions a trial may complete itself, and their position in a key.
+INNER_DIMS = {
+    "micro_batch": 5,
+    "recompute": 6,
+    "sequence_parallel": 7,
+    "vpp": 8,
+    "zero": 9,
+    "dp_overlap": 10,
+}
+DEFAULT_INNER = tuple(INNER_DIMS)
 _KEY_COLS = ("gpu", "gb", "tp", "pp", "dp", "mb", "recompute", "sp", "vpp", "zero", "dp_overlap")
 
 Progress = Callable[[int, int], None]
@@ -68,18 +82,26 @@ def make_sampler(name: str, seed: int) -> Any:
     if name == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed)
     if name == "gp":
-        return optuna.samplers.GPSampler(seed=seed, deterministic_objective=True)
+        with warnings.catch_warnings():  # deterministic_objective is marked experimental
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.GPSampler(seed=seed, deterministic_objective=True)
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     raise ValueError(f"sampler: {name!r} is not one of {', '.join(SAMPLERS)}")
 
 
 def default_study_name(
-    space: SearchSpace, tokens: float, limits: Limits, objective: str, sampler: str, seed: int
+    space: SearchSpace,
+    tokens: float,
+    limits: Limits,
+    objective: str,
+    sampler: str,
+    seed: int,
+    inner: tuple[str, ...] = DEFAULT_INNER,
 ) -> str:
     """Same inputs, same name: re-running a search finds its study and continues it."""
     ident = json.dumps(
-        [space.to_dict(), tokens, limits.to_dict(), objective, sampler, seed],
+        [space.to_dict(), tokens, limits.to_dict(), objective, sampler, seed, sorted(inner)],
         sort_keys=True,
         default=str,
     )
@@ -131,13 +153,22 @@ class ParamSpace:
     batch, ...), and samplers learn nothing from such trials. So the GPU count is sampled
     as a continuous ``gpus_log2`` and each ordered dimension as an index, then resolved in
     order (GPU type, global batch, tp, pp, GPU count, micro-batch, sequence parallelism,
-    vpp, ZeRO, overlap) to the nearest value that keeps the plan valid given
-    the ones before. Nearby parameters map to nearby plans, and almost every trial is a
-    plan of the space; the rare remainder is told as pruned.
+    vpp, ZeRO, overlap) to the nearest value that keeps the plan valid given the ones
+    before. Nearby parameters map to nearby plans, and almost every trial is a plan of the
+    space; the rare remainder is told as pruned.
     """
 
-    def __init__(self, space: SearchSpace) -> None:
+    def __init__(self, space: SearchSpace, inner: tuple[str, ...] = DEFAULT_INNER) -> None:
+        unknown = sorted(set(inner) - set(INNER_DIMS))
+        if unknown:
+            raise ValueError(
+                f"inner dimensions: {', '.join(unknown)} unknown; allowed: {', '.join(INNER_DIMS)}"
+            )
+        inner = tuple(d for d in INNER_DIMS if d in inner and len(getattr(space, d)) > 1)
+        if "micro_batch" in inner and "vpp" not in inner and len(space.vpp) > 1:
+            inner = (*inner, "vpp")  # vpp's validity depends on the micro-batch count
         self.space = space
+        self.inner = inner
         self.gpus = [g.name for g in space.gpus]
         steps = [space.step_of(g) for g in space.gpus]
         lo = min(-(-space.min_gpus // s) * s for s in steps)
@@ -147,10 +178,10 @@ class ParamSpace:
             "tp": space.tp,
             "pp": space.pp,
             "micro_batch": space.micro_batch,
+            "recompute": tuple(sorted(RECOMPUTE_MODES.index(r) for r in space.recompute)),
             "vpp": space.vpp,
             "zero": space.zero,
         }
-        self.recompute = tuple(sorted(RECOMPUTE_MODES.index(r) for r in space.recompute))
         self.categorical: dict[str, tuple[Any, ...]] = {
             "sequence_parallel": space.sequence_parallel,
             "dp_overlap": space.dp_overlap,
@@ -164,20 +195,22 @@ class ParamSpace:
         if self.log2_range[1] > self.log2_range[0]:
             p["gpus_log2"] = trial.suggest_float("gpus_log2", *self.log2_range)
         for name, values in self.ordered.items():
-            if len(values) > 1:
+            if len(values) > 1 and name not in self.inner:
                 p[f"{name}_index"] = trial.suggest_int(f"{name}_index", 0, len(values) - 1)
         for name, values in self.categorical.items():
-            if len(values) > 1:
+            if len(values) > 1 and name not in self.inner:
                 p[name] = trial.suggest_categorical(name, values)
         return self.resolve(p)
 
     def resolve(self, p: dict[str, Any]) -> Key | None:
-        """The plan a trial's parameters stand for; None when no valid plan is near."""
+        """The trial key a trial's parameters stand for; None when no valid plan is near."""
         sp_, m = self.space, self.space.model
         g = self.gpus.index(p["gpu"]) if "gpu" in p else 0
         step = sp_.step_of(sp_.gpus[g])
 
         def pick(name: str, ok: Callable[[Any], bool]) -> Any:
+            if name in self.inner:
+                return AUTO
             values = self.ordered[name]
             want = p.get(f"{name}_index", 0)
             good = [i for i, v in enumerate(values) if ok(v)]
@@ -198,21 +231,30 @@ class ParamSpace:
             return None
         dp = min(dps, key=lambda d: (abs(np.log2(tp * pp * d) - target), d))
         mb = pick("micro_batch", lambda v: gb % (dp * v) == 0)
-        if mb is None:
-            return None
-        nmb = gb // (dp * mb)
-        rc = self.recompute[0] if len(self.recompute) == 1 else AUTO
-        sp = p.get("sequence_parallel", self.categorical["sequence_parallel"][0])
-        if sp and (tp < 2 or m.seq_length % tp):
-            sp = False if False in self.categorical["sequence_parallel"] else sp
+        rc = pick("recompute", lambda v: True)
+        if "sequence_parallel" in self.inner:
+            sp: Any = AUTO
+        else:
+            sp = p.get("sequence_parallel", self.categorical["sequence_parallel"][0])
+            if (
+                sp
+                and (tp < 2 or m.seq_length % tp)
+                and False in self.categorical["sequence_parallel"]
+            ):
+                sp = False
         vpp = pick(
             "vpp",
-            lambda v: v == 1 or (pp > 1 and m.num_layers % (pp * v) == 0 and nmb % pp == 0),
+            lambda v: (
+                v == 1 or (pp > 1 and m.num_layers % (pp * v) == 0 and (gb // (dp * mb)) % pp == 0)
+            ),
         )
         zero = pick("zero", lambda v: v < 2 or pp == 1)
-        if vpp is None or zero is None:
+        if "dp_overlap" in self.inner:
+            ovl: Any = AUTO
+        else:
+            ovl = p.get("dp_overlap", self.categorical["dp_overlap"][0])
+        if mb is None or vpp is None or zero is None:
             return None
-        ovl = p.get("dp_overlap", self.categorical["dp_overlap"][0])
         return (
             g,
             int(gb),
@@ -220,12 +262,24 @@ class ParamSpace:
             int(pp),
             int(dp),
             int(mb),
-            rc,
-            bool(sp),
+            int(rc),
+            sp,
             int(vpp),
             int(zero),
-            bool(ovl),
+            ovl,
         )
+
+    def expand(self, key: Key) -> list[Key]:
+        """The plans a trial key stands for: every combination of its AUTO dimensions."""
+        options = []
+        for pos, value in enumerate(key):
+            if not isinstance(value, bool) and value == AUTO:
+                name = next(n for n, i in INNER_DIMS.items() if i == pos)
+                values = self.ordered.get(name, self.categorical.get(name))
+                options.append(values)
+            else:
+                options.append((value,))
+        return [tuple(c) for c in itertools.product(*options)]  # type: ignore[misc]
 
 
 def _divisors(n: int) -> list[int]:
@@ -280,6 +334,7 @@ def run_optuna(
     study_name: str | None = None,
     progress: Progress | None = None,
     top_k: int = TOP_K,
+    inner: tuple[str, ...] = DEFAULT_INNER,
 ) -> OptunaRun:
     """Run (or continue) a study until it holds ``trials`` finished trials."""
     import optuna
@@ -289,7 +344,7 @@ def run_optuna(
     if batch_size < 1:
         raise ValueError(f"batch size: must be at least 1, got {batch_size}")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    name = study_name or default_study_name(space, tokens, limits, objective, sampler, seed)
+    name = study_name or default_study_name(space, tokens, limits, objective, sampler, seed, inner)
     directions = ["minimize", "minimize"] if objective == "pareto" else ["minimize"]
     study = optuna.create_study(
         study_name=name,
@@ -300,7 +355,7 @@ def run_optuna(
     )
     if [d.name.lower() for d in study.directions] != directions:
         raise ValueError(f"study {name!r} exists with other objectives; choose another --storage")
-    params = ParamSpace(space)
+    params = ParamSpace(space, inner)
     shared = backend.put(space)
     cache: dict[Key | None, tuple[bool, int]] = {None: (False, -1)}  # -> (in space, row)
     frames: list[pd.DataFrame] = []
@@ -308,10 +363,10 @@ def run_optuna(
 
     def lookup(keys: list[Key | None]) -> None:
         """Evaluate the trial keys not seen yet: one vectorized call per GPU type."""
-        new = sorted({k for k in keys if k not in cache})  # type: ignore[type-var]
+        new = sorted({k for k in keys if k not in cache}, key=str)
         if not new:
             return
-        plans = {k: _expand(k, params.recompute) for k in new}
+        plans = {k: params.expand(k) for k in new}  # type: ignore[arg-type]
         flat = sorted({p for ps in plans.values() for p in ps})
         arr = np.array(flat, dtype=np.int64)
         groups = [(int(g), arr[arr[:, 0] == g]) for g in np.unique(arr[:, 0])]
@@ -327,14 +382,10 @@ def run_optuna(
                 frames.append(df)
                 constraint_rows.append(cons)
                 offset += len(df)
-        fits = _concat(frames)["fits_memory"].to_numpy() if frames else np.zeros(0, bool)
+        all_rows, cons_all = _concat(frames), _concat_constraints(constraint_rows)
         for key, candidates in plans.items():
             found = [row_of[p] for p in candidates if p in row_of]
-            if not found:
-                cache[key] = (False, -1)
-                continue
-            fitting = [i for i in found if fits[i]]
-            cache[key] = (True, fitting[0] if fitting else found[-1])
+            cache[key] = (True, _best(found, all_rows, cons_all)) if found else (False, -1)
 
     # Resume: trials a killed run left running are failed; finished ones are re-evaluated
     # (one vectorized call) so their plans appear in the results.
@@ -343,6 +394,7 @@ def run_optuna(
     finished_states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     previous = study.get_trials(deepcopy=False, states=finished_states)
     lookup([params.resolve(t.params) for t in previous])
+    evaluated_at = {t.number: _rows(frames) for t in previous}  # plans simulated so far
     done = len(previous)
     if progress:
         progress(done, trials)
@@ -357,6 +409,7 @@ def run_optuna(
             with _interrupts_held():
                 for trial, key in zip(asked, keys, strict=True):
                     _tell(study, trial, cache[key], all_rows, cons, objective)
+                    evaluated_at[trial.number] = len(all_rows)
                 asked = []
         except BaseException:
             with _interrupts_held():
@@ -368,7 +421,7 @@ def run_optuna(
             progress(done, trials)
 
     evaluated = _concat(frames)
-    history = _history(study, params)
+    history = _history(study, params, evaluated_at)
     return OptunaRun(
         partial=reduce_rows(evaluated, top_k) if len(evaluated) else reduce_rows(pd.DataFrame()),
         trials=done,
@@ -398,8 +451,9 @@ def _tell(
     study.tell(trial, values)
 
 
-def _history(study: Any, params: ParamSpace) -> pd.DataFrame:
-    """One row per finished trial, in trial order: its plan key, state, values, feasibility."""
+def _history(study: Any, params: ParamSpace, evaluated_at: dict[int, int]) -> pd.DataFrame:
+    """One row per finished trial, in trial order: state, values, feasibility, its trial
+    key, and how many distinct plans had been simulated when it was told."""
     import optuna
 
     out = []
@@ -416,21 +470,32 @@ def _history(study: Any, params: ParamSpace) -> pd.DataFrame:
                 "feasible": t.state == optuna.trial.TrialState.COMPLETE
                 and all(v <= 0 for v in cons.values()),
                 "key": params.resolve(t.params),
+                "evaluated": evaluated_at.get(t.number, 0),
             }
         )
     return pd.DataFrame(out)
 
 
-def _expand(key: Key, modes: tuple[int, ...]) -> list[Key]:
-    """The plans a trial key stands for: one per recompute mode when it is AUTO."""
-    if key[6] != AUTO:
-        return [key]
-    return [(*key[:6], rc, *key[7:]) for rc in modes]  # type: ignore[misc]
+def _best(found: list[int], all_rows: pd.DataFrame, cons: dict[str, np.ndarray]) -> int:
+    """A trial's plan among its evaluated rows: the fastest feasible one (for a fixed GPU
+    type and count, also the cheapest); when none is feasible, the least violation."""
+    idx = np.array(found)
+    time = all_rows[TIME].to_numpy()[idx]
+    feasible = all_rows["feasible"].to_numpy()[idx]
+    if feasible.any():
+        return int(idx[np.flatnonzero(feasible)[np.argmin(time[feasible])]])
+    excess = sum(np.maximum(c[idx], 0.0) for c in cons.values()) if cons else np.zeros(len(idx))
+    order = np.lexsort((time, excess))
+    return int(idx[order[0]])
 
 
 def _as_key(values: tuple[int, ...]) -> Key:
     g, gb, tp, pp, dp, mb, rc, sp, vpp, zero, ovl = values
     return (g, gb, tp, pp, dp, mb, rc, bool(sp), vpp, zero, bool(ovl))
+
+
+def _rows(frames: list[pd.DataFrame]) -> int:
+    return sum(len(f) for f in frames)
 
 
 def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:

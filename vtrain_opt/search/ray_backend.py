@@ -64,10 +64,11 @@ class RayBackend:
 
         self._ray = ray
         self._started = False
+        if address:
+            _check_reachable(address)
         if ray.is_initialized():
             pass  # reuse the caller's runtime (a test fixture, a driver script)
         elif address:
-            _check_reachable(address)
             try:
                 ray.init(
                     address=address,
