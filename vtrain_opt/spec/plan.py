@@ -17,6 +17,20 @@ from vtrain_opt.spec._check import as_int, positive_int
 from vtrain_opt.spec.model import ModelSpec
 
 RECOMPUTE_MODES = ("none", "selective", "full")
+# The columns that identify a plan in result tables (PlanBatch.to_frame adds num_microbatches).
+PLAN_COLUMNS = (
+    "num_gpus",
+    "tp",
+    "pp",
+    "dp",
+    "micro_batch",
+    "global_batch",
+    "recompute",
+    "sequence_parallel",
+    "vpp",
+    "zero",
+    "dp_overlap",
+)
 ZERO_STAGES = (0, 1, 2, 3)
 
 # Reason codes for plans that are not feasible. 0 means feasible. Rule violations

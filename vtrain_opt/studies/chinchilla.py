@@ -33,6 +33,7 @@ from vtrain_opt.search import GpuChoice, SearchSpace, search
 from vtrain_opt.search.ray_backend import open_backend
 from vtrain_opt.sim.step import make_context
 from vtrain_opt.spec.model import ModelSpec
+from vtrain_opt.spec.plan import PLAN_COLUMNS
 from vtrain_opt.spec.setup import Setup
 from vtrain_opt.studies.lossfit import FLOP_PER_PARAM_TOKEN, LossFit, rule_of_thumb
 from vtrain_opt.studies.shapes import ShapeRules
@@ -40,19 +41,6 @@ from vtrain_opt.units import DAY_S, HOUR_S, format_count, format_usd
 
 # Tokens of the reference searches; every time and cost scales linearly with tokens.
 REF_TOKENS = 1e12
-PLAN_COLUMNS = (
-    "num_gpus",
-    "tp",
-    "pp",
-    "dp",
-    "micro_batch",
-    "global_batch",
-    "recompute",
-    "sequence_parallel",
-    "vpp",
-    "zero",
-    "dp_overlap",
-)
 KEEP_COLUMNS = (
     *PLAN_COLUMNS,
     "training_time_s",

@@ -25,6 +25,7 @@ from vtrain_opt import __version__
 from vtrain_opt.search import Limits, SearchSpace, gpu_choice, search
 from vtrain_opt.sim.step import make_context
 from vtrain_opt.spec.model import ModelSpec
+from vtrain_opt.spec.plan import PLAN_COLUMNS
 from vtrain_opt.spec.setup import Setup
 from vtrain_opt.studies.sweepfile import Scenario, Sweep
 from vtrain_opt.studies.sweepstore import SweepStore
@@ -46,17 +47,7 @@ PLAN_DIMENSIONS = (
 )
 RESULT_COLUMNS = (
     "gpu",
-    "num_gpus",
-    "tp",
-    "pp",
-    "dp",
-    "micro_batch",
-    "global_batch",
-    "recompute",
-    "sequence_parallel",
-    "vpp",
-    "zero",
-    "dp_overlap",
+    *PLAN_COLUMNS,
     "training_time_s",
     "cost_usd",
     "gpu_hours",
