@@ -35,9 +35,10 @@ from vtrain_opt.spec.model import load_model
 from vtrain_opt.spec.setup import ATTENTION_KERNELS, DTYPES, Setup
 from vtrain_opt.units import DAY_S, parse_budget, parse_duration_s
 
-# --workers auto: Ray only for exhaustive spaces at least this large (below, starting Ray
-# takes longer than the whole evaluation; see benchmarks/bench_search.py).
-RAY_AUTO_MIN_PLANS = 2_000_000
+# --workers auto: Ray only for exhaustive spaces of at least this many raw combinations
+# (~15 s in-process at the rate of benchmarks/bench_search.py); below, starting Ray (~6 s
+# on a small machine) costs more than sharding saves.
+RAY_AUTO_MIN_PLANS = 100_000_000
 RESULTS_ROOT = Path("results")
 
 
@@ -147,8 +148,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=_workers,
         default="auto",
         metavar="N|auto",
-        help="Ray workers; 0 runs in this process without Ray (default auto: Ray only for "
-        "exhaustive spaces over 2M plans)",
+        help="Ray workers; 0 runs in this process without Ray (default auto: Ray on every core "
+        "only for exhaustive spaces over 100M raw combinations)",
     )
     r.add_argument("--ray-address", metavar="ADDR", help="join this Ray cluster (HOST:PORT)")
 
@@ -309,7 +310,7 @@ def run(args: argparse.Namespace) -> int:
     workers = args.workers
     if workers == "auto":
         workers = (
-            os.cpu_count() or 1 if strategy == "exhaustive" and raw >= RAY_AUTO_MIN_PLANS else 0
+            (os.cpu_count() or 1) if strategy == "exhaustive" and raw >= RAY_AUTO_MIN_PLANS else 0
         )
     baseline_plan = _parse_baseline(args.baseline, narrowed) if args.baseline else None
 

@@ -30,7 +30,7 @@ from vtrain_opt.search.space import SearchSpace
 # Keep every evaluated plan (plans.parquet holds them all) up to this many; beyond, the
 # TOP_K best by time and by cost plus both fronts.
 KEEP_ALL_MAX = 200_000
-TOP_K = 10_000
+TOP_K = 2_000
 SAMPLE_COLUMNS = ("gpu", TIME, COST, "feasible", "fits_memory")
 
 
@@ -71,7 +71,7 @@ def reduce_evaluated(
         top_time=rows(space, ev, smallest_indices(t_f, top_k, c_f, tb)),
         top_cost=rows(space, ev, smallest_indices(c_f, top_k, t_f, tb)),
         least_memory=rows(space, ev, smallest_indices(ratio, 1, None, tb)),
-        sample=rows(space, ev, sample_idx)[list(SAMPLE_COLUMNS)],
+        sample=rows(space, ev, sample_idx, SAMPLE_COLUMNS),
         all_rows=rows(space, ev) if keep_all else None,
     )
 

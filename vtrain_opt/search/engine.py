@@ -274,7 +274,7 @@ def diagnose(part: Partial, limits: Limits) -> tuple[list[str], pd.DataFrame]:
     checks = [
         (limits.budget_usd, COST, "budget", format_usd, "the cheapest plan costs"),
         (limits.budget_gpu_hours, "gpu_hours", "budget", _gpu_h, "the cheapest plan takes"),
-        (limits.max_time_s, TIME, "max days", _days, "the fastest plan takes"),
+        (limits.max_time_s, TIME, "max time", _days, "the fastest plan takes"),
     ]
     excess = []
     for limit, col, name, fmt, what in checks:
@@ -296,8 +296,8 @@ def diagnose(part: Partial, limits: Limits) -> tuple[list[str], pd.DataFrame]:
             if limit is not None:
                 parts.append(f"{name} {fmt(limit)} vs {fmt(float(row[col]))}")
         msgs.append(
-            "no plan meets every limit at once: the closest exceeds them by "
-            f"{float(worst[order[0]]):+.1%} ({', '.join(parts)})"
+            "no plan meets every limit at once: the closest is "
+            f"{float(worst[order[0]]):.1%} over ({'; '.join(parts)})"
         )
     if not msgs:
         msgs.append("no plan meets the limits")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -16,7 +17,7 @@ import pandas as pd
 from vtrain_opt.search.limits import SEARCH_REASONS, Limits
 from vtrain_opt.search.space import SearchSpace
 from vtrain_opt.sim.step import simulate_arrays
-from vtrain_opt.spec.plan import PlanBatch
+from vtrain_opt.spec.plan import RECOMPUTE_MODES, PlanBatch
 
 TIME = "training_time_s"
 COST = "cost_usd"
@@ -74,26 +75,58 @@ def evaluate(
     return Evaluated(gpu_index, batch, cols, reason)
 
 
-def rows(space: SearchSpace, ev: Evaluated, idx: np.ndarray | slice | None = None) -> pd.DataFrame:
-    """Result rows (plan, metrics, feasibility) of the plans ``idx`` of an evaluated batch."""
+def rows(
+    space: SearchSpace,
+    ev: Evaluated,
+    idx: np.ndarray | slice | None = None,
+    columns: Sequence[str] | None = None,
+) -> pd.DataFrame:
+    """Result rows (plan, metrics, feasibility) of the plans ``idx`` of an evaluated batch.
+
+    The plan columns are those of ``PlanBatch.to_frame`` plus ``gpu``; the frame is built
+    in one go from arrays (inserting columns one by one is slow in pandas).
+    """
     idx = slice(None) if idx is None else idx
-    batch = ev.batch.take(idx)
-    df = batch.to_frame()
-    df.insert(
-        0,
-        "gpu",
-        pd.Categorical.from_codes(
-            np.full(batch.n, ev.gpu_index, dtype=np.int16), categories=[g.name for g in space.gpus]
+    b = ev.batch
+    tp, pp, dp, mb, gb = b.tp[idx], b.pp[idx], b.dp[idx], b.mb[idx], b.gb[idx]
+    n = len(tp)
+    reason = ev.reason[idx]
+    data: dict[str, Any] = {
+        "gpu": pd.Categorical.from_codes(
+            np.full(n, ev.gpu_index, dtype=np.int16), dtype=gpu_dtype(space)
         ),
-    )
+        "num_gpus": tp * pp * dp,
+        "tp": tp,
+        "pp": pp,
+        "dp": dp,
+        "micro_batch": mb,
+        "global_batch": gb,
+        "num_microbatches": gb // np.maximum(dp * mb, 1),
+        "recompute": pd.Categorical.from_codes(
+            b.recompute[idx].astype(np.int8), dtype=_RECOMPUTE_DTYPE
+        ),
+        "sequence_parallel": b.sp[idx],
+        "vpp": b.vpp[idx],
+        "zero": b.zero[idx],
+        "dp_overlap": b.dp_overlap[idx],
+    }
     for name, arr in ev.cols.items():
         if name not in ("reason_code", "feasible"):
-            df[name] = arr[idx]
-    reason = ev.reason[idx]
-    df["fits_memory"] = ev.fits[idx]
-    df["feasible"] = reason == 0
-    df["reason"] = pd.Categorical.from_codes(reason, categories=list(SEARCH_REASONS))
-    return df
+            data[name] = arr[idx]
+    data["fits_memory"] = ev.fits[idx]
+    data["feasible"] = reason == 0
+    data["reason"] = pd.Categorical.from_codes(reason, dtype=_REASON_DTYPE)
+    if columns is not None:
+        data = {c: data[c] for c in columns}
+    return pd.DataFrame(data, copy=False)
+
+
+def gpu_dtype(space: SearchSpace) -> pd.CategoricalDtype:
+    return pd.CategoricalDtype(pd.Index([g.name for g in space.gpus], dtype=object))
+
+
+_RECOMPUTE_DTYPE = pd.CategoricalDtype(pd.Index(list(RECOMPUTE_MODES), dtype=object))
+_REASON_DTYPE = pd.CategoricalDtype(pd.Index(list(SEARCH_REASONS), dtype=object))
 
 
 def frame_tiebreak(df: pd.DataFrame) -> list[np.ndarray]:

@@ -29,10 +29,21 @@ def pareto_indices(
     idx = np.flatnonzero(np.isfinite(time) & np.isfinite(cost))
     if idx.size == 0:
         return idx
+    if tiebreak:
+        # the front's points from a cheap two-key sort; then only the plans sitting on
+        # those points need the full tie-break (every other plan is dominated by one)
+        by_time = idx[np.lexsort((cost[idx], time[idx]))]
+        points = by_time[_front_order(by_time, cost)]
+        idx = idx[np.isin(time[idx], time[points]) & np.isin(cost[idx], cost[points])]
     order = idx[lex_order([time[idx], cost[idx]], [t[idx] for t in tiebreak])]
+    return order[_front_order(order, cost)]
+
+
+def _front_order(order: np.ndarray, cost: np.ndarray) -> np.ndarray:
+    """Positions in ``order`` (sorted by time, then cost) whose cost beats all before."""
     c = cost[order]
     best_before = np.concatenate(([np.inf], np.minimum.accumulate(c)[:-1]))
-    return order[c < best_before]
+    return np.flatnonzero(c < best_before)
 
 
 def smallest_indices(

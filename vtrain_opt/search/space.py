@@ -33,7 +33,7 @@ from vtrain_opt.spec.setup import Setup
 
 # Raw (core x extras) combinations per enumeration chunk: bounds memory (the simulator's
 # outputs are ~30 float64 columns per plan, so 2**18 plans are ~60 MB).
-CHUNK_PLANS = 1 << 18
+CHUNK_PLANS = 1 << 19
 DEFAULT_MAX_GPUS = 4096
 # Largest virtual-stage count tried by default (Megatron uses a handful of chunks per GPU).
 DEFAULT_MAX_VPP = 8
@@ -346,17 +346,43 @@ class SearchSpace:
         return out
 
     def plans(self, gpu_index: int, start: int = 0, stop: int | None = None) -> PlanBatch:
-        """The valid plans built from core rows [start, stop) of one GPU type."""
+        """The valid plans built from core rows [start, stop) of one GPU type.
+
+        The plan rules do not involve recomputation or the gradient overlap, so the rules
+        run on core rows x (sp, vpp, ZeRO) only, and the valid rows are then repeated for
+        each (recompute, overlap) pair: a few times less work than checking every plan.
+        """
         core = self.core(gpu_index)
         stop = len(core["tp"]) if stop is None else stop
-        ex = self.extras
-        e = len(ex["vpp"])
-        k = stop - start
-        batch = PlanBatch(
-            **{name: np.repeat(arr[start:stop], e) for name, arr in core.items()},
-            **{name: np.tile(arr, k) for name, arr in ex.items()},
+        shape, free = self._shape_extras, self._free_extras
+        k, ns, nf = stop - start, len(shape["vpp"]), len(free["recompute"])
+        probe = PlanBatch(
+            **{name: np.repeat(arr[start:stop], ns) for name, arr in core.items()},
+            **{name: np.tile(arr, k) for name, arr in shape.items()},
+            recompute=free["recompute"][0],
+            dp_overlap=free["dp_overlap"][0],
         )
-        return batch.take(np.flatnonzero(self.member_mask(gpu_index, batch)))
+        idx = np.flatnonzero(self.member_mask(gpu_index, probe))
+        names = (*core, *shape)
+        batch = PlanBatch(
+            **{name: np.repeat(getattr(probe, name)[idx], nf) for name in names},
+            **{name: np.tile(arr, idx.size) for name, arr in free.items()},
+        )
+        assert self.member_mask(gpu_index, batch.take(slice(0, 4096))).all()
+        return batch
+
+    @cached_property
+    def _shape_extras(self) -> dict[str, np.ndarray]:
+        grid = np.array(
+            list(itertools.product(self.sequence_parallel, self.vpp, self.zero)), dtype=np.int64
+        ).T
+        return {"sp": grid[0].astype(bool), "vpp": grid[1], "zero": grid[2]}
+
+    @cached_property
+    def _free_extras(self) -> dict[str, np.ndarray]:
+        rc = [RECOMPUTE_MODES.index(r) for r in self.recompute]
+        grid = np.array(list(itertools.product(rc, self.dp_overlap)), dtype=np.int64).T
+        return {"recompute": grid[0].astype(np.int8), "dp_overlap": grid[1].astype(bool)}
 
     def iter_plans(self, chunk_plans: int = CHUNK_PLANS) -> Iterator[tuple[int, PlanBatch]]:
         for g, s, e in self.chunks(chunk_plans):
