@@ -221,3 +221,23 @@ def test_unit_days_consistent(space):
     assert row["training_time_s"] == pytest.approx(TOKENS / row["tokens_per_s"])
     assert row["training_time_s"] / DAY_S > 0
     assert got.chosen().shape[0] == 1
+
+
+def test_rows_match_the_core_frame(space):
+    from vtrain_opt.search.evaluate import evaluate, rows
+
+    batch = space.plans(0, 0, 40)
+    ev = evaluate(space, 0, batch, TOKENS, Limits())
+    df = rows(space, ev)
+    ref = simulate(space.model, get_cluster(GPU), batch, tokens=TOKENS)
+    shared = [c for c in ref.columns if c not in ("reason", "feasible", "recompute")]
+    assert list(df.columns[1 : 1 + 12]) == list(batch.to_frame().columns)
+    pd.testing.assert_frame_equal(df[shared], ref[shared], check_dtype=False)
+    assert (df["recompute"].astype(str) == ref["recompute"].astype(str)).all()
+
+
+def test_progress_reaches_the_total(space):
+    seen = []
+    search(space, TOKENS, strategy="exhaustive", progress=lambda d, t: seen.append((d, t)))
+    assert seen and seen[-1][0] == seen[-1][1]
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen)
