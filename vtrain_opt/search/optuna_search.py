@@ -400,8 +400,10 @@ def run_optuna(
         progress(done, trials)
 
     while done < trials:
-        asked = [study.ask() for _ in range(min(batch_size, trials - done))]
+        asked: list[Any] = []
         try:
+            for _ in range(min(batch_size, trials - done)):
+                asked.append(study.ask())
             keys = [params.suggest(t) for t in asked]
             lookup(keys)
             all_rows = _concat(frames)
@@ -414,7 +416,8 @@ def run_optuna(
         except BaseException:
             with _interrupts_held():
                 for trial in asked:  # asked but not told: not counted, re-asked on resume
-                    study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                    with contextlib.suppress(Exception):  # skip any told before the error
+                        study.tell(trial, state=optuna.trial.TrialState.FAIL)
             raise
         done += len(keys)
         if progress:
