@@ -225,7 +225,8 @@ def _result(
         complete = False
     best_time = part.top_time.iloc[0] if len(part.top_time) else None
     best_cost = part.top_cost.iloc[0] if len(part.top_cost) else None
-    binding, closest = ([], part.front_fits.iloc[0:0])
+    binding: list[str] = []
+    closest = part.front_fits.iloc[0:0]
     if best_time is None:
         binding, closest = diagnose(part, limits)
     return SearchResult(

@@ -142,7 +142,11 @@ def _drop_torn_tail(path: Path) -> None:
     from vtrain_opt.io import write_with
 
     keep = data[: data.rfind(b"\n") + 1]
-    write_with(path, lambda tmp: tmp.write_bytes(keep))
+
+    def write(tmp: Path) -> None:
+        tmp.write_bytes(keep)
+
+    write_with(path, write)
 
 
 class ParamSpace:
@@ -271,12 +275,11 @@ class ParamSpace:
 
     def expand(self, key: Key) -> list[Key]:
         """The plans a trial key stands for: every combination of its AUTO dimensions."""
-        options = []
+        options: list[tuple[Any, ...]] = []
         for pos, value in enumerate(key):
             if not isinstance(value, bool) and value == AUTO:
                 name = next(n for n, i in INNER_DIMS.items() if i == pos)
-                values = self.ordered.get(name, self.categorical.get(name))
-                options.append(values)
+                options.append(self.ordered.get(name) or self.categorical[name])
             else:
                 options.append((value,))
         return [tuple(c) for c in itertools.product(*options)]  # type: ignore[misc]
@@ -345,7 +348,7 @@ def run_optuna(
         raise ValueError(f"batch size: must be at least 1, got {batch_size}")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     name = study_name or default_study_name(space, tokens, limits, objective, sampler, seed, inner)
-    directions = ["minimize", "minimize"] if objective == "pareto" else ["minimize"]
+    directions: list[Any] = ["minimize", "minimize"] if objective == "pareto" else ["minimize"]
     study = optuna.create_study(
         study_name=name,
         storage=open_storage(storage),

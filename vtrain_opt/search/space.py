@@ -339,7 +339,7 @@ class SearchSpace:
         """Deterministic (gpu_index, first core row, end core row) ranges of bounded size."""
         e = len(self.extras["vpp"])
         rows = max(1, chunk_plans // e)
-        out = []
+        out: list[tuple[int, int, int]] = []
         for g in range(len(self.gpus)):
             c = len(self.core(g)["tp"])
             out.extend((g, s, min(s + rows, c)) for s in range(0, c, rows))
@@ -406,7 +406,7 @@ class SearchSpace:
 def _tuple(value: Any, kind: type) -> tuple[Any, ...]:
     if isinstance(value, (str, bytes)) or not isinstance(value, (Sequence, np.ndarray, set)):
         value = [value]
-    out = []
+    out: list[Any] = []
     for v in value:
         if kind is bool:
             if not isinstance(v, (bool, np.bool_)):
