@@ -31,6 +31,7 @@ from vtrain_opt.search.optuna_search import (
 )
 from vtrain_opt.search.space import SearchSpace, gpu_choice
 from vtrain_opt.search.spacefile import load_space
+from vtrain_opt.spec.hardware import get_gpu
 from vtrain_opt.spec.model import load_model
 from vtrain_opt.spec.setup import ATTENTION_KERNELS, DTYPES, Setup
 from vtrain_opt.units import DAY_S, parse_budget, parse_duration_s
@@ -265,7 +266,19 @@ def build_space(args: argparse.Namespace) -> SearchSpace:
     }
     setup = None
     if args.dtype or args.attention:
-        setup = Setup(dtype=args.dtype or "bf16", attention=args.attention or "flash")
+        # the flag not given takes what every candidate GPU supports (as make_context does)
+        names = (
+            [g.name for g in gpus]
+            if gpus
+            else ([g.name for g in load_space(args.space).gpus] if args.space else ["a100-80gb"])
+        )
+        chips = [get_gpu(n) for n in names]
+        bf16 = all("bf16" in c.peak_flop_per_s for c in chips)
+        flash = all(c.flash_attention for c in chips)
+        setup = Setup(
+            dtype=args.dtype or ("bf16" if bf16 else "fp16"),
+            attention=args.attention or ("flash" if flash else "unfused"),
+        )
     if args.space:
         space = load_space(args.space)
         model = space.model.with_seq_length(args.seq_len) if args.seq_len else None
