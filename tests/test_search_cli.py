@@ -169,3 +169,47 @@ def test_unreachable_ray_address(capsys):
     assert code == 2
     assert "--ray-address '127.0.0.1:9': cannot reach the Ray cluster" in err
     assert time.perf_counter() - start < 30
+
+
+def test_profile_of_a_device_outside_the_catalog(tmp_path, capsys):
+    """--profile alone picks the profile's device, even one the GPU catalog lacks."""
+    import json as _json
+
+    from vtrain_opt.resources import data_dir
+
+    data = _json.loads((data_dir("profiles") / "a100-80gb.json").read_text())
+    data.update(name="mydev", gpu="mydev", kind="measured")
+    data["device"] = {
+        "peak_flop_per_s": {"bf16": 200e12, "fp16": 200e12},
+        "hbm_bytes": 48e9,
+        "hbm_bytes_per_s": 1.0e12,
+        "nvlink_bytes_per_s": 100e9,
+        "num_sms": 64,
+        "devices_per_node": 4,
+    }
+    path = tmp_path / "mydev.json"
+    path.write_text(_json.dumps(data))
+    assert (
+        main(
+            [
+                "search",
+                "--model",
+                "megatron-1.7b",
+                "--profile",
+                str(path),
+                "--tokens",
+                "1e9",
+                "--max-gpus",
+                "16",
+                "--workers",
+                "0",
+                "--out",
+                str(tmp_path / "run"),
+                "--json",
+            ]
+        )
+        == 0
+    )
+    out = _json.loads(capsys.readouterr().out)
+    assert out["best_time"]["gpu"] == "mydev"
+    assert out["best_time"]["num_gpus"] % 4 == 0  # whole 4-device nodes

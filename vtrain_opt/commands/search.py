@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from vtrain_opt.commands.common import (
+    DEFAULT_GPU,
     add_json_arg,
     count,
     non_negative_int,
@@ -20,6 +22,7 @@ from vtrain_opt.commands.common import (
     price,
     print_json,
 )
+from vtrain_opt.profiles import load_profile
 from vtrain_opt.search.engine import AUTO_EXHAUSTIVE_MAX, OBJECTIVES, STRATEGIES, narrow, search
 from vtrain_opt.search.exhaustive import raw_size
 from vtrain_opt.search.limits import Limits
@@ -221,6 +224,11 @@ def _workers(text: str) -> int | str:
     return "auto" if str(text).strip() == "auto" else non_negative_int(text)
 
 
+def _default_gpu(args: argparse.Namespace) -> str:
+    """The GPU of --profile when one is given (so a profile is not applied to another GPU)."""
+    return load_profile(args.profile).gpu if args.profile else DEFAULT_GPU
+
+
 # ---- the command ------------------------------------------------------------------------------
 def build_space(args: argparse.Namespace) -> SearchSpace:
     """The space from --space (with command-line overrides) or from --model and flags."""
@@ -231,7 +239,7 @@ def build_space(args: argparse.Namespace) -> SearchSpace:
     gpus = None
     if args.gpu or args.price_per_gpu_hour or args.gpus_per_node or args.inter_node_gbps:
         names = args.gpu or (
-            [g.name for g in load_space(args.space).gpus] if args.space else ["a100-80gb"]
+            [g.name for g in load_space(args.space).gpus] if args.space else [_default_gpu(args)]
         )
         if len(names) > 1 and (args.price_per_gpu_hour or args.profile):
             raise ValueError(
@@ -249,10 +257,12 @@ def build_space(args: argparse.Namespace) -> SearchSpace:
             for n in names
         ]
     elif args.profile:
-        base = load_space(args.space).gpus if args.space else [gpu_choice("a100-80gb")]
-        if len(base) > 1:
+        names = (
+            [g.name for g in load_space(args.space).gpus] if args.space else [_default_gpu(args)]
+        )
+        if len(names) > 1:
             raise ValueError("--profile applies to a single GPU type; pick one with --gpu")
-        gpus = [gpu_choice(base[0].name, profile=args.profile)]
+        gpus = [gpu_choice(names[0], profile=args.profile)]
     dims = {
         "global_batch": args.global_batch,
         "tp": args.tp,
@@ -344,7 +354,12 @@ def run(args: argparse.Namespace) -> int:
 
     from vtrain_opt.console import console
 
-    with _progress(enabled=sys.stderr.isatty() and not args.json) as tick:
+    # Ray prints some messages of its own (a worker that died, ...) on stdout: keep stdout
+    # for --json (and for the final table) while the search runs
+    with (
+        _progress(enabled=sys.stderr.isatty() and not args.json) as tick,
+        contextlib.redirect_stdout(sys.stderr),
+    ):
         result = search(
             space,
             tokens,

@@ -25,8 +25,9 @@ from typing import Any
 
 import numpy as np
 
+from vtrain_opt.profiles import load_profile
 from vtrain_opt.sim.step import SimContext, make_context
-from vtrain_opt.spec.hardware import ClusterSpec, get_cluster
+from vtrain_opt.spec.hardware import ClusterSpec, cluster_for_profile, get_cluster, gpu_names
 from vtrain_opt.spec.model import ModelSpec
 from vtrain_opt.spec.plan import RECOMPUTE_MODES, PlanBatch
 from vtrain_opt.spec.setup import Setup
@@ -75,8 +76,14 @@ def gpu_choice(
     inter_node_gbps: float | None = None,
     profile: str | None = None,
 ) -> GpuChoice:
-    """A catalog GPU with optional overrides of its default cluster."""
-    cluster = get_cluster(name).with_overrides(
+    """A GPU with optional overrides of its default cluster: a catalog GPU, or the device a
+    measured ``profile`` describes when that device is not in the catalog."""
+    base = None
+    if profile is not None and name.strip().lower() not in gpu_names():
+        measured = load_profile(profile)
+        if measured.gpu == name:
+            base = cluster_for_profile(measured)
+    cluster = (base or get_cluster(name)).with_overrides(
         gpus_per_node=gpus_per_node,
         inter_node_gbps=inter_node_gbps,
         price_per_gpu_hour_usd=price_per_gpu_hour_usd,
