@@ -116,7 +116,7 @@ class PlanCosts:
     layer_bytes: tuple[np.ndarray, np.ndarray]  # activation bytes per layer: stored, transient
 
 
-def plan_costs(ctx: SimContext, batch: PlanBatch) -> PlanCosts:
+def plan_costs(ctx: SimContext, batch: PlanBatch, m: np.ndarray | None = None) -> PlanCosts:
     """Op costs of every plan, gathered from the distinct (mb, tp, sp, recompute) combinations."""
     model, ops, profile, setup = ctx.model, ctx.ops, ctx.profile, ctx.setup
     key = (
@@ -158,7 +158,7 @@ def plan_costs(ctx: SimContext, batch: PlanBatch) -> PlanCosts:
     embed_comm = gather(ec.embed_fwd_comm_s + ec.embed_bwd_comm_s)
 
     p, v, t, d = batch.pp, batch.vpp, batch.tp, batch.dp
-    m = batch.num_microbatches.astype(np.float64)
+    m = batch.num_microbatches.astype(np.float64) if m is None else m
     layers_per_chunk = model.num_layers / (p * v)
     mb_overhead = profile.microbatch_overhead_s
     chunk_fwd = layers_per_chunk * layer_fwd + mb_overhead
@@ -202,18 +202,22 @@ def plan_costs(ctx: SimContext, batch: PlanBatch) -> PlanCosts:
     step_first = v * (chunk_fwd + chunk_bwd) + first_fwd + first_bwd
     step_last = v * (chunk_fwd + chunk_bwd) + last_fwd + last_bwd
 
+    zero3 = batch.zero == 3
+    any_zero3 = bool(zero3.any())
+
     def exposed_dp(stage: np.ndarray, window: np.ndarray, step: np.ndarray) -> np.ndarray:
         all_reduce, rs, ag = collectives(stage)
-        stage_params_ = gather2(stage)
-        bucket_share = np.minimum(1.0, DP_BUCKET_PARAMS / np.maximum(stage_params_, 1.0))
+        bucket_share = gather2(np.minimum(1.0, DP_BUCKET_PARAMS / np.maximum(stage, 1.0)))
         whole = np.where(batch.zero == 0, all_reduce, rs + ag)
         overlapped = np.maximum(whole - window, whole * bucket_share)
         per_iteration = np.where(batch.dp_overlap, overlapped, whole)
+        if not any_zero3:
+            return per_iteration
         # ZeRO-3 gathers the weights for every forward and backward and reduce-scatters the
         # gradients of every micro-batch, prefetching behind the compute when overlapped.
         z3 = 2 * ag + rs
         z3_exposed = np.where(batch.dp_overlap, np.maximum(z3 - step, z3 * bucket_share), z3)
-        return np.where(batch.zero == 3, m * z3_exposed, per_iteration)
+        return np.where(zero3, m * z3_exposed, per_iteration)
 
     def optimizer(stage: np.ndarray) -> np.ndarray:
         # fused Adam over the local (ZeRO: sharded) parameters, plus zeroing the gradients
@@ -274,12 +278,35 @@ def simulate_arrays(
 def _simulate_chunk(
     ctx: SimContext, batch: PlanBatch, tokens: float | None
 ) -> dict[str, np.ndarray]:
+    """Simulate the plans that pass the rules; the others get their reason and NaN times."""
+    reason = batch.check(ctx.model)
+    valid = reason == 0
+    if valid.all():
+        return _simulate_valid(ctx, batch, tokens)
+    idx = np.flatnonzero(valid)
+    part = _simulate_valid(ctx, batch.take(idx), tokens)
+    out: dict[str, np.ndarray] = {}
+    for name, values in part.items():
+        if values.dtype.kind == "f":
+            full = np.full(batch.n, np.nan)
+        else:
+            full = np.zeros(batch.n, dtype=values.dtype)
+        full[idx] = values
+        out[name] = full
+    out["reason_code"] = np.where(valid, out["reason_code"], reason).astype(np.int16)
+    out["memory_capacity_bytes"][:] = float(ctx.cluster.gpu.hbm_bytes)
+    return out
+
+
+def _simulate_valid(
+    ctx: SimContext, batch: PlanBatch, tokens: float | None
+) -> dict[str, np.ndarray]:
     model, profile, setup = ctx.model, ctx.profile, ctx.setup
-    reason = batch.check(model)
     with np.errstate(all="ignore"):
-        k = plan_costs(ctx, batch)
+        microbatches = batch.num_microbatches
+        m = microbatches.astype(np.float64)
+        k = plan_costs(ctx, batch, m)
         p, v = batch.pp, batch.vpp
-        m = batch.num_microbatches.astype(np.float64)
         pipe = pipeline_times(
             chunk_s=k.chunk_fwd_s + k.chunk_bwd_s,
             chunk_bwd_s=k.chunk_bwd_s,
@@ -315,13 +342,12 @@ def _simulate_chunk(
             zero=batch.zero,
             sp=batch.sp,
             recompute=batch.recompute,
-            num_microbatches=batch.num_microbatches,
+            num_microbatches=microbatches,
             params=k.params,
             layer_bytes=k.layer_bytes,
         )
         capacity = float(ctx.cluster.gpu.hbm_bytes)
-        valid = reason == 0
-        reason = np.where(valid & (mem.total_bytes > capacity), REASON_OOM, reason).astype(np.int16)
+        reason = np.where(mem.total_bytes > capacity, REASON_OOM, 0).astype(np.int16)
 
         gpus = batch.num_gpus.astype(np.float64)
         tokens_per_iteration = batch.gb.astype(np.float64) * model.seq_length
@@ -363,11 +389,6 @@ def _simulate_chunk(
             out["training_time_s"] = training_time
             out["gpu_hours"] = gpu_hours
             out["cost_usd"] = gpu_hours * ctx.cluster.price_per_gpu_hour_usd
-        invalid = ~valid
-        if invalid.any():
-            for name, arr in out.items():
-                if arr.dtype.kind == "f" and name != "memory_capacity_bytes":
-                    arr[invalid] = np.nan
     return out
 
 
