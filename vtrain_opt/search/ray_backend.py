@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
+import tempfile
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, Protocol
 
 # Local runtime settings: enough for a 2-core machine, no dashboard.
@@ -70,12 +73,16 @@ class RayBackend:
             pass  # reuse the caller's runtime (a test fixture, a driver script)
         elif address:
             try:
-                ray.init(
-                    address=address,
-                    log_to_driver=False,
-                    configure_logging=False,
-                    include_dashboard=False,
-                )
+                # Ray's C++ client logs every failed connection attempt on stderr; keep that
+                # noise back and show it only if the connection works (one line otherwise)
+                with _captured_stderr() as replay:
+                    ray.init(
+                        address=address,
+                        log_to_driver=False,
+                        configure_logging=False,
+                        include_dashboard=False,
+                    )
+                    replay.ok = True
             except Exception as e:  # Ray raises ConnectionError, RuntimeError, AuthenticationError
                 raise ValueError(
                     f"--ray-address {address!r}: cannot join the Ray cluster: {_first_line(e)}"
@@ -123,6 +130,30 @@ class RayBackend:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class _Replay:
+    ok = False
+
+
+@contextmanager
+def _captured_stderr() -> Iterator[_Replay]:
+    """Redirect file descriptor 2 (C++ libraries write there) to a temporary file; write
+    what was captured back to stderr only when the block marks ``ok``."""
+    replay = _Replay()
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield replay
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            if replay.ok:
+                tmp.seek(0)
+                sys.stderr.write(tmp.read().decode(errors="replace"))
 
 
 def open_backend(workers: int, address: str | None = None) -> InProcess | RayBackend:
