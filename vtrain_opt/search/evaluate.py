@@ -17,24 +17,12 @@ import pandas as pd
 from vtrain_opt.search.limits import SEARCH_REASONS, Limits
 from vtrain_opt.search.space import SearchSpace
 from vtrain_opt.sim.step import simulate_arrays
-from vtrain_opt.spec.plan import RECOMPUTE_MODES, PlanBatch
+from vtrain_opt.spec.plan import PLAN_COLUMNS, RECOMPUTE_MODES, PlanBatch
 
 TIME = "training_time_s"
 COST = "cost_usd"
 # Columns of a result row that identify the plan, in tie-break order.
-PLAN_KEY = (
-    "gpu",
-    "tp",
-    "pp",
-    "dp",
-    "micro_batch",
-    "global_batch",
-    "recompute",
-    "sequence_parallel",
-    "vpp",
-    "zero",
-    "dp_overlap",
-)
+PLAN_KEY = ("gpu", *(c for c in PLAN_COLUMNS if c != "num_gpus"))
 
 
 @dataclass

@@ -31,7 +31,7 @@ from typing import Any
 import yaml
 
 from vtrain_opt.resources import data_dir
-from vtrain_opt.search.space import SearchSpace, gpu_choice
+from vtrain_opt.search.space import DIMENSIONS, SearchSpace, gpu_choice
 from vtrain_opt.spec.model import ModelSpec, get_model
 from vtrain_opt.spec.plan import RECOMPUTE_MODES
 from vtrain_opt.spec.setup import Setup
@@ -46,14 +46,7 @@ _KEYS = (
     "gpus",
     "num_gpus",
     "global_batch",
-    "tp",
-    "pp",
-    "micro_batch",
-    "recompute",
-    "sequence_parallel",
-    "vpp",
-    "zero",
-    "dp_overlap",
+    *DIMENSIONS,
     "dtype",
     "attention",
 )

@@ -23,6 +23,7 @@ import pandas as pd
 
 from vtrain_opt import __version__
 from vtrain_opt.search import Limits, SearchSpace, gpu_choice, search
+from vtrain_opt.search.space import DIMENSIONS
 from vtrain_opt.sim.step import make_context
 from vtrain_opt.spec.model import ModelSpec
 from vtrain_opt.spec.plan import PLAN_COLUMNS
@@ -34,17 +35,7 @@ from vtrain_opt.units import DAY_S
 RECORD_FORMAT = "vtrain_opt.sweep-scenario/1"
 # Fields of a record that differ between two runs of the same scenario.
 RUN_FIELDS = ("elapsed_s", "finished_at", "vtrain_opt")
-PLAN_DIMENSIONS = (
-    "global_batch",
-    "tp",
-    "pp",
-    "micro_batch",
-    "recompute",
-    "sequence_parallel",
-    "vpp",
-    "zero",
-    "dp_overlap",
-)
+PLAN_DIMENSIONS = ("global_batch", *DIMENSIONS)
 RESULT_COLUMNS = (
     "gpu",
     *PLAN_COLUMNS,
