@@ -30,11 +30,6 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         raise
 
 
-def write_text_atomic(path: str | Path, text: str) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
-
-
 def write_json_atomic(path: str | Path, data: Any, indent: int | None = 2) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=indent, default=_json_default) + "\n")

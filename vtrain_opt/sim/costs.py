@@ -26,7 +26,7 @@ the GPU time is kept apart as ``host_stall_*`` (it shows as framework overhead).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -280,8 +280,3 @@ def p2p_costs(
     nbytes = _f(mb) * model.seq_length * model.hidden_size * ops.setup.act_bytes / _f(tp)
     inter = tp * dp * pp > ops.cluster.gpus_per_node
     return np.where(pp > 1, ops.p2p_s(nbytes, inter), 0.0)
-
-
-def cost_arrays(obj: object) -> dict[str, np.ndarray]:
-    """The array fields of a costs dataclass, by name."""
-    return {fl.name: getattr(obj, fl.name) for fl in fields(obj)}  # type: ignore[arg-type]

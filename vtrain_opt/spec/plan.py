@@ -33,9 +33,8 @@ PLAN_COLUMNS = (
 )
 ZERO_STAGES = (0, 1, 2, 3)
 
-# Reason codes for plans that are not feasible. 0 means feasible. Rule violations
+# Reason codes for plans that are not feasible; 0 means feasible. Rule violations
 # come first (see _RULES); simulation adds memory. Searches add their own limits.
-REASON_OK = 0
 _RULE_REASONS: list[str] = []
 
 
@@ -115,10 +114,6 @@ _RULE_LIST = _rules()
 _RULE_REASONS.extend(r.reason for r in _RULE_LIST)
 REASONS: tuple[str, ...] = ("", *_RULE_REASONS, "out of memory")
 REASON_OOM = REASONS.index("out of memory")
-
-
-def reason_code(reason: str) -> int:
-    return REASONS.index(reason)
 
 
 @dataclass(frozen=True)
