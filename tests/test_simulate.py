@@ -6,18 +6,10 @@ import pytest
 
 import vtrain_opt.sim.step as step
 from vtrain_opt import ParallelPlan, PlanBatch, Setup, get_cluster, get_model, simulate
+from vtrain_opt.console import BREAKDOWN as CONSOLE_BREAKDOWN
 from vtrain_opt.sim.step import make_context, simulate_arrays
 
-BREAKDOWN = [
-    "compute_s",
-    "recompute_s",
-    "tp_comm_s",
-    "pp_comm_s",
-    "bubble_s",
-    "dp_comm_s",
-    "optimizer_s",
-    "overhead_s",
-]
+BREAKDOWN = [key for key, _ in CONSOLE_BREAKDOWN]  # the parts the tables show
 A100 = get_cluster("a100-80gb")
 GPT3 = get_model("gpt3-175b")
 
