@@ -24,6 +24,7 @@ from vtrain_opt.calibrate import RunSetup, calibrate
 from vtrain_opt.nccl import error_table, read_sweeps
 from vtrain_opt.profiles import load_profile
 from vtrain_opt.spec.hardware import get_cluster
+from vtrain_opt.validation import ValidationReport
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -67,6 +68,20 @@ def main() -> None:
         print("    none")
     ape = np.abs(rows["ratio"] - 1) * 100
     print(f"  max CV error {ape.max():.1f}%; rows over 20%: {(ape > 20).sum()}")
+    # Where the error sits: (tp, hidden size, micro-batch) combinations by their share of the
+    # file's CV MAPE. A small spread of predicted/measured inside a combination means the
+    # error is one systematic offset per combination (kernel-level), not row noise.
+    rows["ape_pct"] = ape
+    agg = ValidationReport(rows, []).cross_groups(["tp", "hidden_size", "micro_batch"])
+    print("  largest shares of CV MAPE by (tp, hidden size, micro-batch):")
+    for file, g in agg.groupby("file"):
+        items = [
+            f"tp{r['tp']}/h{r['hidden_size']}/mb{r['micro_batch']}: {r['share_pct']:.2f} pts "
+            f"({r['mean_ratio']:.2f}x, n={r['rows']}"
+            + (f", spread {r['ratio_std']:.3f})" if r["rows"] > 1 else ")")
+            for _, r in g.head(5).iterrows()
+        ]
+        print(f"    {Path(file).name}: " + "; ".join(items))
 
     sweep = read_sweeps(SHARED / "nccl", "a100")
     table = error_table(sweep, cal.profile, get_cluster("a100-80gb"))

@@ -104,3 +104,32 @@ def test_validate_reports_skipped_rows(tmp_path, capsys):
         "row": 3,
         "reason": "# GPUs != tp x pp x dp",
     }
+
+
+def test_validate_by_combination_of_columns(tmp_path, capsys):
+    import json
+
+    rows = [HEADER, *GOOD, "8,32,2,1024,16,12,1024,2,2,2,240.0", "4,8,1,2048,16,24,1024,1,4,1,80.0"]
+    path = write(tmp_path, rows)
+    assert main(["validate", "--measurements", str(path), "--by", "tp,micro_batch", "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    groups = d["by"]["groups"]
+    assert d["by"]["keys"] == ["tp", "micro_batch"]
+    assert sorted((g["tp"], g["micro_batch"], g["rows"]) for g in groups) == [(1, 1, 2), (2, 2, 2)]
+    by_tp = {g["tp"]: g for g in groups}
+    tp1 = [r for r in d["rows"] if r["tp"] == 1]
+    ratios = [r["predicted_s"] / r["measured_s"] for r in tp1]
+    assert by_tp[1]["mean_ratio"] == pytest.approx(sum(ratios) / 2)
+    assert by_tp[1]["ratio_std"] == pytest.approx(abs(ratios[0] - ratios[1]) / 2**0.5)
+    # the shares of the combinations add up to the file's MAPE
+    assert sum(g["share_pct"] for g in groups) == pytest.approx(d["mape_pct"])
+    assert main(["validate", "--measurements", str(path), "--by", "tp,hidden_size"]) == 0
+    assert "By tp, hidden_size" in capsys.readouterr().out
+
+
+def test_validate_by_unknown_column_is_one_line_exit_2(tmp_path, capsys):
+    path = write(tmp_path, [HEADER, *GOOD])
+    assert main(["validate", "--measurements", str(path), "--by", "tp,hidden"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "hidden is not a column to group by" in err and "hidden_size" in err
+    assert "\n" not in err and "Traceback" not in err

@@ -7,6 +7,7 @@ more than 10%) shows even when the overall error is small.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +26,20 @@ GROUPS = {
     "model": "model",
 }
 WORST = 10
+# Columns a cross-grouping (``validate --by``) may combine.
+BY_KEYS = (
+    "num_gpus",
+    "tp",
+    "pp",
+    "dp",
+    "micro_batch",
+    "global_batch",
+    "hidden_size",
+    "num_attention_heads",
+    "num_layers",
+    "seq_length",
+    "model",
+)
 
 
 @dataclass
@@ -54,6 +69,35 @@ class ValidationReport:
             mape_pct=("ape_pct", "mean"),
             mean_ratio=("ratio", "mean"),
         ).reset_index()
+
+    def cross_groups(self, keys: Sequence[str]) -> pd.DataFrame:
+        """Per file and combination of ``keys``: rows, MAPE, and the mean and spread (standard
+        deviation) of predicted/measured, largest share of the file's MAPE first.
+
+        A combination whose rows share one ratio (small spread) away from 1 points at a
+        missing or wrong term for exactly that combination; a large spread at row noise.
+        """
+        unknown = [k for k in keys if k not in BY_KEYS]
+        if unknown or not keys:
+            raise ValueError(
+                f"--by: {', '.join(unknown) or 'no column'} is not a column to group by; "
+                f"use one or more of {', '.join(BY_KEYS)} (comma-separated)"
+            )
+        keys = list(dict.fromkeys(keys))
+        agg = (
+            self.rows.groupby(["file", *keys], sort=True)
+            .agg(
+                rows=("ape_pct", "size"),
+                mape_pct=("ape_pct", "mean"),
+                mean_ratio=("ratio", "mean"),
+                ratio_std=("ratio", "std"),
+            )
+            .reset_index()
+        )
+        agg["ratio_std"] = agg["ratio_std"].fillna(0.0)
+        per_file = self.rows.groupby("file").size()
+        agg["share_pct"] = agg["rows"] * agg["mape_pct"] / agg["file"].map(per_file)
+        return agg.sort_values(["file", "share_pct"], ascending=[True, False], ignore_index=True)
 
     def worst(self, n: int = WORST) -> pd.DataFrame:
         return self.rows.sort_values("ape_pct", ascending=False).head(n)

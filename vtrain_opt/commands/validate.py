@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+import pandas as pd
 from rich.table import Table
 
 from vtrain_opt.calibrate import Predictor
@@ -12,7 +13,19 @@ from vtrain_opt.commands.fidelity_args import add_measurement_args, run_setup
 from vtrain_opt.console import console
 from vtrain_opt.measurements import read_measurements
 from vtrain_opt.profiles import load_profile
-from vtrain_opt.validation import GROUPS, scatter_plot, validate
+from vtrain_opt.validation import BY_KEYS, GROUPS, scatter_plot, validate
+
+
+def by_keys(text: str) -> list[str]:
+    """Comma-separated columns of ``--by``, checked here so a typo is one line, exit 2."""
+    keys = [k.strip() for k in str(text).split(",") if k.strip()]
+    unknown = [k for k in keys if k not in BY_KEYS]
+    if unknown or not keys:
+        raise argparse.ArgumentTypeError(
+            f"{', '.join(unknown) or repr(text)} is not a column to group by; "
+            f"use one or more of {', '.join(BY_KEYS)}, comma-separated"
+        )
+    return list(dict.fromkeys(keys))
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -37,6 +50,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="N",
         help="worst rows to list (default 10)",
     )
+    p.add_argument(
+        "--by",
+        type=by_keys,
+        metavar="COL[,COL...]",
+        help="also break the error down by each combination of these columns, e.g. "
+        "tp,hidden_size,micro_batch, with the spread of predicted/measured inside each "
+        f"(columns: {', '.join(BY_KEYS)})",
+    )
     add_json_arg(p)
     p.set_defaults(func=run)
 
@@ -54,6 +75,14 @@ def run(args: argparse.Namespace) -> int:
         out["setup"] = vars(setup) if hasattr(setup, "__dict__") else {}
         if args.plot:
             out["plot"] = args.plot
+        if args.by:
+            out["by"] = {
+                "keys": args.by,
+                "groups": [
+                    {k: _plain(v) for k, v in r.items()}
+                    for r in report.cross_groups(args.by).to_dict("records")
+                ],
+            }
         print_json(out)
         return 0
 
@@ -116,6 +145,8 @@ def run(args: argparse.Namespace) -> int:
             f"{r['ape_pct']:.1f}%",
         )
     con.print(worst)
+    if args.by:
+        con.print(_cross_table(report.cross_groups(args.by), args.by))
     biased = report.biased_groups()
     if len(biased):
         items = [
@@ -127,3 +158,27 @@ def run(args: argparse.Namespace) -> int:
     if args.plot:
         con.print(f"plot written to {args.plot}")
     return 0
+
+
+def _plain(v: object) -> object:
+    return v.item() if hasattr(v, "item") else v
+
+
+def _cross_table(agg: pd.DataFrame, keys: list[str]) -> Table:
+    table = Table(
+        title=f"By {', '.join(keys)} (largest share of the file's MAPE first)",
+        title_justify="left",
+    )
+    for col in ("file", *keys, "rows", "MAPE", "mean pred/meas", "spread", "share of MAPE"):
+        table.add_column(col, justify="left" if col == "file" else "right")
+    for _, r in agg.iterrows():
+        table.add_row(
+            str(r["file"]).rsplit("/", 1)[-1],
+            *(str(r[k]) for k in keys),
+            str(int(r["rows"])),
+            f"{r['mape_pct']:.1f}%",
+            f"{r['mean_ratio']:.3f}",
+            f"{r['ratio_std']:.3f}",
+            f"{r['share_pct']:.2f} pts",
+        )
+    return table
