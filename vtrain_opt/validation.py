@@ -26,8 +26,8 @@ GROUPS = {
     "model": "model",
 }
 WORST = 10
-# Columns a cross-grouping (``validate --by``) may combine.
-BY_KEYS = (
+# A measured row's plan and model shape, and the columns a cross-grouping may combine.
+SHAPE_COLUMNS = (
     "num_gpus",
     "tp",
     "pp",
@@ -38,8 +38,19 @@ BY_KEYS = (
     "num_attention_heads",
     "num_layers",
     "seq_length",
-    "model",
 )
+BY_KEYS = (*SHAPE_COLUMNS, "model")
+
+
+def check_by_keys(keys: Sequence[str]) -> list[str]:
+    """The columns of a cross-grouping, without repeats; ValueError naming any unknown one."""
+    unknown = [k for k in keys if k not in BY_KEYS]
+    if unknown or not keys:
+        what = f"{', '.join(unknown)} is not a column" if unknown else "no column given"
+        raise ValueError(
+            f"{what} to group by; use one or more of {', '.join(BY_KEYS)}, comma-separated"
+        )
+    return list(dict.fromkeys(keys))
 
 
 @dataclass
@@ -77,13 +88,7 @@ class ValidationReport:
         A combination whose rows share one ratio (small spread) away from 1 points at a
         missing or wrong term for exactly that combination; a large spread at row noise.
         """
-        unknown = [k for k in keys if k not in BY_KEYS]
-        if unknown or not keys:
-            raise ValueError(
-                f"--by: {', '.join(unknown) or 'no column'} is not a column to group by; "
-                f"use one or more of {', '.join(BY_KEYS)} (comma-separated)"
-            )
-        keys = list(dict.fromkeys(keys))
+        keys = check_by_keys(keys)
         agg = (
             self.rows.groupby(["file", *keys], sort=True)
             .agg(
@@ -111,7 +116,8 @@ class ValidationReport:
             frames.append(agg.assign(group=key, value=agg[key].astype(str)).drop(columns=[key]))
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, by: Sequence[str] = ()) -> dict[str, Any]:
+        """The report as one JSON object; with ``by``, also its cross-grouping."""
         files = {
             r["file"]: {"n_rows": int(r["rows"]), "mape_pct": float(r["mape_pct"])}
             for _, r in self.by_file().iterrows()
@@ -129,24 +135,8 @@ class ValidationReport:
                 }
                 for _, r in agg.iterrows()
             ]
-        cols = [
-            "file",
-            "row",
-            "num_gpus",
-            "tp",
-            "pp",
-            "dp",
-            "micro_batch",
-            "global_batch",
-            "hidden_size",
-            "num_attention_heads",
-            "num_layers",
-            "seq_length",
-            "measured_s",
-            "predicted_s",
-            "ape_pct",
-        ]
-        return {
+        cols = ["file", "row", *SHAPE_COLUMNS, "measured_s", "predicted_s", "ape_pct"]
+        out = {
             "mape_pct": self.mape_pct,
             "n_rows": len(self.rows),
             "max_ape_pct": self.max_ape_pct,
@@ -158,6 +148,15 @@ class ValidationReport:
                 {k: _plain(v) for k, v in r.items()} for r in self.rows[cols].to_dict("records")
             ],
         }
+        if by:
+            out["by"] = {
+                "keys": list(by),
+                "groups": [
+                    {k: _plain(v) for k, v in r.items()}
+                    for r in self.cross_groups(by).to_dict("records")
+                ],
+            }
+        return out
 
 
 def _plain(v: Any) -> Any:

@@ -13,19 +13,15 @@ from vtrain_opt.commands.fidelity_args import add_measurement_args, run_setup
 from vtrain_opt.console import console
 from vtrain_opt.measurements import read_measurements
 from vtrain_opt.profiles import load_profile
-from vtrain_opt.validation import BY_KEYS, GROUPS, scatter_plot, validate
+from vtrain_opt.validation import BY_KEYS, GROUPS, check_by_keys, scatter_plot, validate
 
 
 def by_keys(text: str) -> list[str]:
     """Comma-separated columns of ``--by``, checked here so a typo is one line, exit 2."""
-    keys = [k.strip() for k in str(text).split(",") if k.strip()]
-    unknown = [k for k in keys if k not in BY_KEYS]
-    if unknown or not keys:
-        raise argparse.ArgumentTypeError(
-            f"{', '.join(unknown) or repr(text)} is not a column to group by; "
-            f"use one or more of {', '.join(BY_KEYS)}, comma-separated"
-        )
-    return list(dict.fromkeys(keys))
+    try:
+        return check_by_keys([k.strip() for k in str(text).split(",") if k.strip()])
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -70,19 +66,11 @@ def run(args: argparse.Namespace) -> int:
     if args.plot:
         scatter_plot(report, args.plot)
     if args.json:
-        out = report.to_json()
+        out = report.to_json(by=args.by or ())
         out["profile"] = profile.id
         out["setup"] = vars(setup) if hasattr(setup, "__dict__") else {}
         if args.plot:
             out["plot"] = args.plot
-        if args.by:
-            out["by"] = {
-                "keys": args.by,
-                "groups": [
-                    {k: _plain(v) for k, v in r.items()}
-                    for r in report.cross_groups(args.by).to_dict("records")
-                ],
-            }
         print_json(out)
         return 0
 
@@ -158,10 +146,6 @@ def run(args: argparse.Namespace) -> int:
     if args.plot:
         con.print(f"plot written to {args.plot}")
     return 0
-
-
-def _plain(v: object) -> object:
-    return v.item() if hasattr(v, "item") else v
 
 
 def _cross_table(agg: pd.DataFrame, keys: list[str]) -> Table:
