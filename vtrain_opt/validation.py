@@ -150,7 +150,7 @@ class ValidationReport:
         }
         if by:
             out["by"] = {
-                "keys": list(by),
+                "keys": check_by_keys(by),
                 "groups": [
                     {k: _plain(v) for k, v in r.items()}
                     for r in self.cross_groups(by).to_dict("records")
