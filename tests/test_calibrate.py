@@ -17,6 +17,7 @@ TRUTH = {
     "host_layer_s": 0.9e-3,
     "microbatch_overhead_s": 1.5e-3,
     "network_efficiency": 0.72,
+    "node_straggler": 0.03,
 }
 
 
@@ -56,6 +57,7 @@ def test_fit_recovers_known_parameters(synthetic):
         host_layer_s=0.3e-3,
         microbatch_overhead_s=0.2e-3,
         network_efficiency=0.9,
+        node_straggler=0.0,
     )
     result = fit(predictor, start, list(TRUTH))
     for name, value in TRUTH.items():

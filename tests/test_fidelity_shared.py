@@ -3,7 +3,8 @@
 These are the calibration half, which the shipped A100 profile was fitted on, so the
 figures here are training errors; cross-validated errors are measured by
 ``benchmarks/bench_fidelity.py``. The thresholds sit just above what the shipped profile
-reaches (single-node 6.25%, multi-node 7.75%, NCCL 3.0%) so a regression shows.
+reaches (single-node 5.56%, multi-node 7.73%, NCCL 2.99%) so a regression shows; they are
+also the issue's targets (6% and 8%).
 """
 
 import json
@@ -34,7 +35,7 @@ def test_shipped_profile_on_calibration_half(report):
     by_file = {
         f.rsplit("/", 1)[-1]: v for f, v in report.by_file().set_index("file")["mape_pct"].items()
     }
-    assert by_file["single_node.csv"] < 6.5
+    assert by_file["single_node.csv"] < 6.0
     assert by_file["multi_node.csv"] < 8.0
     assert len(report.rows) == 776 and not report.skipped
 

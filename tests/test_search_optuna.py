@@ -49,8 +49,8 @@ def _run(space, **kw):
 def test_finds_near_optimal_plans_with_few_trials(space, exact):
     ratios = []
     for seed in range(4):
-        got = _run(space, objective="time", trials=48, seed=seed)
-        assert got.strategy == "optuna" and got.trials == 48
+        got = _run(space, objective="time", trials=64, seed=seed)  # 1% of the space
+        assert got.strategy == "optuna" and got.trials == 64
         assert got.evaluated < 0.5 * space.size  # it did not enumerate the space
         ratios.append(got.best_time["training_time_s"] / exact.best_time["training_time_s"])
     assert min(ratios) >= 1.0  # never better than the exact optimum

@@ -7,6 +7,8 @@ import pytest
 import vtrain_opt.sim.step as step
 from vtrain_opt import ParallelPlan, PlanBatch, Setup, get_cluster, get_model, simulate
 from vtrain_opt.console import BREAKDOWN as CONSOLE_BREAKDOWN
+from vtrain_opt.profiles import load_profile
+from vtrain_opt.sim.costs import layer_costs, straggler_factor
 from vtrain_opt.sim.step import make_context, simulate_arrays
 
 BREAKDOWN = [key for key, _ in CONSOLE_BREAKDOWN]  # the parts the tables show
@@ -154,3 +156,54 @@ def test_llama_and_profiles():
     a100 = simulate(m, A100, plan)
     assert h100["feasible"][0] and a100["feasible"][0]
     assert 1.8 < a100["iteration_time_s"][0] / h100["iteration_time_s"][0] < 4.0
+
+
+def test_straggler_factor_is_the_expected_slowest_node():
+    from scipy.integrate import quad
+    from scipy.stats import norm
+
+    def expected_max(n: int) -> float:  # E[max of n standard normals], by quadrature
+        return quad(lambda x: x * n * norm.pdf(x) * norm.cdf(x) ** (n - 1), -12, 12)[0]
+
+    nodes = np.array([1, 2, 8, 64, 512])
+    f = straggler_factor(0.05, nodes)
+    assert f[0] == 1.0 and (np.diff(f) > 0).all()
+    for n, value in zip(nodes[1:], f[1:], strict=True):
+        assert (value - 1) / 0.05 == pytest.approx(expected_max(int(n)), rel=0.05)
+
+
+def test_node_stragglers_slow_the_gpu_work_of_multi_node_plans_only():
+    plans = [
+        ParallelPlan(tp=8, pp=1, dp=1, micro_batch=1, global_batch=8, recompute="full"),
+        ParallelPlan(tp=8, pp=8, dp=8, micro_batch=1, global_batch=1536, recompute="full"),
+    ]
+    profile = load_profile("a100-80gb")
+    calm = simulate(GPT3, A100, plans, profile=profile.with_params(node_straggler=0.0))
+    slow = simulate(GPT3, A100, plans, profile=profile.with_params(node_straggler=0.05))
+    # one node: nothing changes
+    assert slow.iloc[0]["iteration_time_s"] == calm.iloc[0]["iteration_time_s"]
+    # 64 nodes: every GPU op takes the straggler factor longer, the collectives do not
+    factor = straggler_factor(0.05, np.array([64]))[0]
+    for col in ("compute_s", "recompute_s", "optimizer_s"):
+        assert slow.iloc[1][col] == pytest.approx(factor * calm.iloc[1][col], rel=1e-9)
+    # the collectives keep their time; only the part hidden behind the (longer) weight-
+    # gradient GEMMs grows
+    assert slow.iloc[1]["tp_comm_s"] <= calm.iloc[1]["tp_comm_s"]
+    assert slow.iloc[1]["iteration_time_s"] > calm.iloc[1]["iteration_time_s"]
+
+
+def test_backward_tp_collectives_run_behind_the_weight_gradients():
+    # Megatron's async tensor-parallel all-reduce: in the backward, the input-gradient
+    # all-reduce of QKV and of the MLP up-projection overlaps that layer's weight-gradient
+    # GEMM, so only what the GEMM does not cover is exposed; the forward's are all exposed
+    ops = make_context(GPT3, A100).ops
+    mb, tp = np.array([1, 1]), np.array([8, 2])
+    no = np.array([False, False])
+    lc = layer_costs(GPT3, ops, mb, tp, no, np.array([2, 2]))
+    h, s = GPT3.hidden_size, GPT3.seq_length
+    one = lc.fwd_comm_s / 2
+    wgrad = [ops.gemm_s(h, n / tp, s * mb) for n in (3 * h, GPT3.ffn)]
+    expected = sum(np.maximum(one - w, 0.0) for w in wgrad)
+    np.testing.assert_allclose(lc.bwd_comm_s, expected, rtol=1e-12)
+    assert (lc.bwd_comm_s < lc.fwd_comm_s).all()
+    assert (lc.recompute_comm_s == lc.fwd_comm_s).all()  # the recomputed forward's: exposed

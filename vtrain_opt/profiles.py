@@ -96,8 +96,9 @@ PARAM_DEFS: dict[str, ParamDef] = {
             "bytes per payload byte",
             0.0,
             8.0,
-            "HBM traffic of a collective's copy and reduction kernels per byte of payload "
-            "(all-reduce; half of it for all-gather and reduce-scatter)",
+            "HBM traffic of a collective's copy and reduction kernels per byte of payload, "
+            "counted at the datasheet HBM bandwidth (all-reduce; half of it for all-gather and "
+            "reduce-scatter)",
         ),
         ParamDef(
             "host_layer_s",
@@ -123,6 +124,15 @@ PARAM_DEFS: dict[str, ParamDef] = {
             1.0,
             "share of a tensor-parallel collective's duration during which the host is blocked "
             "(0: the host dispatches ahead of collectives; 1: it waits for each to finish)",
+        ),
+        ParamDef(
+            "node_straggler",
+            "fraction",
+            0.0,
+            0.2,
+            "spread (standard deviation, relative) of the GPU speed from node to node: a "
+            "synchronous step waits for the slowest of its n nodes, so GPU work on n > 1 nodes "
+            "takes 1 + node_straggler * E[max of n standard normals] times longer",
         ),
         ParamDef(
             "microbatch_overhead_s",

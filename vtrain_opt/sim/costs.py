@@ -18,6 +18,11 @@ Layer model (Megatron-LM, per micro-batch of T = b*s tokens, tp = t):
   recompute: none; selective = the attention core's forward again; full = the
              whole layer forward again (with its TP collectives) before its backward.
 
+Stragglers: a synchronous step spanning n nodes waits for the slowest one. With node
+speeds spread by ``node_straggler`` (relative standard deviation), every GPU op (not the
+communication) takes ``straggler_factor`` = 1 + node_straggler * E[max of n standard
+normals] times longer; one node (n = 1) is unaffected.
+
 Host-bound layers: the host dispatches a layer's forward in ``host_layer_s`` (twice
 that for the backward, plus the recomputed part) while the GPU runs what was already
 queued, so each pass takes max(host time, GPU time). The excess of the host time over
@@ -29,6 +34,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.special import ndtri
 
 from vtrain_opt.sim.ops import OpModel, members_per_node
 from vtrain_opt.spec.model import ModelSpec
@@ -84,6 +90,18 @@ def _overlap(host_s: np.ndarray, gpu_s: np.ndarray, sharpness: float) -> np.ndar
         return hi * (1.0 + np.where(hi > 0, lo / hi, 0.0) ** k) ** (1.0 / k)
 
 
+def straggler_factor(node_straggler: float, nodes: np.ndarray) -> np.ndarray:
+    """How much longer GPU work takes when a synchronous step spans ``nodes`` nodes whose
+    speeds vary with relative spread ``node_straggler``: it runs at the slowest node's pace.
+
+    E[max of n standard normals] by Blom's approximation, ndtri((n - 0.375) / (n + 0.25)):
+    0 at n = 1, within 5% of the exact value from n = 2 on (0.59 vs 0.56 at n = 2, 2.34 vs
+    2.33 at n = 64).
+    """
+    n = np.maximum(np.asarray(nodes, dtype=np.float64), 1.0)
+    return 1.0 + node_straggler * ndtri((n - 0.375) / (n + 0.25))
+
+
 def layer_costs(
     model: ModelSpec,
     ops: OpModel,
@@ -91,8 +109,11 @@ def layer_costs(
     tp: np.ndarray,
     sp: np.ndarray,
     recompute: np.ndarray,
+    compute_scale: np.ndarray | float = 1.0,
 ) -> LayerCosts:
-    """One layer's forward/backward/recompute costs for each plan."""
+    """One layer's forward/backward/recompute costs for each plan.
+
+    ``compute_scale`` multiplies the GPU ops (``straggler_factor`` of the plan's nodes)."""
     b, t = _f(mb), _f(tp)
     s, h, f = float(model.seq_length), float(model.hidden_size), float(model.ffn)
     kvh = float(model.kv_hidden_size)
@@ -108,6 +129,9 @@ def layer_costs(
     shapes = ((qkv_n, h), (h, h / t), (up_n, h), (h, f / t))  # (N, K) of each GEMM
     gemm_fwd = sum(ops.gemm_s(tokens, n, k) for n, k in shapes)
     gemm_bwd = sum(ops.gemm_s(tokens, k, n) + ops.gemm_s(k, n, tokens) for n, k in shapes)
+    # weight-gradient GEMMs of the column-parallel layers (QKV, MLP up): the input-gradient
+    # collective runs behind them (Megatron's async tensor-parallel all-reduce)
+    wgrad_col = [ops.gemm_s(k, n, tokens) * compute_scale for n, k in (shapes[0], shapes[2])]
 
     # ---- attention core ----------------------------------------------------------------------
     bh = b * local_heads
@@ -173,14 +197,16 @@ def layer_costs(
         "reduce_scatter", act, t, per_node
     )
     tp_comm = 2 * np.where(sp, ag_rs, ar)  # two per layer, forward and backward alike
+    one = tp_comm / 2
+    bwd_comm = sum(np.maximum(one - w, 0.0) for w in wgrad_col)
 
-    fwd_compute = gemm_fwd + attn_fwd + mem_fwd
+    fwd_compute = (gemm_fwd + attn_fwd + mem_fwd) * compute_scale
     rc = np.asarray(recompute)
     recompute_compute = np.where(
         rc == RECOMPUTE_FULL, fwd_compute, np.where(rc == RECOMPUTE_SELECTIVE, attn_fwd, 0.0)
     )
     recompute_comm = np.where(rc == RECOMPUTE_FULL, tp_comm, 0.0)
-    bwd_compute = gemm_bwd + attn_bwd + mem_bwd
+    bwd_compute = (gemm_bwd + attn_bwd + mem_bwd) * compute_scale
     host = ops.profile.host_layer_s * (1.0 + softmax_host_ops / HOST_OPS_PER_LAYER)
     # selective recomputation re-dispatches only the attention core: about a quarter of a layer
     host_recompute = np.where(
@@ -188,11 +214,11 @@ def layer_costs(
     )
     kappa = ops.profile.host_collective_wait
     gpu_fwd = fwd_compute + tp_comm
-    gpu_bwd = bwd_compute + recompute_compute + tp_comm + recompute_comm
+    gpu_bwd = bwd_compute + recompute_compute + bwd_comm + recompute_comm
     stall_fwd = _overlap(host + kappa * tp_comm, gpu_fwd, ops.profile.host_overlap) - gpu_fwd
     stall_bwd = (
         _overlap(
-            host * (2.0 + host_recompute) + kappa * (tp_comm + recompute_comm),
+            host * (2.0 + host_recompute) + kappa * (bwd_comm + recompute_comm),
             gpu_bwd,
             ops.profile.host_overlap,
         )
@@ -202,7 +228,7 @@ def layer_costs(
         fwd_compute_s=fwd_compute,
         fwd_comm_s=tp_comm,
         bwd_compute_s=bwd_compute,
-        bwd_comm_s=tp_comm,
+        bwd_comm_s=bwd_comm,
         recompute_compute_s=recompute_compute,
         recompute_comm_s=recompute_comm,
         host_stall_fwd_s=stall_fwd,
@@ -211,9 +237,15 @@ def layer_costs(
 
 
 def edge_costs(
-    model: ModelSpec, ops: OpModel, mb: np.ndarray, tp: np.ndarray, sp: np.ndarray
+    model: ModelSpec,
+    ops: OpModel,
+    mb: np.ndarray,
+    tp: np.ndarray,
+    sp: np.ndarray,
+    compute_scale: np.ndarray | float = 1.0,
 ) -> EdgeCosts:
-    """Embedding (first stage) and final norm + logits + cross-entropy (last stage) costs."""
+    """Embedding (first stage) and final norm + logits + cross-entropy (last stage) costs;
+    ``compute_scale`` multiplies the GPU ops, as in ``layer_costs``."""
     b, t = _f(mb), _f(tp)
     s, h = float(model.seq_length), float(model.hidden_size)
     a_bytes = float(ops.setup.act_bytes)
@@ -256,13 +288,13 @@ def edge_costs(
     head_fwd_comm = np.where(sp, ag, 0.0) + 3 * small
     head_bwd_comm = np.where(sp, rs, ar)
     return EdgeCosts(
-        embed_fwd_compute_s=emb_fwd,
+        embed_fwd_compute_s=emb_fwd * compute_scale,
         embed_fwd_comm_s=emb_fwd_comm,
-        embed_bwd_compute_s=emb_bwd,
+        embed_bwd_compute_s=emb_bwd * compute_scale,
         embed_bwd_comm_s=emb_bwd_comm,
-        head_fwd_compute_s=norm_fwd + logits_fwd + ce_fwd,
+        head_fwd_compute_s=(norm_fwd + logits_fwd + ce_fwd) * compute_scale,
         head_fwd_comm_s=head_fwd_comm,
-        head_bwd_compute_s=norm_bwd + logits_bwd + ce_bwd,
+        head_bwd_compute_s=(norm_bwd + logits_bwd + ce_bwd) * compute_scale,
         head_bwd_comm_s=head_bwd_comm,
     )
 

@@ -12,7 +12,8 @@ efficiencies:
 * Collectives: NCCL's ring/tree volumes (2(n-1)/n of the buffer for all-reduce,
   (n-1)/n for all-gather and reduce-scatter) at the bus bandwidth of the link tier,
   plus a fixed launch cost, a per-step link latency, and the HBM traffic of NCCL's
-  copy and reduction kernels (``collective_hbm_passes`` bytes per payload byte).
+  copy and reduction kernels (``collective_hbm_passes`` bytes per payload byte, at the
+  datasheet HBM bandwidth).
 """
 
 from __future__ import annotations
@@ -151,7 +152,10 @@ class OpModel:
             self.profile.collective_latency_s
             + steps * hop_s
             + volume * nbytes / self.bus_bytes_per_s(group, per_node)
-            + passes * nbytes / self.memory_bytes_per_s  # copy and reduction kernels
+            # NCCL's copy and reduction kernels, at the datasheet HBM bandwidth (the fitted
+            # passes absorb their efficiency, so the collective fit stays independent of the
+            # memory efficiency fitted to iteration times)
+            + passes * nbytes / c.gpu.hbm_bytes_per_s
         )
         t = self._override(kind, t, nbytes=nbytes, group=group, per_node=per_node)
         return np.where(group > 1, t, 0.0)

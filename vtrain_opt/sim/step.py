@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from vtrain_opt.profiles import Profile, load_profile
-from vtrain_opt.sim.costs import edge_costs, layer_costs, p2p_costs
+from vtrain_opt.sim.costs import edge_costs, layer_costs, p2p_costs, straggler_factor
 from vtrain_opt.sim.memory import (
     StageParams,
     layer_activation_bytes,
@@ -117,20 +117,28 @@ class PlanCosts:
 
 
 def plan_costs(ctx: SimContext, batch: PlanBatch, m: np.ndarray | None = None) -> PlanCosts:
-    """Op costs of every plan, gathered from the distinct (mb, tp, sp, recompute) combinations."""
+    """Op costs of every plan, gathered from the distinct (mb, tp, sp, recompute, nodes)
+    combinations (the node count matters only through the straggler factor)."""
     model, ops, profile, setup = ctx.model, ctx.ops, ctx.profile, ctx.setup
+    gpn = ctx.cluster.gpus_per_node
+    if profile.node_straggler > 0:
+        nodes = -(-(batch.tp.astype(np.int64) * batch.pp * batch.dp) // gpn)
+    else:
+        nodes = np.ones(batch.n, dtype=np.int64)
     key = (
-        (batch.mb.astype(np.int64) << 16)
+        (nodes << 40)
+        | (batch.mb.astype(np.int64) << 16)
         | (batch.tp.astype(np.int64) << 3)
         | (batch.sp.astype(np.int64) << 2)
         | batch.recompute.astype(np.int64)
     )
     codes, uniq = pd.factorize(key, sort=False)
     uniq = np.asarray(uniq, dtype=np.int64)
-    u_mb, u_tp = uniq >> 16, (uniq >> 3) & 0x1FFF
+    u_mb, u_tp = (uniq >> 16) & 0xFFFFFF, (uniq >> 3) & 0x1FFF
     u_sp, u_rc = ((uniq >> 2) & 1).astype(bool), uniq & 3
-    lc = layer_costs(model, ops, u_mb, u_tp, u_sp, u_rc)
-    ec = edge_costs(model, ops, u_mb, u_tp, u_sp)
+    u_scale = straggler_factor(profile.node_straggler, uniq >> 40)
+    lc = layer_costs(model, ops, u_mb, u_tp, u_sp, u_rc, u_scale)
+    ec = edge_costs(model, ops, u_mb, u_tp, u_sp, u_scale)
     u_stored, u_transient = layer_activation_bytes(model, setup, u_mb, u_tp, u_sp, u_rc)
 
     def gather(x: np.ndarray) -> np.ndarray:
@@ -182,7 +190,7 @@ def plan_costs(ctx: SimContext, batch: PlanBatch, m: np.ndarray | None = None) -
     uniq2 = np.asarray(uniq2, dtype=np.int64)
     u_t, u_p, u_d = uniq2 >> 40, (uniq2 >> 20) & 0xFFFFF, uniq2 & 0xFFFFF
     u_params = stage_params(model, u_t, u_p)
-    gpn = ctx.cluster.gpus_per_node
+    u_opt_scale = straggler_factor(profile.node_straggler, -(-(u_t * u_p * u_d) // gpn))
     u_per_node = members_per_node(u_d, u_t, gpn)
 
     def gather2(x: np.ndarray) -> np.ndarray:
@@ -224,7 +232,9 @@ def plan_costs(ctx: SimContext, batch: PlanBatch, m: np.ndarray | None = None) -
         per_param = 2 * setup.grad_bytes + 2 * setup.optimizer_bytes + setup.weight_bytes
         full = ops.memory_s(stage * (per_param + setup.grad_bytes), 4, "optimizer")
         sharded = ops.memory_s(stage * (per_param / u_d + setup.grad_bytes), 4, "optimizer")
-        return np.where(batch.zero >= 1, gather2(sharded), gather2(full))
+        return np.where(
+            batch.zero >= 1, gather2(sharded * u_opt_scale), gather2(full * u_opt_scale)
+        )
 
     tied = model.tied_embeddings
     sync_per_node = np.where(u_t * u_d * (u_p - 1) < gpn, 2, 1)
