@@ -2,9 +2,9 @@
 
 The fit minimizes a robust (soft-L1) loss on log(predicted / measured), i.e. on relative
 error: the mean over measurement files of each file's mean loss, so a file of 56 rows
-weighs as much as one of 720. It runs over a handful of physical parameters, each kept inside its bounds
-(``profiles.PARAM_DEFS`` or tighter ``FIT_BOUNDS``). Parameters are searched in a [0, 1]
-box mapped linearly (log-linearly for overheads) onto their bounds.
+weighs as much as one of 720. It runs over a handful of physical parameters, each kept
+inside its bounds (``profiles.PARAM_DEFS`` or tighter ``FIT_BOUNDS``), searched in a
+[0, 1] box mapped linearly (log-linearly for overheads) onto their bounds.
 """
 
 from __future__ import annotations
@@ -203,7 +203,8 @@ def fit(
     measured = predictor.measured_s
     index = np.arange(len(measured)) if rows is None else np.asarray(rows)
     # each measurement file weighs the same, whatever its number of rows: the objective is
-    # the sum over files of the file's mean soft-L1 loss, rho(r) = 2 s^2 (sqrt(1 + (r/s)^2) - 1)
+    # the sum over files of the file's mean soft-L1 loss rho(r) = 2 s^2 (sqrt(1 + (r/s)^2) - 1)
+    # of r = log(predicted/measured); least_squares squares and sums the residuals below
     files = predictor.measurements.rows["file"].to_numpy()[index]
     _, inverse, counts = np.unique(files, return_inverse=True, return_counts=True)
     share = 1.0 / counts[inverse]

@@ -14,7 +14,9 @@ Layer model (Megatron-LM, per micro-batch of T = b*s tokens, tp = t):
   backward = dgrad + wgrad GEMM for every forward GEMM, attention backward,
              about twice the bytes of each memory-bound op, and the mirrored TP
              collectives (all-reduce without sequence parallelism; all-gather and
-             reduce-scatter with it)
+             reduce-scatter with it). Those of the QKV and MLP-up layers (the input
+             gradients) run behind the same layers' weight-gradient GEMMs (Megatron's
+             async tensor-parallel all-reduce): only what the GEMM does not cover shows.
   recompute: none; selective = the attention core's forward again; full = the
              whole layer forward again (with its TP collectives) before its backward.
 
@@ -203,7 +205,9 @@ def layer_costs(
     fwd_compute = (gemm_fwd + attn_fwd + mem_fwd) * compute_scale
     rc = np.asarray(recompute)
     recompute_compute = np.where(
-        rc == RECOMPUTE_FULL, fwd_compute, np.where(rc == RECOMPUTE_SELECTIVE, attn_fwd, 0.0)
+        rc == RECOMPUTE_FULL,
+        fwd_compute,
+        np.where(rc == RECOMPUTE_SELECTIVE, attn_fwd * compute_scale, 0.0),
     )
     recompute_comm = np.where(rc == RECOMPUTE_FULL, tp_comm, 0.0)
     bwd_compute = (gemm_bwd + attn_bwd + mem_bwd) * compute_scale
