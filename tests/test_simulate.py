@@ -176,6 +176,7 @@ def test_node_stragglers_slow_the_gpu_work_of_multi_node_plans_only():
     plans = [
         ParallelPlan(tp=8, pp=1, dp=1, micro_batch=1, global_batch=8, recompute="full"),
         ParallelPlan(tp=8, pp=8, dp=8, micro_batch=1, global_batch=1536, recompute="full"),
+        ParallelPlan(tp=8, pp=8, dp=8, micro_batch=1, global_batch=1536, recompute="selective"),
     ]
     profile = load_profile("a100-80gb")
     calm = simulate(GPT3, A100, plans, profile=profile.with_params(node_straggler=0.0))
@@ -184,8 +185,9 @@ def test_node_stragglers_slow_the_gpu_work_of_multi_node_plans_only():
     assert slow.iloc[0]["iteration_time_s"] == calm.iloc[0]["iteration_time_s"]
     # 64 nodes: every GPU op takes the straggler factor longer, the collectives do not
     factor = straggler_factor(0.05, np.array([64]))[0]
-    for col in ("compute_s", "recompute_s", "optimizer_s"):
-        assert slow.iloc[1][col] == pytest.approx(factor * calm.iloc[1][col], rel=1e-9)
+    for i in (1, 2):  # full and selective recomputation
+        for col in ("compute_s", "recompute_s", "optimizer_s"):
+            assert slow.iloc[i][col] == pytest.approx(factor * calm.iloc[i][col], rel=1e-9)
     # the collectives keep their time; only the part hidden behind the (longer) weight-
     # gradient GEMMs grows
     assert slow.iloc[1]["tp_comm_s"] <= calm.iloc[1]["tp_comm_s"]
