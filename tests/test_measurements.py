@@ -133,3 +133,25 @@ def test_validate_by_unknown_column_is_one_line_exit_2(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "hidden is not a column to group by" in err and "hidden_size" in err
     assert "\n" not in err and "Traceback" not in err
+
+
+def test_validate_names_runs_the_memory_model_puts_over_capacity(tmp_path, capsys):
+    import json
+
+    # a measured run of a GPT-3-sized model on one node: it cannot have fit, so the memory
+    # model (which says so) is flagged against the "measurement"; the small run fits
+    big = "8,8,1,12288,96,96,2048,8,1,1,60000.0"
+    path = write(tmp_path, [HEADER, GOOD[0], big])
+    assert main(["validate", "--measurements", str(path), "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["n_over_memory"] == 1
+    over = d["over_memory"][0]
+    assert over["row"] == 2 and over["memory_per_gpu_bytes"] > over["memory_capacity_bytes"]
+    by_row = {r["row"]: r for r in d["rows"]}
+    assert by_row[1]["memory_per_gpu_bytes"] < over["memory_capacity_bytes"]
+    assert main(["validate", "--measurements", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "memory: 1 measured run(s) fit in reality but the memory model puts them" in out
+    assert "m.csv:2" in out
+    assert main(["validate", "--measurements", str(write(tmp_path, [HEADER, *GOOD]))]) == 0
+    assert "memory: every measured run fits the memory model too" in capsys.readouterr().out

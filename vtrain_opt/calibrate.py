@@ -149,10 +149,18 @@ class Predictor:
         return self.measurements.measured_s
 
     def predict(self, profile: Profile) -> np.ndarray:
-        out = np.empty(len(self.measurements.rows))
+        """Predicted iteration time of every measured row (s)."""
+        return self.predict_columns(profile, ("iteration_time_s",))["iteration_time_s"]
+
+    def predict_columns(self, profile: Profile, columns: Sequence[str]) -> dict[str, np.ndarray]:
+        """Any of the simulator's result columns for every measured row."""
+        n = len(self.measurements.rows)
+        out = {c: np.empty(n) for c in columns}
         for model, batch, index in self._groups:
             ctx = make_context(model, self._cluster, profile, self._setup)
-            out[index] = simulate_arrays(ctx, batch)["iteration_time_s"]
+            result = simulate_arrays(ctx, batch)
+            for c in columns:
+                out[c][index] = result[c]
         return out
 
 

@@ -104,6 +104,13 @@ class ValidationReport:
         agg["share_pct"] = agg["rows"] * agg["mape_pct"] / agg["file"].map(per_file)
         return agg.sort_values(["file", "share_pct"], ascending=[True, False], ignore_index=True)
 
+    def over_memory(self) -> pd.DataFrame:
+        """Measured rows (runs that happened, so they fit) that the memory model puts over the
+        GPU's capacity, most over first: where it overestimates memory."""
+        rows = self.rows[self.rows["memory_per_gpu_bytes"] > self.rows["memory_capacity_bytes"]]
+        excess = rows["memory_per_gpu_bytes"] / rows["memory_capacity_bytes"]
+        return rows.assign(memory_excess=excess).sort_values("memory_excess", ascending=False)
+
     def worst(self, n: int = WORST) -> pd.DataFrame:
         return self.rows.sort_values("ape_pct", ascending=False).head(n)
 
@@ -135,7 +142,16 @@ class ValidationReport:
                 }
                 for _, r in agg.iterrows()
             ]
-        cols = ["file", "row", *SHAPE_COLUMNS, "measured_s", "predicted_s", "ape_pct"]
+        cols = [
+            "file",
+            "row",
+            *SHAPE_COLUMNS,
+            "measured_s",
+            "predicted_s",
+            "ape_pct",
+            "memory_per_gpu_bytes",
+        ]
+        over = self.over_memory()
         out = {
             "mape_pct": self.mape_pct,
             "n_rows": len(self.rows),
@@ -144,6 +160,16 @@ class ValidationReport:
             "groups": groups,
             "skipped": [{"file": s.file, "row": s.row, "reason": s.reason} for s in self.skipped],
             "n_skipped": len(self.skipped),
+            "n_over_memory": len(over),
+            "over_memory": [
+                {
+                    "file": r["file"],
+                    "row": _plain(r["row"]),
+                    "memory_per_gpu_bytes": float(r["memory_per_gpu_bytes"]),
+                    "memory_capacity_bytes": float(r["memory_capacity_bytes"]),
+                }
+                for _, r in over.iterrows()
+            ],
             "rows": [
                 {k: _plain(v) for k, v in r.items()} for r in self.rows[cols].to_dict("records")
             ],
@@ -166,11 +192,17 @@ def _plain(v: Any) -> Any:
 def validate(
     measurements: MeasurementSet, predictor: Predictor, profile: Profile
 ) -> ValidationReport:
-    predicted = predictor.predict(profile)
+    cols = predictor.predict_columns(
+        profile, ("iteration_time_s", "memory_per_gpu_bytes", "memory_capacity_bytes")
+    )
+    predicted = cols["iteration_time_s"]
     measured = measurements.measured_s
     rows = measurements.rows.copy()
     rows["measured_s"] = measured
     rows["predicted_s"] = predicted
+    # every measured run did fit: rows the memory model puts over capacity show its error
+    rows["memory_per_gpu_bytes"] = cols["memory_per_gpu_bytes"]
+    rows["memory_capacity_bytes"] = cols["memory_capacity_bytes"]
     rows["ape_pct"] = np.abs(predicted - measured) / measured * 100
     rows["ratio"] = predicted / measured
     rows["model"] = (

@@ -133,6 +133,18 @@ def run(args: argparse.Namespace) -> int:
             f"{r['ape_pct']:.1f}%",
         )
     con.print(worst)
+    over = report.over_memory()
+    if len(over):
+        top = over.iloc[0]
+        con.print(
+            f"memory: {len(over)} measured run(s) fit in reality but the memory model puts them "
+            f"over capacity, most by {top['memory_excess'] - 1:.1%} "
+            f"({str(top['file']).rsplit('/', 1)[-1]}:{top['row']}: "
+            f"{top['memory_per_gpu_bytes'] / 2**30:.1f} GiB of "
+            f"{top['memory_capacity_bytes'] / 2**30:.1f} GiB)"
+        )
+    else:
+        con.print("memory: every measured run fits the memory model too")
     if args.by:
         con.print(_cross_table(report.cross_groups(args.by), args.by))
     biased = report.biased_groups()
