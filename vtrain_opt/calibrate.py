@@ -67,6 +67,9 @@ FIT_BOUNDS: dict[str, tuple[float, float]] = {
     "nvlink_efficiency": (0.3, 1.0),
     "collective_latency_s": (1e-6, 200e-6),
 }
+# Scale of the soft-L1 loss on log(predicted/measured): relative errors well beyond 5% count
+# linearly, so a few odd rows cannot drag the fit.
+LOSS_SCALE = 0.05
 # Overheads span decades: search them in log space.
 LOG_PARAMS = {
     "kernel_overhead_s",
@@ -204,7 +207,7 @@ def fit(
     base: Profile,
     params: Sequence[str] = ITERATION_PARAMS,
     rows: np.ndarray | None = None,
-    loss_scale: float = 0.05,
+    loss_scale: float = LOSS_SCALE,
 ) -> FitResult:
     """Fit ``params`` of ``base`` to the measured rows (all, or the index array ``rows``)."""
     names = list(params)
@@ -338,7 +341,7 @@ def calibrate(
     record: dict[str, Any] = {
         "date": date.today().isoformat(),
         "vtrain_opt_version": __version__,
-        "method": "robust (soft-L1, scale 0.05) loss on log(predicted/measured), the mean "
+        "method": f"robust (soft-L1, scale {LOSS_SCALE:g}) loss on log(predicted/measured), the mean "
         "over files of each file's mean loss, parameters bounded (calibrate.FIT_BOUNDS)",
         "setup": asdict(setup),
         "data": [
