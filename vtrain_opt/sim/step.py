@@ -24,7 +24,14 @@ import numpy as np
 import pandas as pd
 
 from vtrain_opt.profiles import Profile, load_profile
-from vtrain_opt.sim.costs import edge_costs, layer_costs, p2p_costs, straggler_factor
+from vtrain_opt.sim.costs import (
+    EdgeCosts,
+    LayerCosts,
+    edge_costs,
+    layer_costs,
+    p2p_costs,
+    straggler_factor,
+)
 from vtrain_opt.sim.memory import (
     StageParams,
     layer_activation_bytes,
@@ -96,6 +103,9 @@ class PlanCosts:
 
     chunk_fwd_s: np.ndarray  # one model chunk (L/(pp*vpp) layers), forward, incl. overhead
     chunk_bwd_s: np.ndarray  # its backward, incl. recomputation
+    # the same on a node of mean speed (no straggler factor): the stages off the critical path
+    chunk_fwd_mean_s: np.ndarray
+    chunk_bwd_mean_s: np.ndarray
     first_fwd_s: np.ndarray  # first stage's extra (embedding)
     first_bwd_s: np.ndarray
     last_fwd_s: np.ndarray  # last stage's extra (final norm, logits, loss)
@@ -137,27 +147,45 @@ def plan_costs(ctx: SimContext, batch: PlanBatch, m: np.ndarray | None = None) -
     u_mb, u_tp = (uniq >> 16) & 0xFFFFFF, (uniq >> 3) & 0x1FFF
     u_sp, u_rc = ((uniq >> 2) & 1).astype(bool), uniq & 3
     u_scale = straggler_factor(profile.node_straggler, uniq >> 40)
+    # Node stragglers: the last stage runs at the slowest node's pace (it carries the steady
+    # state of the schedule), the others at the mean speed (the fill and drain pass them once).
     lc = layer_costs(model, ops, u_mb, u_tp, u_sp, u_rc, u_scale)
     ec = edge_costs(model, ops, u_mb, u_tp, u_sp, u_scale)
+    if profile.node_straggler > 0:
+        lc_mean = layer_costs(model, ops, u_mb, u_tp, u_sp, u_rc)
+        ec_mean = edge_costs(model, ops, u_mb, u_tp, u_sp)
+    else:
+        lc_mean, ec_mean = lc, ec
     u_stored, u_transient = layer_activation_bytes(model, setup, u_mb, u_tp, u_sp, u_rc)
 
     def gather(x: np.ndarray) -> np.ndarray:
         return np.broadcast_to(x, uniq.shape)[codes]
 
-    layer_fwd = gather(lc.fwd_compute_s + lc.fwd_comm_s + lc.host_stall_fwd_s)
-    layer_bwd = gather(
-        lc.bwd_compute_s
-        + lc.bwd_comm_s
-        + lc.recompute_compute_s
-        + lc.recompute_comm_s
-        + lc.host_stall_bwd_s
-    )
+    def embedding(c: EdgeCosts, part: str) -> np.ndarray:
+        return gather(getattr(c, f"embed_{part}_compute_s") + getattr(c, f"embed_{part}_comm_s"))
+
+    def fwd_bwd(c: LayerCosts) -> tuple[np.ndarray, np.ndarray]:
+        fwd = c.fwd_compute_s + c.fwd_comm_s + c.host_stall_fwd_s
+        bwd = (
+            c.bwd_compute_s
+            + c.bwd_comm_s
+            + c.recompute_compute_s
+            + c.recompute_comm_s
+            + c.host_stall_bwd_s
+        )
+        return gather(fwd), gather(bwd)
+
+    p, v, t, d = batch.pp, batch.vpp, batch.tp, batch.dp
+    single = p == 1
+    layer_fwd, layer_bwd = fwd_bwd(lc)
+    layer_fwd_mean, layer_bwd_mean = fwd_bwd(lc_mean)
     layer_stall = gather(lc.host_stall_fwd_s + lc.host_stall_bwd_s)
     layer_compute = gather(lc.fwd_compute_s + lc.bwd_compute_s)
     layer_recompute = gather(lc.recompute_compute_s)
     layer_comm = gather(lc.fwd_comm_s + lc.bwd_comm_s + lc.recompute_comm_s)
-    first_fwd = gather(ec.embed_fwd_compute_s + ec.embed_fwd_comm_s)
-    first_bwd = gather(ec.embed_bwd_compute_s + ec.embed_bwd_comm_s)
+    # the first stage runs at the mean speed unless it is also the last (pp = 1)
+    first_fwd = np.where(single, embedding(ec, "fwd"), embedding(ec_mean, "fwd"))
+    first_bwd = np.where(single, embedding(ec, "bwd"), embedding(ec_mean, "bwd"))
     last_fwd = gather(ec.head_fwd_compute_s + ec.head_fwd_comm_s)
     last_bwd = gather(ec.head_bwd_compute_s + ec.head_bwd_comm_s)
     head_compute = gather(ec.head_fwd_compute_s + ec.head_bwd_compute_s)
@@ -165,16 +193,16 @@ def plan_costs(ctx: SimContext, batch: PlanBatch, m: np.ndarray | None = None) -
     embed_compute = gather(ec.embed_fwd_compute_s + ec.embed_bwd_compute_s)
     embed_comm = gather(ec.embed_fwd_comm_s + ec.embed_bwd_comm_s)
 
-    p, v, t, d = batch.pp, batch.vpp, batch.tp, batch.dp
     m = batch.num_microbatches.astype(np.float64) if m is None else m
     layers_per_chunk = model.num_layers / (p * v)
     mb_overhead = profile.microbatch_overhead_s
     chunk_fwd = layers_per_chunk * layer_fwd + mb_overhead
     chunk_bwd = layers_per_chunk * layer_bwd
+    chunk_fwd_mean = layers_per_chunk * layer_fwd_mean + mb_overhead
+    chunk_bwd_mean = layers_per_chunk * layer_bwd_mean
     c = p2p_costs(model, ops, batch.mb, t, d, p)
 
     # Busy time of the last stage per micro-batch (the single stage's when pp = 1).
-    single = p == 1
     stage_layers = model.num_layers / p
     busy_compute = (
         stage_layers * layer_compute + head_compute + np.where(single, embed_compute, 0.0)
@@ -205,9 +233,11 @@ def plan_costs(ctx: SimContext, batch: PlanBatch, m: np.ndarray | None = None) -
             gather2(ops.collective_s("all_gather", weight_bytes, u_d, u_per_node)),
         )
 
-    window_first = v * chunk_bwd + first_bwd  # backward of the last micro-batch, for overlap
+    chunk_fwd_first = np.where(single, chunk_fwd, chunk_fwd_mean)
+    chunk_bwd_first = np.where(single, chunk_bwd, chunk_bwd_mean)
+    window_first = v * chunk_bwd_first + first_bwd  # the last backward, for overlap
     window_last = v * chunk_bwd + last_bwd
-    step_first = v * (chunk_fwd + chunk_bwd) + first_fwd + first_bwd
+    step_first = v * (chunk_fwd_first + chunk_bwd_first) + first_fwd + first_bwd
     step_last = v * (chunk_fwd + chunk_bwd) + last_fwd + last_bwd
 
     zero3 = batch.zero == 3
@@ -243,6 +273,8 @@ def plan_costs(ctx: SimContext, batch: PlanBatch, m: np.ndarray | None = None) -
     return PlanCosts(
         chunk_fwd_s=chunk_fwd,
         chunk_bwd_s=chunk_bwd,
+        chunk_fwd_mean_s=chunk_fwd_mean,
+        chunk_bwd_mean_s=chunk_bwd_mean,
         first_fwd_s=first_fwd,
         first_bwd_s=first_bwd,
         last_fwd_s=last_fwd,
@@ -317,12 +349,17 @@ def _simulate_valid(
         m = microbatches.astype(np.float64)
         k = plan_costs(ctx, batch, m)
         p, v = batch.pp, batch.vpp
+        # The slowest node sets the pace of the steady state; the fill and drain pass through
+        # the other stages at the mean speed. So the stages run at the mean speed and the last
+        # stage (the critical one) carries the straggler's extra time as extra work.
+        chunk_mean = k.chunk_fwd_mean_s + k.chunk_bwd_mean_s
+        straggle = v * (k.chunk_fwd_s + k.chunk_bwd_s - chunk_mean)
         pipe = pipeline_times(
-            chunk_s=k.chunk_fwd_s + k.chunk_bwd_s,
-            chunk_bwd_s=k.chunk_bwd_s,
+            chunk_s=chunk_mean,
+            chunk_bwd_s=k.chunk_bwd_mean_s,
             first_extra_fwd_s=k.first_fwd_s,
             first_extra_bwd_s=k.first_bwd_s,
-            last_extra_s=k.last_fwd_s + k.last_bwd_s,
+            last_extra_s=k.last_fwd_s + k.last_bwd_s + straggle,
             p2p_s=k.p2p_s,
             pp=p,
             vpp=v,

@@ -180,8 +180,14 @@ def reference(ctx: SimContext, plan: ParallelPlan) -> ReferenceResult:
     with np.errstate(all="ignore"):
         k = plan_costs(ctx, batch)
     p, v, m = plan.pp, plan.vpp, plan.num_microbatches
-    fwd = np.full((p, v), float(k.chunk_fwd_s[0]))
-    bwd = np.full((p, v), float(k.chunk_bwd_s[0]))
+    # Node stragglers: the last stage runs at the slowest node's pace, the others at the mean
+    # speed. Its extra time per micro-batch is carried by its last model chunk, as the core's
+    # closed forms carry it (spread over the v chunks instead, the makespan of an interleaved
+    # schedule differs by a few 1e-5).
+    fwd = np.full((p, v), float(k.chunk_fwd_mean_s[0]))
+    bwd = np.full((p, v), float(k.chunk_bwd_mean_s[0]))
+    fwd[p - 1, v - 1] += v * float(k.chunk_fwd_s[0] - k.chunk_fwd_mean_s[0])
+    bwd[p - 1, v - 1] += v * float(k.chunk_bwd_s[0] - k.chunk_bwd_mean_s[0])
     fwd[0, 0] += float(k.first_fwd_s[0])
     bwd[0, 0] += float(k.first_bwd_s[0])
     fwd[p - 1, v - 1] += float(k.last_fwd_s[0])
