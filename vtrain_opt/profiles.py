@@ -132,7 +132,8 @@ PARAM_DEFS: dict[str, ParamDef] = {
             0.2,
             "spread (standard deviation, relative) of the GPU speed from node to node: a "
             "synchronous step waits for the slowest of its n nodes, so GPU work on n > 1 nodes "
-            "takes 1 + node_straggler * E[max of n standard normals] times longer",
+            "takes 1 + node_straggler * E[max of n standard normals] times longer (in a "
+            "pipeline, the steady state; the fill and drain run at the mean speed)",
         ),
         ParamDef(
             "microbatch_overhead_s",

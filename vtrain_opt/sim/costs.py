@@ -23,7 +23,9 @@ Layer model (Megatron-LM, per micro-batch of T = b*s tokens, tp = t):
 Stragglers: a synchronous step spanning n nodes waits for the slowest one. With node
 speeds spread by ``node_straggler`` (relative standard deviation), every GPU op (not the
 communication) takes ``straggler_factor`` = 1 + node_straggler * E[max of n standard
-normals] times longer; one node (n = 1) is unaffected.
+normals] times longer; one node (n = 1) is unaffected. The costs take the factor as
+``compute_scale``; ``sim/step.py`` applies it to the last pipeline stage, which carries the
+schedule's steady state, and runs the other stages (the fill and drain) at the mean speed.
 
 Host-bound layers: the host dispatches a layer's forward in ``host_layer_s`` (twice
 that for the backward, plus the recomputed part) while the GPU runs what was already
