@@ -1,0 +1,61 @@
+"""Published runs the profile was never fitted on: Megatron-LM's weak-scaling table.
+
+Prints, for each run of Narayanan et al. (SC 2021, Table 1: GPT 1.7B-1T on 32-3,072
+A100s), the published teraFLOP/s per GPU (recomputation counted), the prediction of the
+shipped A100 profile at the fastest micro-batch that fits (the table does not give it),
+their ratio, and the error over the table; then the same with the node-straggler term
+off and with the gradient all-reduce overlapped, to show what each assumption moves.
+
+Run: python benchmarks/bench_published.py [--profile a100-80gb]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+
+from vtrain_opt.profiles import load_profile
+from vtrain_opt.published import MEGATRON_2021, predict_published
+
+
+def mape_pct(ratio: np.ndarray) -> float:
+    return float(np.mean(np.abs(ratio - 1.0)) * 100.0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--profile", default="a100-80gb")
+    args = ap.parse_args()
+    profile = load_profile(args.profile)
+    df = predict_published(profile)
+    print(
+        f"Megatron-LM weak scaling (Narayanan et al. 2021, Table 1), {len(MEGATRON_2021)} runs, "
+        f"profile {profile.name}:"
+    )
+    print("  params   GPUs  tp  pp  published  predicted (mb)  predicted/published")
+    for _, r in df.iterrows():
+        print(
+            f"  {r['params_billion']:6.1f}B {r['num_gpus']:5d} {r['tp']:3d} {r['pp']:3d} "
+            f"{r['tflops_per_gpu']:8.0f}   {r['predicted_tflops']:8.1f} ({r['micro_batch']})"
+            f"   {r['ratio']:.3f}"
+        )
+    print(
+        f"  MAPE {mape_pct(df['ratio'].to_numpy()):.2f}%, "
+        f"ratios {df['ratio'].min():.3f}-{df['ratio'].max():.3f}"
+    )
+    variants = {
+        "node_straggler = 0": (profile.with_params(node_straggler=0.0), False),
+        "gradient all-reduce overlapped": (profile, True),
+    }
+    for label, (prof, overlap) in variants.items():
+        v = predict_published(prof, dp_overlap=overlap)
+        ratio = v["ratio"].to_numpy()
+        print(
+            f"  with {label}: MAPE {mape_pct(ratio):.2f}%, "
+            f"ratios {ratio.min():.3f}-{ratio.max():.3f}"
+        )
+
+
+if __name__ == "__main__":
+    main()
