@@ -17,8 +17,9 @@ pipeline stage (the slowest: it carries the logits and the loss).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from functools import cached_property
+from typing import TypeVar
 
 import numpy as np
 import pandas as pd
@@ -126,6 +127,28 @@ class PlanCosts:
     layer_bytes: tuple[np.ndarray, np.ndarray]  # activation bytes per layer: stored, transient
 
 
+def _decode(key: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(mb, tp, sp, recompute) of ``plan_costs``' combination keys."""
+    return (key >> 16) & 0xFFFFFF, (key >> 3) & 0x1FFF, ((key >> 2) & 1).astype(bool), key & 3
+
+
+_Costs = TypeVar("_Costs", LayerCosts, EdgeCosts)
+
+
+def _take(costs: _Costs, index: np.ndarray) -> _Costs:
+    """The costs of the combinations ``index`` names (fields may be scalars)."""
+    n = int(index.max()) + 1 if len(index) else 0
+    return replace(
+        costs,
+        **{
+            f.name: np.broadcast_to(np.asarray(getattr(costs, f.name), dtype=np.float64), (n,))[
+                index
+            ]
+            for f in fields(costs)
+        },
+    )
+
+
 def plan_costs(ctx: SimContext, batch: PlanBatch, m: np.ndarray | None = None) -> PlanCosts:
     """Op costs of every plan, gathered from the distinct (mb, tp, sp, recompute, nodes)
     combinations (the node count matters only through the straggler factor)."""
@@ -144,16 +167,18 @@ def plan_costs(ctx: SimContext, batch: PlanBatch, m: np.ndarray | None = None) -
     )
     codes, uniq = pd.factorize(key, sort=False)
     uniq = np.asarray(uniq, dtype=np.int64)
-    u_mb, u_tp = (uniq >> 16) & 0xFFFFFF, (uniq >> 3) & 0x1FFF
-    u_sp, u_rc = ((uniq >> 2) & 1).astype(bool), uniq & 3
+    u_mb, u_tp, u_sp, u_rc = _decode(uniq)
     u_scale = straggler_factor(profile.node_straggler, uniq >> 40)
     # Node stragglers: the last stage runs at the slowest node's pace (it carries the steady
     # state of the schedule), the others at the mean speed (the fill and drain pass them once).
     lc = layer_costs(model, ops, u_mb, u_tp, u_sp, u_rc, u_scale)
     ec = edge_costs(model, ops, u_mb, u_tp, u_sp, u_scale)
     if profile.node_straggler > 0:
-        lc_mean = layer_costs(model, ops, u_mb, u_tp, u_sp, u_rc)
-        ec_mean = edge_costs(model, ops, u_mb, u_tp, u_sp)
+        # the mean-speed costs do not depend on the node count: one per (mb, tp, sp, rc)
+        sub_codes, sub = pd.factorize(uniq & ((1 << 40) - 1), sort=False)
+        s_mb, s_tp, s_sp, s_rc = _decode(np.asarray(sub, dtype=np.int64))
+        lc_mean = _take(layer_costs(model, ops, s_mb, s_tp, s_sp, s_rc), sub_codes)
+        ec_mean = _take(edge_costs(model, ops, s_mb, s_tp, s_sp), sub_codes)
     else:
         lc_mean, ec_mean = lc, ec
     u_stored, u_transient = layer_activation_bytes(model, setup, u_mb, u_tp, u_sp, u_rc)
