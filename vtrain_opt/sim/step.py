@@ -1,8 +1,10 @@
 """The vectorized core: iteration time, breakdown, memory and cost of N plans at once.
 
 No Python loop runs over plans: every quantity is an array of shape (N,). The op costs
-of a layer depend only on (micro-batch, tp, sequence parallelism, recompute), so they
-are computed once per distinct combination and gathered back to the plans.
+of a layer depend only on (micro-batch, tp, sequence parallelism, recompute) and, through
+the node-straggler factor, the node count, so they are computed once per distinct
+combination and gathered back to the plans. The last stage runs at the slowest node's
+pace, the others at the mean speed (``sim/costs.py``, stragglers).
 
 The iteration is the pipeline phase (``sim/schedule.py``), then each stage's exposed
 data-parallel gradient communication and optimizer step, then a fixed per-iteration
@@ -135,18 +137,14 @@ def _decode(key: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nda
 _Costs = TypeVar("_Costs", LayerCosts, EdgeCosts)
 
 
-def _take(costs: _Costs, index: np.ndarray) -> _Costs:
-    """The costs of the combinations ``index`` names (fields may be scalars)."""
-    n = int(index.max()) + 1 if len(index) else 0
-    return replace(
-        costs,
-        **{
-            f.name: np.broadcast_to(np.asarray(getattr(costs, f.name), dtype=np.float64), (n,))[
-                index
-            ]
-            for f in fields(costs)
-        },
-    )
+def _take(costs: _Costs, index: np.ndarray, n: int) -> _Costs:
+    """The costs of ``n`` combinations (fields may be scalars) for the combinations ``index``
+    names."""
+
+    def column(x: np.ndarray | float) -> np.ndarray:
+        return np.broadcast_to(np.asarray(x, dtype=np.float64), (n,))[index]
+
+    return replace(costs, **{f.name: column(getattr(costs, f.name)) for f in fields(costs)})
 
 
 def plan_costs(ctx: SimContext, batch: PlanBatch, m: np.ndarray | None = None) -> PlanCosts:
@@ -177,8 +175,8 @@ def plan_costs(ctx: SimContext, batch: PlanBatch, m: np.ndarray | None = None) -
         # the mean-speed costs do not depend on the node count: one per (mb, tp, sp, rc)
         sub_codes, sub = pd.factorize(uniq & ((1 << 40) - 1), sort=False)
         s_mb, s_tp, s_sp, s_rc = _decode(np.asarray(sub, dtype=np.int64))
-        lc_mean = _take(layer_costs(model, ops, s_mb, s_tp, s_sp, s_rc), sub_codes)
-        ec_mean = _take(edge_costs(model, ops, s_mb, s_tp, s_sp), sub_codes)
+        lc_mean = _take(layer_costs(model, ops, s_mb, s_tp, s_sp, s_rc), sub_codes, len(sub))
+        ec_mean = _take(edge_costs(model, ops, s_mb, s_tp, s_sp), sub_codes, len(sub))
     else:
         lc_mean, ec_mean = lc, ec
     u_stored, u_transient = layer_activation_bytes(model, setup, u_mb, u_tp, u_sp, u_rc)
