@@ -6,7 +6,8 @@ Prints, for the calibration half in ../shared/data (absent: says so and exits):
   * groups (GPU count, tp, pp, micro-batch, model) whose cross-validated predictions are
     off by more than 10% on average;
   * the intra-node all-reduce model against the nccl-tests sweeps, per group size and
-    message-size band (fitted on the sweeps, as the shipped profile is).
+    message-size band (fitted on the sweeps, as the shipped profile is);
+  * the fitted profile against Megatron-LM's published weak-scaling runs (never fitted).
 
 Run: python benchmarks/bench_fidelity.py [--folds 5] [--seed 0]
 """
@@ -23,6 +24,7 @@ import numpy as np
 from vtrain_opt.calibrate import RunSetup, calibrate
 from vtrain_opt.nccl import error_table, read_sweeps
 from vtrain_opt.profiles import load_profile
+from vtrain_opt.published import predict_published
 from vtrain_opt.spec.hardware import get_cluster
 from vtrain_opt.validation import ValidationReport
 
@@ -88,6 +90,13 @@ def main() -> None:
     print("NCCL all-reduce (A100, 2-8 GPUs, 1 MiB-1 GiB), MAPE % by size band:")
     print(table.round(1).to_string(index=False))
     print(f"  mean over group sizes: {table['all'].mean():.2f}%")
+    # Runs the fit never saw: Megatron-LM's published weak-scaling table (bench_published.py)
+    pub = predict_published(cal.profile)["ratio"].to_numpy()
+    print(
+        f"published runs (Megatron-LM weak scaling, {len(pub)} runs, 32-3,072 GPUs), this fit: "
+        f"MAPE {np.mean(np.abs(pub - 1)) * 100:.2f}%, predicted/published {pub.min():.3f}-"
+        f"{pub.max():.3f}"
+    )
     v100 = read_sweeps(SHARED / "nccl", "v100")
     vt = error_table(v100, load_profile("v100-32gb"), get_cluster("v100-32gb"))
     print(
