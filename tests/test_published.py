@@ -1,9 +1,12 @@
 """The shipped A100 profile against published runs it was never fitted on."""
 
 import numpy as np
+import pytest
 
+from vtrain_opt import ParallelPlan, get_cluster, simulate
 from vtrain_opt.profiles import load_profile
-from vtrain_opt.published import MEGATRON_2021, predict_published
+from vtrain_opt.published import MEGATRON_2021, SELENE_INTER_NODE_GBPS, predict_published
+from vtrain_opt.spec.setup import Setup
 
 
 def test_megatron_weak_scaling_table_is_predicted_within_ten_percent():
@@ -32,3 +35,25 @@ def test_without_stragglers_every_multi_node_run_is_predicted_faster():
     with_spread = predict_published(profile)
     without = predict_published(profile.with_params(node_straggler=0.0))
     assert (without["predicted_tflops"] > with_spread["predicted_tflops"]).all()
+
+
+def test_hardware_flops_are_counted_as_the_paper_counts_them():
+    # Narayanan et al.: F = 96 B s l h^2 (1 + s/(6h) + V/(16 l h)) per iteration with full
+    # recomputation; the comparison is like for like only if hw_tflops_per_gpu is F / (T N)
+    run = MEGATRON_2021[6]  # 145.6B, tp 8, pp 8
+    row = predict_published("a100-80gb", (run,)).iloc[0]
+    plan = ParallelPlan(
+        tp=run.tp,
+        pp=run.pp,
+        dp=run.num_gpus // (run.tp * run.pp),
+        micro_batch=int(row["micro_batch"]),
+        global_batch=run.global_batch,
+        recompute="full",
+        dp_overlap=False,
+    )
+    cluster = get_cluster("a100-80gb").with_overrides(inter_node_gbps=SELENE_INTER_NODE_GBPS)
+    setup = Setup(dtype="fp16", attention="unfused")
+    time_s = simulate(run.model(), cluster, plan, setup=setup).iloc[0]["iteration_time_s"]
+    b, s, n_layers, h, v = run.global_batch, 2048, run.num_layers, run.hidden_size, 51200
+    flop = 96 * b * s * n_layers * h * h * (1 + s / (6 * h) + v / (16 * n_layers * h))
+    assert row["predicted_tflops"] == pytest.approx(flop / time_s / run.num_gpus / 1e12, rel=1e-9)
