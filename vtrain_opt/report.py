@@ -11,6 +11,7 @@ matplotlib.use("Agg")  # before pyplot: render to files only
 import matplotlib.pyplot as plt
 import pandas as pd
 
+from vtrain_opt.plotting import plain_log_ticks
 from vtrain_opt.units import DAY_S
 
 _CHOSEN_MARKERS = {"fastest": "*", "cheapest": "D", "baseline": "P"}
@@ -75,6 +76,7 @@ def plot_pareto(
             )
         ax.set_xscale("log")
         ax.set_yscale("log")
+        plain_log_ticks(ax)
         ax.set_xlabel("training time (days)")
         ax.set_ylabel("cost (million USD)")
         ax.set_title(title or "time vs cost of the searched plans")

@@ -224,6 +224,7 @@ def scatter_plot(report: ValidationReport, path: str, title: str = "") -> None:
     import matplotlib.pyplot as plt
 
     from vtrain_opt.io import write_with
+    from vtrain_opt.plotting import plain_log_ticks
 
     fig, ax = plt.subplots(figsize=(6, 6))
     for name, g in report.rows.groupby("file"):
@@ -238,6 +239,7 @@ def scatter_plot(report: ValidationReport, path: str, title: str = "") -> None:
     ax.set_yscale("log")
     ax.set_xlim(lo, hi)
     ax.set_ylim(lo, hi)
+    plain_log_ticks(ax)
     ax.set_xlabel("measured iteration time (s)")
     ax.set_ylabel("predicted iteration time (s)")
     ax.set_title(title or f"vtrain_opt: MAPE {report.mape_pct:.2f}% on {len(report.rows)} rows")
