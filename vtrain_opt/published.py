@@ -14,7 +14,7 @@ each is predicted at the micro-batch the model finds fastest among those that fi
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import pandas as pd
 
@@ -107,7 +107,7 @@ def predict_published(
         predicted = by_mb[best] if best is not None else float("nan")
         rows.append(
             {
-                **run.__dict__,
+                **asdict(run),
                 "micro_batch": best,
                 "predicted_tflops": predicted,
                 "ratio": predicted / run.tflops_per_gpu,
