@@ -100,7 +100,8 @@ def main() -> None:
     v100 = read_sweeps(SHARED / "nccl", "v100")
     vt = error_table(v100, load_profile("v100-32gb"), get_cluster("v100-32gb"))
     print(
-        "V100 (DGX-1 hybrid cube-mesh; shipped analytical profile, not fitted): MAPE by group size "
+        "V100 (DGX-1 hybrid cube-mesh; the shipped profile's collective model, fitted on these "
+        "sweeps): MAPE by group size "
         + ", ".join(f"{int(g)}: {a:.0f}%" for g, a in zip(vt["gpus"], vt["all"], strict=True))
     )
 

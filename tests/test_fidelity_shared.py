@@ -3,11 +3,12 @@
 These are the calibration half, which the shipped A100 profile was fitted on, so the
 figures here are training errors; cross-validated errors are measured by
 ``benchmarks/bench_fidelity.py``. The thresholds sit just above what the shipped profile
-reaches (single-node 5.56%, multi-node 7.73%, NCCL 2.99%) so a regression shows; they are
+reaches (single-node 5.51%, multi-node 7.53%, NCCL 2.99%) so a regression shows; they are
 also the issue's targets (6% and 8%).
 """
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -54,6 +55,19 @@ def test_nccl_sweeps_per_size_band(shared_data):
     assert table["all"].mean() < 3.5
     bands = table.drop(columns=["gpus", "all"]).to_numpy()
     assert np.nanmax(bands) < 12.0  # every (group size, size band) cell
+
+
+def test_v100_sweeps_follow_the_hybrid_cube_mesh(shared_data):
+    # DGX-1V has no NVSwitch: rings of 2, 3, 4 and 8 GPUs get 1, 2, 4 and 6 of the 6 links
+    sweep = read_sweeps(shared_data / "nccl", "v100")
+    profile, cluster = load_profile("v100-32gb"), get_cluster("v100-32gb")
+    table = error_table(sweep, profile, cluster).set_index("gpus")
+    assert (table.loc[[2, 3, 4, 6, 7, 8], "all"] < 7.0).all(), table
+    # five GPUs: NCCL relays GPU 4 through GPU 0 (measured 1.6 links' worth, modelled as 1)
+    assert table.loc[5, "all"] < 60.0
+    # the same fitted profile with every link behind a switch misses the small groups
+    switched = error_table(sweep, profile, replace(cluster, nvlink_links=None)).set_index("gpus")
+    assert switched.loc[2, "all"] > 50.0
 
 
 def test_validate_command_json_and_plot(shared_data, tmp_path, capsys):

@@ -329,7 +329,6 @@ def calibrate(
     """
     from vtrain_opt import __version__
     from vtrain_opt.measurements import read_measurements
-    from vtrain_opt.nccl import error_table, fit_collectives, read_sweeps
     from vtrain_opt.profiles import load_profile
 
     if folds == 1 or folds < 0:
@@ -356,19 +355,7 @@ def calibrate(
         "fixed": {k: v for k, (v, _) in FIXED_PARAMS.items()},
     }
     if nccl_dir is not None:
-        sweep = read_sweeps(nccl_dir, nccl_prefix or setup.gpu.split("-")[0])
-        cluster = setup.cluster()
-        profile = fit_collectives(sweep, profile, cluster)
-        table = error_table(sweep, profile, cluster)
-        record["nccl"] = {
-            "dir": str(nccl_dir),
-            "files": sorted({f"{sweep.gpu}_allreduce_{n}gpu.csv" for n in sweep.group}),
-            "fitted": {
-                k: profile.params[k]
-                for k in ("nvlink_efficiency", "collective_latency_s", "collective_hbm_passes")
-            },
-            "mape_pct_by_group_and_size": table.round(2).to_dict("records"),
-        }
+        profile, record["nccl"] = _fit_sweeps(profile, setup, nccl_dir, nccl_prefix)
     result = fit(predictor, profile, ITERATION_PARAMS)
     measured = predictor.measured_s
     files = measurements.rows["file"].to_numpy()
@@ -410,6 +397,59 @@ def calibrate(
         fit=record,
     )
     return Calibration(fitted, result, cv, predictor, record)
+
+
+def _fit_sweeps(
+    profile: Profile, setup: RunSetup, nccl_dir: str | Path, nccl_prefix: str | None
+) -> tuple[Profile, dict[str, Any]]:
+    """The intra-node collective model fitted to nccl-tests sweeps, and its record."""
+    from vtrain_opt.nccl import NCCL_PARAMS, error_table, fit_collectives, read_sweeps
+
+    sweep = read_sweeps(nccl_dir, nccl_prefix or setup.gpu.split("-")[0])
+    cluster = setup.cluster()
+    profile = fit_collectives(sweep, profile, cluster)
+    table = error_table(sweep, profile, cluster)
+    return profile, {
+        "dir": str(nccl_dir),
+        "files": sorted({f"{sweep.gpu}_allreduce_{n}gpu.csv" for n in sweep.group}),
+        "fitted": {k: profile.params[k] for k in NCCL_PARAMS},
+        # a size band the sweeps do not cover has no error: null, not NaN, in the JSON
+        "mape_pct_by_group_and_size": [
+            {k: (None if v != v else v) for k, v in row.items()}
+            for row in table.round(2).to_dict("records")
+        ],
+    }
+
+
+def calibrate_collectives(
+    setup: RunSetup,
+    nccl_dir: str | Path,
+    *,
+    base: Profile | None = None,
+    nccl_prefix: str | None = None,
+    name: str | None = None,
+) -> Profile:
+    """Fit only the intra-node collective model of a profile (``calibrate --nccl`` without
+    ``--measurements``); every other parameter keeps the base profile's value."""
+    from vtrain_opt import __version__
+    from vtrain_opt.profiles import load_profile
+
+    base = base or load_profile(setup.gpu)
+    profile, nccl = _fit_sweeps(base, setup, nccl_dir, nccl_prefix)
+    today = date.today().isoformat()
+    sources = dict(profile.sources)
+    for k in nccl["fitted"]:
+        sources[k] = f"fitted to nccl-tests all-reduce sweeps in {nccl_dir} (see fit.nccl)"
+    return replace(
+        profile,
+        name=name or setup.gpu,
+        gpu=setup.gpu,
+        sources=sources,
+        description=f"{base.description.rstrip('.')}. Collective model fitted to nccl-tests "
+        f"all-reduce sweeps ({', '.join(nccl['files'])}) on {today}.",
+        provenance={**base.provenance, "collectives": f"fitted to nccl-tests sweeps, {today}"},
+        fit={"date": today, "vtrain_opt_version": __version__, "nccl": nccl},
+    )
 
 
 def derive(calibrated: Profile, gpu: str) -> Profile:

@@ -111,7 +111,7 @@ def error_table(sweep: Sweep, profile: Profile, cluster: ClusterSpec) -> pd.Data
         row: dict[str, object] = {"gpus": int(n)}
         for lo, hi in SIZE_BANDS:
             mask = (sweep.group == n) & (sweep.nbytes >= lo) & (sweep.nbytes < hi)
-            row[f"{lo >> 20}-{hi >> 20} MiB"] = float(ape[mask].mean())
+            row[f"{lo >> 20}-{hi >> 20} MiB"] = float(ape[mask].mean()) if mask.any() else np.nan
         row["all"] = float(ape[sweep.group == n].mean())
         rows.append(row)
     return pd.DataFrame(rows)

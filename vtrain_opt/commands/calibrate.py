@@ -6,12 +6,18 @@ import argparse
 import os
 from pathlib import Path
 
-from vtrain_opt.calibrate import ITERATION_PARAMS, calibrate, derive
+from vtrain_opt.calibrate import (
+    ITERATION_PARAMS,
+    RunSetup,
+    calibrate,
+    calibrate_collectives,
+    derive,
+)
 from vtrain_opt.commands.common import add_json_arg, non_negative_int, print_json
 from vtrain_opt.commands.fidelity_args import add_measurement_args, run_setup
 from vtrain_opt.console import console
 from vtrain_opt.io import write_json_atomic
-from vtrain_opt.profiles import PARAM_DEFS, load_profile
+from vtrain_opt.profiles import PARAM_DEFS, Profile, load_profile
 from vtrain_opt.spec.hardware import get_gpu
 
 
@@ -21,9 +27,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="fit a device profile to measured iteration times (k-fold cross-validated)",
         description="Fit the bounded physical parameters of a device profile to measured "
         "iteration times (robust loss on relative error), report k-fold cross-validated "
-        "MAPE, and write the profile with the data it was fitted on, the date and the errors.",
+        "MAPE, and write the profile with the data it was fitted on, the date and the errors. "
+        "With --nccl and no --measurements, fit only the intra-node collective model.",
     )
-    add_measurement_args(p)
+    add_measurement_args(
+        p,
+        required=False,
+        help="measurement CSV files (vTrain's column format; a BOM is tolerated); "
+        "without them, --nccl fits only the collective model",
+    )
     p.add_argument("--out", required=True, metavar="FILE.json", help="where to write the profile")
     p.add_argument(
         "--base",
@@ -71,6 +83,11 @@ def _check_writable(path: Path) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if not args.measurements and not args.nccl:
+        raise ValueError(
+            "calibrate needs --measurements FILE.csv (iteration times), --nccl DIR "
+            "(all-reduce sweeps, for the collective model only), or both"
+        )
     setup = run_setup(args)
     out = Path(args.out)
     _check_writable(out)
@@ -78,6 +95,8 @@ def run(args: argparse.Namespace) -> int:
     for g in derived:
         get_gpu(g)  # unknown names fail now, not after the fit
     base = load_profile(args.base, gpu=setup.gpu) if args.base else None
+    if not args.measurements:
+        return _run_collectives(args, setup, out, base, derived)
     result = calibrate(
         args.measurements,
         setup,
@@ -125,4 +144,32 @@ def run(args: argparse.Namespace) -> int:
         overall = sum(r["all"] for r in tab) / len(tab)
         con.print(f"  NCCL all-reduce sweeps: MAPE {overall:.2f}% (mean over group sizes)")
     con.print("wrote " + ", ".join(written))
+    return 0
+
+
+def _run_collectives(
+    args: argparse.Namespace,
+    setup: RunSetup,
+    out: Path,
+    base: Profile | None,
+    derived: list[str],
+) -> int:
+    """``calibrate --nccl DIR`` alone: fit the collective model, keep everything else."""
+    if derived:
+        raise ValueError("--derive needs --measurements: it derives from a fitted efficiency model")
+    profile = calibrate_collectives(
+        setup, args.nccl, base=base, nccl_prefix=args.nccl_prefix, name=args.name
+    )
+    write_json_atomic(out, profile.to_json_dict())
+    nccl = profile.fit["nccl"]
+    if args.json:
+        print_json({"profile": str(out), "written": [str(out)], "nccl": nccl})
+        return 0
+    con = console()
+    con.print(f"fitted the collective model to {len(nccl['files'])} sweep files:")
+    for k, v in nccl["fitted"].items():
+        con.print(f"  {k:24s} {v:.4g} {PARAM_DEFS[k].unit}")
+    for row in nccl["mape_pct_by_group_and_size"]:
+        con.print(f"  {row['gpus']} GPUs: MAPE {row['all']:.2f}%")
+    con.print(f"wrote {out}")
     return 0

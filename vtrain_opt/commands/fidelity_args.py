@@ -13,14 +13,12 @@ from vtrain_opt.spec.setup import ATTENTION_KERNELS, DTYPES
 DEFAULTS = RunSetup()
 
 
-def add_measurement_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--measurements",
-        nargs="+",
-        required=True,
-        metavar="FILE.csv",
-        help="measurement CSV files (vTrain's column format; a BOM is tolerated)",
-    )
+def add_measurement_args(
+    p: argparse.ArgumentParser,
+    required: bool = True,
+    help: str = "measurement CSV files (vTrain's column format; a BOM is tolerated)",
+) -> None:
+    p.add_argument("--measurements", nargs="+", required=required, metavar="FILE.csv", help=help)
     g = p.add_argument_group(
         "setup of the measured runs (defaults: the stated setup of vTrain's A100 set)"
     )

@@ -110,25 +110,47 @@ class OpModel:
         return self._override(op, t, nbytes=nbytes, kernels=kernels)
 
     # ---- communication -------------------------------------------------------------------
-    def bus_bytes_per_s(self, group: ArrayLike, per_node: ArrayLike) -> np.ndarray:
-        """Bus bandwidth of a group of ``group`` ranks with ``per_node`` of them in each node.
+    def bus_bytes_per_s(
+        self, group: ArrayLike, per_node: ArrayLike, stride: ArrayLike = 1
+    ) -> np.ndarray:
+        """Bus bandwidth of a group of ``group`` ranks with ``per_node`` of them in each node,
+        ``stride`` GPUs apart.
 
-        Inside a node: NVLink/NVSwitch. Across nodes, NCCL runs one ring per local member,
-        each over that GPU's share of the node's adapters, capped by NVLink.
+        Inside a node: NVLink, all of it behind an NVSwitch, the share NCCL's rings get of a
+        point-to-point mesh otherwise (``ClusterSpec.ring_link_share``). Across nodes, NCCL
+        runs one ring per local member, each over that GPU's share of the node's adapters,
+        capped by NVLink.
         """
         c, p = self.cluster, self.profile
         group = np.asarray(group, dtype=np.float64)
         per_node = np.asarray(per_node, dtype=np.float64)
-        intra = c.intra_bytes_per_s * p.nvlink_efficiency
+        intra = c.intra_bytes_per_s * p.nvlink_efficiency * self._link_share(per_node, stride)
         inter = np.minimum(intra, per_node * c.nic_bytes_per_s_per_gpu * p.network_efficiency)
         return np.where(per_node >= group, intra, inter)
 
+    def _link_share(self, members: np.ndarray, stride: ArrayLike) -> np.ndarray | float:
+        """``ClusterSpec.ring_link_share`` of every (members, stride) pair; 1 behind a switch."""
+        c = self.cluster
+        if c.nvlink_links is None:
+            return 1.0
+        m, st = np.broadcast_arrays(members.astype(np.int64), np.asarray(stride, dtype=np.int64))
+        pairs, inverse = np.unique(np.stack([m.ravel(), st.ravel()]), axis=1, return_inverse=True)
+        share = np.array([c.ring_link_share(int(a), int(b)) for a, b in pairs.T])
+        return share[inverse.ravel()].reshape(m.shape)
+
     def collective_s(
-        self, kind: str, nbytes: ArrayLike, group: ArrayLike, per_node: ArrayLike
+        self,
+        kind: str,
+        nbytes: ArrayLike,
+        group: ArrayLike,
+        per_node: ArrayLike,
+        stride: ArrayLike = 1,
     ) -> np.ndarray:
         """Time of an NCCL collective on a buffer of ``nbytes`` (the full, unsharded size).
 
         ``kind``: all_reduce, all_gather or reduce_scatter. A group of one costs nothing.
+        ``stride``: GPUs between neighbouring ranks (1 for tp groups, tp for data-parallel
+        ones); it matters only on nodes without an NVSwitch.
         """
         group = np.asarray(group, dtype=np.float64)
         per_node = np.minimum(np.asarray(per_node, dtype=np.float64), group)
@@ -151,7 +173,7 @@ class OpModel:
         t = (
             self.profile.collective_latency_s
             + steps * hop_s
-            + volume * nbytes / self.bus_bytes_per_s(group, per_node)
+            + volume * nbytes / self.bus_bytes_per_s(group, per_node, stride)
             # NCCL's copy and reduction kernels, at the datasheet HBM bandwidth (the fitted
             # passes absorb their efficiency, so the collective fit stays independent of the
             # memory efficiency fitted to iteration times)

@@ -251,9 +251,10 @@ def plan_costs(ctx: SimContext, batch: PlanBatch, m: np.ndarray | None = None) -
         grad_bytes = stage * setup.grad_bytes
         weight_bytes = stage * setup.weight_bytes
         return (
-            gather2(ops.collective_s("all_reduce", grad_bytes, u_d, u_per_node)),
-            gather2(ops.collective_s("reduce_scatter", grad_bytes, u_d, u_per_node)),
-            gather2(ops.collective_s("all_gather", weight_bytes, u_d, u_per_node)),
+            # data-parallel ranks sit tp GPUs apart
+            gather2(ops.collective_s("all_reduce", grad_bytes, u_d, u_per_node, u_t)),
+            gather2(ops.collective_s("reduce_scatter", grad_bytes, u_d, u_per_node, u_t)),
+            gather2(ops.collective_s("all_gather", weight_bytes, u_d, u_per_node, u_t)),
         )
 
     chunk_fwd_first = np.where(single, chunk_fwd, chunk_fwd_mean)
@@ -291,7 +292,13 @@ def plan_costs(ctx: SimContext, batch: PlanBatch, m: np.ndarray | None = None) -
 
     tied = model.tied_embeddings
     sync_per_node = np.where(u_t * u_d * (u_p - 1) < gpn, 2, 1)
-    u_sync = ops.collective_s("all_reduce", u_params.embedding * setup.grad_bytes, 2, sync_per_node)
+    u_sync = ops.collective_s(
+        "all_reduce",
+        u_params.embedding * setup.grad_bytes,
+        2,
+        sync_per_node,
+        np.maximum(u_t * u_d * (u_p - 1), 1),  # the first and the last stage
+    )
     sync = gather2(np.where(tied & (u_p > 1), u_sync, 0.0))
     return PlanCosts(
         chunk_fwd_s=chunk_fwd,

@@ -96,6 +96,9 @@ class ClusterSpec:
     inter_node_latency_s: float = 10e-6
     price_per_gpu_hour_usd: float = 2.0
     name: str = ""
+    # NVLinks between each pair of a node's GPUs, for nodes without an NVSwitch (DGX-1's
+    # hybrid cube-mesh); None: every GPU reaches every other over all its links (a switch)
+    nvlink_links: tuple[tuple[int, ...], ...] | None = None
 
     def __post_init__(self) -> None:
         owner = f"cluster {self.name or self.gpu.name!r}"
@@ -103,6 +106,13 @@ class ClusterSpec:
             object.__setattr__(self, "name", self.gpu.name)
         if self.intra_node_bytes_per_s is None:
             object.__setattr__(self, "intra_node_bytes_per_s", self.gpu.nvlink_bytes_per_s)
+        if self.nvlink_links is not None:
+            object.__setattr__(self, "nvlink_links", _link_matrix(owner, self.nvlink_links))
+            if len(self.nvlink_links) != self.gpus_per_node:
+                raise ValueError(
+                    f"{owner}.nvlink_links: {len(self.nvlink_links)} rows for "
+                    f"{self.gpus_per_node} GPUs per node; give one row and column per GPU"
+                )
         positive_int(owner, "gpus_per_node", self.gpus_per_node)
         positive_number(owner, "intra_node_bytes_per_s", self.intra_node_bytes_per_s)
         positive_number(owner, "inter_node_bytes_per_s", self.inter_node_bytes_per_s)
@@ -114,6 +124,38 @@ class ClusterSpec:
     def intra_bytes_per_s(self) -> float:
         assert self.intra_node_bytes_per_s is not None
         return self.intra_node_bytes_per_s
+
+    def ring_link_share(self, members: int, stride: int = 1) -> float:
+        """Share of a GPU's NVLink bandwidth that NCCL's rings get in a group of ``members``
+        GPUs of one node, ``stride`` apart from GPU 0 (Megatron's layout: tp groups stride 1,
+        data-parallel groups stride tp).
+
+        Behind a switch every link serves the group: 1. On a point-to-point mesh (DGX-1's
+        hybrid cube-mesh) each of NCCL's rings enters a member over one direct link and
+        leaves it over a link to another member; a link carries one ring each way. A member
+        with d links to the group, m of them to its best-connected peer, so passes at most
+        min(d, 2 (d - m)) rings; two GPUs, the links between them. Where no direct ring
+        exists NCCL relays through a peer: one link's worth. On DGX-1V this gives 1, 2, 4, 1,
+        2, 4 and 6 of the 6 links for 2 to 8 GPUs; nccl-tests measure 1.0, 2.0, 3.8, 1.6,
+        2.0, 3.9 and 6.0.
+        """
+        links = self.nvlink_links
+        if links is None or members <= 1:
+            return 1.0
+        ids = [i * stride for i in range(members)]
+        if ids[-1] >= len(links):
+            return 1.0  # the group does not fit in the node's matrix: keep the switch figure
+        per_gpu = max(sum(row) for row in links)
+        if members == 2:
+            rings = links[ids[0]][ids[1]]
+        else:
+            rings = min(
+                min(d, 2 * (d - m))
+                for d, m in (
+                    (sum(links[i][j] for j in ids), max(links[i][j] for j in ids)) for i in ids
+                )
+            )
+        return max(rings, 1) / per_gpu
 
     @property
     def nic_bytes_per_s_per_gpu(self) -> float:
@@ -132,6 +174,8 @@ class ClusterSpec:
         changes: dict[str, Any] = {}
         if gpus_per_node is not None:
             changes["gpus_per_node"] = gpus_per_node
+            if self.nvlink_links is not None and gpus_per_node != len(self.nvlink_links):
+                changes["nvlink_links"] = None  # another node: its links are not known
         if inter_node_gbps is not None:
             positive_number("cluster", "inter_node_gbps", inter_node_gbps)
             changes["inter_node_bytes_per_s"] = inter_node_gbps * 1e9 / 8
@@ -151,7 +195,33 @@ class ClusterSpec:
             "inter_node_bytes_per_s": self.inter_node_bytes_per_s,
             "inter_node_latency_s": self.inter_node_latency_s,
             "price_per_gpu_hour_usd": self.price_per_gpu_hour_usd,
+            "nvlink_links": [list(r) for r in self.nvlink_links] if self.nvlink_links else None,
         }
+
+
+def _link_matrix(owner: str, value: Any) -> tuple[tuple[int, ...], ...]:
+    """A symmetric matrix of non-negative whole link counts with a zero diagonal."""
+    try:
+        rows = tuple(tuple(int(x) for x in row) for row in value)
+        ok = all(
+            len(row) == len(rows) and all(float(x) == y for x, y in zip(raw, row, strict=True))
+            for raw, row in zip(value, rows, strict=True)
+        )
+    except (TypeError, ValueError):
+        ok = False
+    if ok:
+        n = len(rows)
+        ok = n > 0 and all(
+            rows[i][j] >= 0 and rows[i][j] == rows[j][i] and (i != j or rows[i][j] == 0)
+            for i in range(n)
+            for j in range(n)
+        )
+    if not ok:
+        raise ValueError(
+            f"{owner}.nvlink_links: must be a square, symmetric matrix of whole link counts "
+            "(0 or more) with zeros on the diagonal"
+        )
+    return rows
 
 
 def _number(value: Any, key: str) -> float:
@@ -205,6 +275,7 @@ def get_cluster(gpu_name: str) -> ClusterSpec:
         inter_node_latency_s=float(c["inter_node_latency_s"]),
         price_per_gpu_hour_usd=float(c["price_per_gpu_hour_usd"]),
         name=gpu.name,
+        nvlink_links=c.get("nvlink_links"),
     )
 
 
