@@ -56,3 +56,18 @@ def test_another_node_size_drops_the_link_matrix():
     assert v100.with_overrides(gpus_per_node=4).nvlink_links is None
     assert v100.with_overrides(gpus_per_node=8).nvlink_links == v100.nvlink_links
     assert v100.to_dict()["nvlink_links"][0] == [0, 1, 1, 2, 2, 0, 0, 0]
+
+
+def test_pipeline_sends_on_dgx1_get_the_fewest_direct_links():
+    v100 = get_cluster("v100-32gb")
+    # neighbours one GPU apart: GPUs 3 and 4 share no link (NCCL relays: one link's worth);
+    # four apart: GPUs 2-6 and 3-7 share one
+    assert v100.pair_link_share(1) * 6 == pytest.approx(1)
+    assert v100.pair_link_share(4) * 6 == pytest.approx(1)
+    assert get_cluster("a100-80gb").pair_link_share(4) == 1.0
+    ops = OpModel(load_profile("v100-32gb"), v100, Setup(dtype="fp16", attention="unfused"))
+    flat = OpModel(ops.profile, replace(v100, nvlink_links=None), ops.setup)
+    big = float(1 << 30)
+    ratio = ops.p2p_s(big, False, 2) / flat.p2p_s(big, False, 2)
+    assert ratio == pytest.approx(6.0, rel=0.01)
+    assert ops.p2p_s(big, True, 8) == flat.p2p_s(big, True, 8)  # across nodes: the adapters

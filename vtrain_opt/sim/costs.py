@@ -317,4 +317,4 @@ def p2p_costs(
     """
     nbytes = _f(mb) * model.seq_length * model.hidden_size * ops.setup.act_bytes / _f(tp)
     inter = tp * dp * pp > ops.cluster.gpus_per_node
-    return np.where(pp > 1, ops.p2p_s(nbytes, inter), 0.0)
+    return np.where(pp > 1, ops.p2p_s(nbytes, inter, tp * dp), 0.0)

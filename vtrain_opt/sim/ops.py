@@ -182,13 +182,19 @@ class OpModel:
         t = self._override(kind, t, nbytes=nbytes, group=group, per_node=per_node)
         return np.where(group > 1, t, 0.0)
 
-    def p2p_s(self, nbytes: ArrayLike, inter_node: ArrayLike) -> np.ndarray:
-        """Point-to-point send/recv between pipeline stages, every GPU of a node sending at once."""
+    def p2p_s(self, nbytes: ArrayLike, inter_node: ArrayLike, stride: ArrayLike = 0) -> np.ndarray:
+        """Point-to-point send/recv between pipeline stages, every GPU of a node sending at once
+        to the GPU ``stride`` further on (0: unknown, as behind a switch)."""
         c, p = self.cluster, self.profile
+        share: np.ndarray | float = 1.0
+        if c.nvlink_links is not None:
+            st = np.asarray(stride, dtype=np.int64)
+            uniq, inverse = np.unique(st, return_inverse=True)
+            share = np.array([c.pair_link_share(int(x)) for x in uniq])[inverse].reshape(st.shape)
         bw = np.where(
             inter_node,
             c.nic_bytes_per_s_per_gpu * p.network_efficiency,
-            c.intra_bytes_per_s * p.nvlink_efficiency,
+            c.intra_bytes_per_s * p.nvlink_efficiency * share,
         )
         lat = np.where(inter_node, c.inter_node_latency_s, c.intra_node_latency_s)
         t = p.collective_latency_s + lat + np.asarray(nbytes, dtype=np.float64) / bw

@@ -157,6 +157,18 @@ class ClusterSpec:
             )
         return max(rings, 1) / per_gpu
 
+    def pair_link_share(self, stride: int) -> float:
+        """Share of a GPU's NVLink bandwidth for sends to the GPU ``stride`` further on, when
+        every GPU of the node sends at once (pipeline neighbours, tp*dp apart): 1 behind a
+        switch; on a mesh, the pair with the fewest direct links binds (one link's worth
+        where NCCL relays through a peer)."""
+        links = self.nvlink_links
+        if links is None or stride < 1 or stride >= len(links):
+            return 1.0
+        per_gpu = max(sum(row) for row in links)
+        fewest = min(links[g][g + stride] for g in range(len(links) - stride))
+        return max(fewest, 1) / per_gpu
+
     @property
     def nic_bytes_per_s_per_gpu(self) -> float:
         """Inter-node bandwidth available to one GPU when every GPU of a node sends at once."""
