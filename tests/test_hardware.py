@@ -22,9 +22,12 @@ def test_dgx1_rings_are_bounded_by_the_links_inside_the_group():
     # consecutive GPUs (tp groups, nccl-tests' default devices): of 6 links per GPU
     shares = [v100.ring_link_share(n) * 6 for n in range(2, 9)]
     assert shares == pytest.approx([1, 2, 4, 1, 2, 4, 6])
-    # data-parallel groups tp apart: GPUs 0, 2, 4, 6 and GPUs 0, 4
+    # data-parallel groups tp apart, all at once: GPUs 0, 2, 4, 6 (and 1, 3, 5, 7) get 2;
+    # pairs 4 apart: 0-4 and 1-5 have two links, 2-6 and 3-7 one, and the worst binds
     assert v100.ring_link_share(4, 2) * 6 == pytest.approx(2)
-    assert v100.ring_link_share(2, 4) * 6 == pytest.approx(2)
+    assert v100.ring_link_share(2, 4) * 6 == pytest.approx(1)
+    # a group that does not tile the node starts at GPU 0, as nccl-tests' does
+    assert v100.ring_link_share(3) * 6 == pytest.approx(2)
 
 
 def test_collectives_use_the_ring_share_and_the_stride():

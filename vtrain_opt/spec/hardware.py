@@ -127,26 +127,34 @@ class ClusterSpec:
 
     def ring_link_share(self, members: int, stride: int = 1) -> float:
         """Share of a GPU's NVLink bandwidth that NCCL's rings get in a group of ``members``
-        GPUs of one node, ``stride`` apart from GPU 0 (Megatron's layout: tp groups stride 1,
-        data-parallel groups stride tp).
+        GPUs of one node, ``stride`` apart (Megatron's layout: tp groups stride 1,
+        data-parallel groups stride tp). When the groups tile the node, all of them run at
+        once and the worst one binds; otherwise the group starts at GPU 0 (nccl-tests).
 
         Behind a switch every link serves the group: 1. On a point-to-point mesh (DGX-1's
         hybrid cube-mesh) each of NCCL's rings enters a member over one direct link and
         leaves it over a link to another member; a link carries one ring each way. A member
-        with d links to the group, m of them to its best-connected peer, so passes at most
+        with d links to the group, m of them to its best-connected peer, passes at most
         min(d, 2 (d - m)) rings; two GPUs, the links between them. Where no direct ring
         exists NCCL relays through a peer: one link's worth. On DGX-1V this gives 1, 2, 4, 1,
-        2, 4 and 6 of the 6 links for 2 to 8 GPUs; nccl-tests measure 1.0, 2.0, 3.8, 1.6,
-        2.0, 3.9 and 6.0.
+        2, 4 and 6 of the 6 links for GPUs 0 to 1 ... 0 to 7; nccl-tests measure 1.0, 2.0,
+        3.8, 1.6, 2.0, 3.9 and 6.0.
         """
         links = self.nvlink_links
         if links is None or members <= 1:
             return 1.0
-        ids = [i * stride for i in range(members)]
-        if ids[-1] >= len(links):
+        n, span = len(links), members * stride
+        if span > n:
             return 1.0  # the group does not fit in the node's matrix: keep the switch figure
-        per_gpu = max(sum(row) for row in links)
-        if members == 2:
+        starts = [b + o for b in range(0, n, span) for o in range(stride)] if n % span == 0 else [0]
+        groups = [[s + k * stride for k in range(members)] for s in starts]
+        worst = min(self._rings(links, ids) for ids in groups)
+        return worst / max(sum(row) for row in links)
+
+    @staticmethod
+    def _rings(links: tuple[tuple[int, ...], ...], ids: list[int]) -> int:
+        """NCCL rings through the GPUs ``ids`` over direct links (at least one, relayed)."""
+        if len(ids) == 2:
             rings = links[ids[0]][ids[1]]
         else:
             rings = min(
@@ -155,7 +163,7 @@ class ClusterSpec:
                     (sum(links[i][j] for j in ids), max(links[i][j] for j in ids)) for i in ids
                 )
             )
-        return max(rings, 1) / per_gpu
+        return max(rings, 1)
 
     def pair_link_share(self, stride: int) -> float:
         """Share of a GPU's NVLink bandwidth for sends to the GPU ``stride`` further on, when
