@@ -18,6 +18,7 @@ efficiencies:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -130,13 +131,9 @@ class OpModel:
 
     def _link_share(self, members: np.ndarray, stride: ArrayLike) -> np.ndarray | float:
         """``ClusterSpec.ring_link_share`` of every (members, stride) pair; 1 behind a switch."""
-        c = self.cluster
-        if c.nvlink_links is None:
+        if self.cluster.nvlink_links is None:
             return 1.0
-        m, st = np.broadcast_arrays(members.astype(np.int64), np.asarray(stride, dtype=np.int64))
-        pairs, inverse = np.unique(np.stack([m.ravel(), st.ravel()]), axis=1, return_inverse=True)
-        share = np.array([c.ring_link_share(int(a), int(b)) for a, b in pairs.T])
-        return share[inverse.ravel()].reshape(m.shape)
+        return _per_distinct(self.cluster.ring_link_share, members, stride)
 
     def collective_s(
         self,
@@ -186,11 +183,7 @@ class OpModel:
         """Point-to-point send/recv between pipeline stages, every GPU of a node sending at once
         to the GPU ``stride`` further on (0: unknown, as behind a switch)."""
         c, p = self.cluster, self.profile
-        share: np.ndarray | float = 1.0
-        if c.nvlink_links is not None:
-            st = np.asarray(stride, dtype=np.int64)
-            uniq, inverse = np.unique(st, return_inverse=True)
-            share = np.array([c.pair_link_share(int(x)) for x in uniq])[inverse].reshape(st.shape)
+        share = 1.0 if c.nvlink_links is None else _per_distinct(c.pair_link_share, stride)
         bw = np.where(
             inter_node,
             c.nic_bytes_per_s_per_gpu * p.network_efficiency,
@@ -199,6 +192,14 @@ class OpModel:
         lat = np.where(inter_node, c.inter_node_latency_s, c.intra_node_latency_s)
         t = p.collective_latency_s + lat + np.asarray(nbytes, dtype=np.float64) / bw
         return self._override("send_recv", t, nbytes=nbytes, inter_node=inter_node)
+
+
+def _per_distinct(fn: Callable[..., float], *args: ArrayLike) -> np.ndarray:
+    """``fn`` of integer arguments, evaluated once per distinct combination of them."""
+    cols = np.broadcast_arrays(*(np.asarray(a, dtype=np.int64) for a in args))
+    keys, inverse = np.unique(np.stack([c.ravel() for c in cols]), axis=1, return_inverse=True)
+    values = np.array([fn(*(int(x) for x in key)) for key in keys.T])
+    return values[inverse.ravel()].reshape(cols[0].shape)
 
 
 def members_per_node(group: np.ndarray, stride: np.ndarray, gpus_per_node: int) -> np.ndarray:
