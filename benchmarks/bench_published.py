@@ -13,14 +13,17 @@ from __future__ import annotations
 
 import argparse
 
-import numpy as np
+import pandas as pd
 
+from vtrain_opt.calibrate import mape_pct
 from vtrain_opt.profiles import load_profile
 from vtrain_opt.published import MEGATRON_2021, predict_published
 
 
-def mape_pct(ratio: np.ndarray) -> float:
-    return float(np.mean(np.abs(ratio - 1.0)) * 100.0)
+def error(df: pd.DataFrame) -> str:
+    """Mean error over the table and the range of predicted/published."""
+    mape = mape_pct(df["predicted_tflops"].to_numpy(), df["tflops_per_gpu"].to_numpy())
+    return f"MAPE {mape:.2f}%, ratios {df['ratio'].min():.3f}-{df['ratio'].max():.3f}"
 
 
 def main() -> None:
@@ -40,21 +43,13 @@ def main() -> None:
             f"{r['tflops_per_gpu']:8.0f}   {r['predicted_tflops']:8.1f} ({r['micro_batch']})"
             f"   {r['ratio']:.3f}"
         )
-    print(
-        f"  MAPE {mape_pct(df['ratio'].to_numpy()):.2f}%, "
-        f"ratios {df['ratio'].min():.3f}-{df['ratio'].max():.3f}"
-    )
+    print(f"  {error(df)}")
     variants = {
         "node_straggler = 0": (profile.with_params(node_straggler=0.0), False),
         "gradient all-reduce overlapped": (profile, True),
     }
     for label, (prof, overlap) in variants.items():
-        v = predict_published(prof, dp_overlap=overlap)
-        ratio = v["ratio"].to_numpy()
-        print(
-            f"  with {label}: MAPE {mape_pct(ratio):.2f}%, "
-            f"ratios {ratio.min():.3f}-{ratio.max():.3f}"
-        )
+        print(f"  with {label}: {error(predict_published(prof, dp_overlap=overlap))}")
 
 
 if __name__ == "__main__":
