@@ -18,6 +18,7 @@ TRUTH = {
     "microbatch_overhead_s": 1.5e-3,
     "network_efficiency": 0.72,
     "node_straggler": 0.03,
+    "unfused_softmax_host_ops": 9.0,
 }
 
 
@@ -58,6 +59,7 @@ def test_fit_recovers_known_parameters(synthetic):
         microbatch_overhead_s=0.2e-3,
         network_efficiency=0.9,
         node_straggler=0.0,
+        unfused_softmax_host_ops=4.0,
     )
     result = fit(predictor, start, list(TRUTH))
     for name, value in TRUTH.items():

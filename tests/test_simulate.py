@@ -1,5 +1,7 @@
 """The vectorized core: breakdown, physics sanity, infeasible plans, costs, chunking."""
 
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -8,8 +10,9 @@ import vtrain_opt.sim.step as step
 from vtrain_opt import ParallelPlan, PlanBatch, Setup, get_cluster, get_model, simulate
 from vtrain_opt.console import BREAKDOWN as CONSOLE_BREAKDOWN
 from vtrain_opt.profiles import load_profile
-from vtrain_opt.sim.costs import layer_costs, straggler_factor
+from vtrain_opt.sim.costs import HOST_OPS_PER_LAYER, layer_costs, straggler_factor
 from vtrain_opt.sim.step import make_context, simulate_arrays
+from vtrain_opt.spec.model import ModelSpec
 
 BREAKDOWN = [key for key, _ in CONSOLE_BREAKDOWN]  # the parts the tables show
 A100 = get_cluster("a100-80gb")
@@ -213,3 +216,24 @@ def test_backward_tp_collectives_run_behind_the_weight_gradients():
     np.testing.assert_allclose(lc.bwd_comm_s, expected, rtol=1e-12)
     assert (lc.bwd_comm_s < lc.fwd_comm_s).all()
     assert (lc.recompute_comm_s == lc.fwd_comm_s).all()  # the recomputed forward's: exposed
+
+
+def test_the_unfused_softmax_path_costs_host_time_only_where_megatron_takes_it():
+    # Megatron's fused softmax needs micro-batch x heads/tp to be a multiple of 4: with 16
+    # heads at tp 8, micro-batch 1 (2 score matrices) takes PyTorch's path, 2 (4) does not.
+    # A small model on one GPU's share is host-bound, so the extra dispatch shows in full.
+    small = ModelSpec("gpt", 12, 1024, 16, 50257, 1024, name="small")
+    ops = make_context(small, A100, setup=Setup(dtype="fp16", attention="unfused")).ops
+    mb, tp = np.array([1, 2]), np.array([8, 8])
+    args = (np.array([False, False]), np.array([2, 2]))
+
+    def stall(extra_ops: float) -> np.ndarray:
+        o = replace(ops, profile=ops.profile.with_params(unfused_softmax_host_ops=extra_ops))
+        lc = layer_costs(small, o, mb, tp, *args)
+        return lc.host_stall_fwd_s + lc.host_stall_bwd_s
+
+    few, many = stall(4.0), stall(12.0)
+    # 8 more ops in each of the 4 passes (forward, recomputed forward, backward counted twice)
+    extra_host_s = 4 * 8.0 / HOST_OPS_PER_LAYER * ops.profile.host_layer_s
+    assert 0.5 * extra_host_s < many[0] - few[0] <= extra_host_s * (1 + 1e-9)
+    assert many[1] == few[1]  # the fused kernel: no extra ops

@@ -110,6 +110,16 @@ PARAM_DEFS: dict[str, ParamDef] = {
             "shorter runs at the host's pace (launch-bound)",
         ),
         ParamDef(
+            "unfused_softmax_host_ops",
+            "layer ops",
+            0.0,
+            24.0,
+            "host dispatch cost of PyTorch's unfused softmax path (upcast, scale, mask-fill, "
+            "softmax, downcast and their autograd nodes), which Megatron takes when micro-batch "
+            "x heads/tp is not a multiple of 4, beyond the one fused kernel: in units of the "
+            "~24 ops a layer's forward dispatches (host_layer_s); at least its 4 extra kernels",
+        ),
+        ParamDef(
             "host_overlap",
             "exponent",
             1.0,

@@ -150,7 +150,8 @@ def layer_costs(
         # Megatron's fused scale-mask-softmax kernel runs only when b * heads/tp is a multiple
         # of 4 (and 16 < s <= 4096); otherwise PyTorch's path upcasts to fp32 and runs scale,
         # mask-fill, softmax and casts as separate kernels: about 37 (forward) and 41
-        # (backward) bytes per score instead of 2A and 3A, and 4 more ops to dispatch each.
+        # (backward) bytes per score instead of 2A and 3A, and more ops to dispatch in each
+        # pass (``unfused_softmax_host_ops``, in units of a layer's HOST_OPS_PER_LAYER).
         fused = (np.mod(bh, 4) == 0) & (16 < s <= 4096) & (s % 4 == 0)
         softmax_fwd = np.where(
             fused,
@@ -162,7 +163,7 @@ def layer_costs(
             ops.memory_s(3 * scores_bytes, 1, "softmax_bwd"),
             ops.memory_s(elems * (a_bytes + 39.0), 5, "softmax_bwd"),
         )
-        softmax_host_ops = np.where(fused, 0.0, 4.0)
+        softmax_host_ops = np.where(fused, 0.0, ops.profile.unfused_softmax_host_ops)
         attn_fwd = (
             ops.gemm_s(s, s, d, batch=bh)  # Q K^T
             + softmax_fwd
