@@ -5,6 +5,8 @@ Prints, for the calibration half in ../shared/data (absent: says so and exits):
     predicted by a fit that never saw it), and the training MAPE;
   * groups (GPU count, tp, pp, micro-batch, model) whose cross-validated predictions are
     off by more than 10% on average;
+  * measured runs their neighbours contradict (``vtrain_opt.consistency``), and the CV
+    MAPE without them;
   * the intra-node all-reduce model against the nccl-tests sweeps, per group size and
     message-size band (fitted on the sweeps, as the shipped profile is);
   * the fitted profile against Megatron-LM's published weak-scaling runs (never fitted).
@@ -26,7 +28,7 @@ from vtrain_opt.nccl import error_table, read_sweeps
 from vtrain_opt.profiles import load_profile
 from vtrain_opt.published import predict_published
 from vtrain_opt.spec.hardware import get_cluster
-from vtrain_opt.validation import ValidationReport
+from vtrain_opt.validation import ValidationReport, validate
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -84,6 +86,24 @@ def main() -> None:
             for _, r in g.head(5).iterrows()
         ]
         print(f"    {Path(file).name}: " + "; ".join(items))
+    # runs a neighbouring run contradicts (vtrain_opt/consistency.py): error that no model
+    # taking at most c times as long for c times the work can remove
+    contra = validate(m, cal.predictor, cal.profile).contradictions()
+    print("  measured runs their neighbours contradict:")
+    for _, r in contra.iterrows():
+        print(
+            f"    {Path(r['file']).name} row {r['row']} (tp {r['tp']}, mb {r['micro_batch']}, "
+            f"{r['measured_s']:.2f} s) against row {r['row_other']} (tp {r['tp_other']}, mb "
+            f"{r['micro_batch_other']}): {r['excess']:.2f}x its bound of {r['bound_s']:.2f} s"
+        )
+    if contra.empty:
+        print("    none")
+    else:
+        keep = ~rows.set_index(["file", "row"]).index.isin(contra.set_index(["file", "row"]).index)
+        for f, g in rows[keep].groupby("file"):
+            print(
+                f"  {Path(f).name} without them: CV MAPE {g['ape_pct'].mean():.2f}% ({len(g)} rows)"
+            )
 
     sweep = read_sweeps(SHARED / "nccl", "a100")
     table = error_table(sweep, cal.profile, get_cluster("a100-80gb"))

@@ -3,7 +3,7 @@
 These are the calibration half, which the shipped A100 profile was fitted on, so the
 figures here are training errors; cross-validated errors are measured by
 ``benchmarks/bench_fidelity.py``. The thresholds sit just above what the shipped profile
-reaches (single-node 5.51%, multi-node 7.53%, NCCL 2.99%) so a regression shows; they are
+reaches (single-node 5.20%, multi-node 7.51%, NCCL 2.99%) so a regression shows; they are
 also the issue's targets (6% and 8%).
 """
 
@@ -43,10 +43,23 @@ def test_shipped_profile_on_calibration_half(report):
 
 def test_no_large_model_or_gpu_count_group_is_biased(report):
     # groups by model and GPU count stay within 15%; the known outliers are listed in the
-    # README (tp=8 on one node, tp=2 of the 39.1B model)
+    # README (tp=2 of the 39.1B model, micro-batch 64 on 64 GPUs)
     for key in ("model", "num_gpus", "pp"):
         agg = report.by_group(key)
         assert ((agg["mean_ratio"] - 1).abs() < 0.15).all(), agg
+    # on one node no group is off by more than 10% (tp=8 was, at 0.89x, before the host
+    # cost of the unfused softmax path was fitted)
+    biased = report.biased_groups()
+    assert not biased["file"].str.contains("single_node").any(), biased
+
+
+def test_the_runs_their_neighbours_contradict(report):
+    # the 39.1B runs at tp 2 / pp 16 / micro-batch 2 and 3 against the same runs at tp 4,
+    # and the 3.6B run with one micro-batch of 64 against 16 micro-batches of 4
+    out = report.contradictions()
+    assert out["file"].str.endswith("multi_node.csv").all()
+    assert set(out["row"]) == {10, 23, 27}
+    assert (out["excess"] > 1.3).all()
 
 
 def test_nccl_sweeps_per_size_band(shared_data):

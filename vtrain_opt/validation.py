@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from vtrain_opt.calibrate import Predictor
+from vtrain_opt.consistency import contradictions
 from vtrain_opt.measurements import MeasurementSet
 from vtrain_opt.profiles import Profile
 
@@ -111,6 +112,11 @@ class ValidationReport:
         excess = rows["memory_per_gpu_bytes"] / rows["memory_capacity_bytes"]
         return rows.assign(memory_excess=excess).sort_values("memory_excess", ascending=False)
 
+    def contradictions(self, tolerance: float = 0.10) -> pd.DataFrame:
+        """Rows a neighbouring run contradicts (``consistency.contradictions``): no model
+        that charges at most c times as long for c times the work fits both within 10%."""
+        return contradictions(self.rows, tolerance)
+
     def worst(self, n: int = WORST) -> pd.DataFrame:
         return self.rows.sort_values("ape_pct", ascending=False).head(n)
 
@@ -152,6 +158,7 @@ class ValidationReport:
             "memory_per_gpu_bytes",
         ]
         over = self.over_memory()
+        contra = self.contradictions()
         out = {
             "mape_pct": self.mape_pct,
             "n_rows": len(self.rows),
@@ -169,6 +176,10 @@ class ValidationReport:
                     "memory_capacity_bytes": float(r["memory_capacity_bytes"]),
                 }
                 for _, r in over.iterrows()
+            ],
+            "n_contradictions": len(contra),
+            "contradictions": [
+                {k: _plain(v) for k, v in r.items()} for r in contra.to_dict("records")
             ],
             "rows": [
                 {k: _plain(v) for k, v in r.items()} for r in self.rows[cols].to_dict("records")
@@ -193,7 +204,14 @@ def validate(
     measurements: MeasurementSet, predictor: Predictor, profile: Profile
 ) -> ValidationReport:
     cols = predictor.predict_columns(
-        profile, ("iteration_time_s", "memory_per_gpu_bytes", "memory_capacity_bytes")
+        profile,
+        (
+            "iteration_time_s",
+            "memory_per_gpu_bytes",
+            "memory_capacity_bytes",
+            "dp_comm_s",
+            "optimizer_s",
+        ),
     )
     predicted = cols["iteration_time_s"]
     measured = measurements.measured_s
@@ -203,6 +221,11 @@ def validate(
     # every measured run did fit: rows the memory model puts over capacity show its error
     rows["memory_per_gpu_bytes"] = cols["memory_per_gpu_bytes"]
     rows["memory_capacity_bytes"] = cols["memory_capacity_bytes"]
+    # what follows the pipeline (gradient all-reduce, optimizer, bookkeeping): the one
+    # predicted part of the consistency bound between measured rows
+    rows["after_pipeline_s"] = (
+        cols["dp_comm_s"] + cols["optimizer_s"] + profile.iteration_overhead_s
+    )
     rows["ape_pct"] = np.abs(predicted - measured) / measured * 100
     rows["ratio"] = predicted / measured
     rows["model"] = (

@@ -155,6 +155,20 @@ def run(args: argparse.Namespace) -> int:
             for _, r in biased.iterrows()
         ]
         con.print("[yellow]groups off by more than 10% on average:[/yellow] " + "; ".join(items))
+    contra = report.contradictions()
+    if len(contra):
+        items = [
+            f"{str(r['file']).rsplit('/', 1)[-1]}:{r['row']} (tp {r['tp']}, mb "
+            f"{r['micro_batch']}: {r['measured_s']:.2f} s) against :{r['row_other']} (tp "
+            f"{r['tp_other']}, mb {r['micro_batch_other']}: {r['measured_other_s']:.2f} s), "
+            f"{r['excess']:.2f}x its bound of {r['bound_s']:.2f} s"
+            for _, r in contra.iterrows()
+        ]
+        con.print(
+            "[yellow]measured runs their neighbours contradict[/yellow] (no model that takes "
+            "at most c times as long for c times the work fits both within 10%): "
+            + "; ".join(items)
+        )
     if args.plot:
         con.print(f"plot written to {args.plot}")
     return 0

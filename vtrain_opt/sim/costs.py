@@ -94,6 +94,13 @@ def _overlap(host_s: np.ndarray, gpu_s: np.ndarray, sharpness: float) -> np.ndar
         return hi * (1.0 + np.where(hi > 0, lo / hi, 0.0) ** k) ** (1.0 / k)
 
 
+def fused_softmax(batch_heads: np.ndarray, seq_length: np.ndarray | float) -> np.ndarray:
+    """Whether Megatron's fused scale-mask-softmax kernel runs: micro-batch x local heads a
+    multiple of 4 and 16 < s <= 4096 with s a multiple of 4; else PyTorch's unfused path."""
+    s = np.asarray(seq_length)
+    return (np.mod(batch_heads, 4) == 0) & (s > 16) & (s <= 4096) & (np.mod(s, 4) == 0)
+
+
 def straggler_factor(node_straggler: float, nodes: np.ndarray) -> np.ndarray:
     """How much longer GPU work takes when a synchronous step spans ``nodes`` nodes whose
     speeds vary with relative spread ``node_straggler``: it runs at the slowest node's pace.
@@ -152,7 +159,7 @@ def layer_costs(
         # mask-fill, softmax and casts as separate kernels: about 37 (forward) and 41
         # (backward) bytes per score instead of 2A and 3A, and more ops to dispatch in each
         # pass (``unfused_softmax_host_ops``, in units of a layer's HOST_OPS_PER_LAYER).
-        fused = (np.mod(bh, 4) == 0) & (16 < s <= 4096) & (s % 4 == 0)
+        fused = fused_softmax(bh, s)
         softmax_fwd = np.where(
             fused,
             ops.memory_s(2 * scores_bytes, 1, "softmax"),
