@@ -74,3 +74,34 @@ def test_pipeline_sends_on_dgx1_get_the_fewest_direct_links():
     ratio = ops.p2p_s(big, False, 2) / flat.p2p_s(big, False, 2)
     assert ratio == pytest.approx(6.0, rel=0.01)
     assert ops.p2p_s(big, True, 8) == flat.p2p_s(big, True, 8)  # across nodes: the adapters
+
+
+def test_groups_spanning_nodes_take_the_faster_of_ring_and_hierarchy():
+    # four 200 Gbit/s adapters per node (vTrain's cluster): the adapters bind, not NVLink
+    a100 = get_cluster("a100-80gb").with_overrides(inter_node_gbps=800)
+    ops = OpModel(load_profile("a100-80gb"), a100, Setup(dtype="fp16", attention="unfused"))
+    p = ops.profile
+    big = float(1 << 30)
+    nic = a100.nic_bytes_per_s_per_gpu * p.network_efficiency
+    nvlink = a100.intra_bytes_per_s * p.nvlink_efficiency
+
+    def wire_s(group: int, per_node: int) -> float:
+        fixed = ops.collective_s("all_reduce", 0.0, group, per_node)
+        return float(ops.collective_s("all_reduce", big, group, per_node) - fixed)
+
+    copy_s = p.collective_hbm_passes * big / a100.gpu.hbm_bytes_per_s
+    # 16 GPUs on 2 nodes (tp 16): the flat ring moves 2 * 15/16 of the buffer over the
+    # adapters, the hierarchy 2 * 1/2 over them plus 2 * 7/8 over NVLink, and is faster
+    ring = 2 * 15 / 16 * big / (8 * nic)
+    tree = 2 * big * (1 / 2 / (8 * nic) + 7 / 8 / nvlink)
+    assert tree < ring
+    assert wire_s(16, 8) == pytest.approx(tree + copy_s, rel=1e-12)
+    # one GPU per node (a data-parallel group tp=8 apart): the ring is the hierarchy
+    assert wire_s(64, 1) == pytest.approx(2 * 63 / 64 * big / nic + copy_s, rel=1e-12)
+    # inside a node nothing changes: the ring over NVLink
+    assert wire_s(8, 8) == pytest.approx(2 * 7 / 8 * big / nvlink + copy_s, rel=1e-12)
+    # with eight adapters per node the ring's 200 GB/s beats the hierarchy's NVLink leg
+    fast = OpModel(p, get_cluster("a100-80gb").with_overrides(inter_node_gbps=1600), ops.setup)
+    fixed = fast.collective_s("all_reduce", 0.0, 16, 8)
+    ring = 2 * 15 / 16 * big / (16 * nic)
+    assert fast.collective_s("all_reduce", big, 16, 8) - fixed == pytest.approx(ring + copy_s)

@@ -9,11 +9,12 @@ efficiencies:
 * Flash attention: FLOPs at the attention efficiency (causal masking halves the work).
 * Memory-bound ops (norms, activations, softmax, dropout, residuals, optimizer):
   bytes moved at the profile's fraction of HBM bandwidth, plus per-kernel overhead.
-* Collectives: NCCL's ring/tree volumes (2(n-1)/n of the buffer for all-reduce,
-  (n-1)/n for all-gather and reduce-scatter) at the bus bandwidth of the link tier,
-  plus a fixed launch cost, a per-step link latency, and the HBM traffic of NCCL's
-  copy and reduction kernels (``collective_hbm_passes`` bytes per payload byte, at the
-  datasheet HBM bandwidth).
+* Collectives: NCCL's ring volumes (2(n-1)/n of the buffer for all-reduce, (n-1)/n for
+  all-gather and reduce-scatter) at the bus bandwidth of the link tier, or, for a group
+  spanning k nodes with g > 1 members in each, the hierarchical (tree) schedule when it is
+  faster: 2(k-1)/k across the adapters plus 2(g-1)/g over NVLink; plus a fixed launch
+  cost, a per-step link latency, and the HBM traffic of NCCL's copy and reduction kernels
+  (``collective_hbm_passes`` bytes per payload byte, at the datasheet HBM bandwidth).
 """
 
 from __future__ import annotations
@@ -125,9 +126,16 @@ class OpModel:
         c, p = self.cluster, self.profile
         group = np.asarray(group, dtype=np.float64)
         per_node = np.asarray(per_node, dtype=np.float64)
-        intra = c.intra_bytes_per_s * p.nvlink_efficiency * self._link_share(per_node, stride)
+        intra = self._nvlink_bytes_per_s(per_node, stride)
         inter = np.minimum(intra, per_node * c.nic_bytes_per_s_per_gpu * p.network_efficiency)
         return np.where(per_node >= group, intra, inter)
+
+    def _nvlink_bytes_per_s(self, members: np.ndarray, stride: ArrayLike) -> np.ndarray:
+        """Bus bandwidth of a group of ``members`` GPUs inside one node."""
+        c = self.cluster
+        return (
+            c.intra_bytes_per_s * self.profile.nvlink_efficiency * self._link_share(members, stride)
+        )
 
     def _link_share(self, members: np.ndarray, stride: ArrayLike) -> np.ndarray | float:
         """``ClusterSpec.ring_link_share`` of every (members, stride) pair; 1 behind a switch."""
@@ -152,12 +160,10 @@ class OpModel:
         group = np.asarray(group, dtype=np.float64)
         per_node = np.minimum(np.asarray(per_node, dtype=np.float64), group)
         if kind == "all_reduce":
-            volume = 2.0 * (group - 1) / np.maximum(group, 1)
-            ring_steps = 2.0 * (group - 1)
+            phases = 2.0  # reduce-scatter, then all-gather
             passes = self.profile.collective_hbm_passes
         elif kind in ("all_gather", "reduce_scatter"):
-            volume = (group - 1) / np.maximum(group, 1)
-            ring_steps = group - 1
+            phases = 1.0
             passes = 0.5 * self.profile.collective_hbm_passes
         else:
             raise ValueError(f"unknown collective {kind!r}")
@@ -165,12 +171,26 @@ class OpModel:
         nbytes = np.asarray(nbytes, dtype=np.float64)
         intra = per_node >= group
         # Across nodes NCCL switches to trees/hierarchical rings: log-depth latency.
-        steps = np.where(intra, ring_steps, 2.0 * np.ceil(np.log2(np.maximum(group, 2))))
+        steps = np.where(intra, phases * (group - 1), 2.0 * np.ceil(np.log2(np.maximum(group, 2))))
         hop_s = np.where(intra, c.intra_node_latency_s, c.inter_node_latency_s)
+        # The flat ring moves phases (n-1)/n of the buffer over the slowest link tier. A group
+        # spanning k nodes with g members in each can instead run hierarchically (NCCL's
+        # tree: a chain inside each node, a tree across nodes): only phases (k-1)/k of the
+        # buffer crosses each node's adapters, plus phases (g-1)/g over NVLink inside the
+        # node. NCCL's tuner takes the faster; the two agree for k = 1 or g = 1.
+        g = np.maximum(per_node, 1.0)
+        k = np.ceil(group / g)
+        bus = self.bus_bytes_per_s(group, per_node, stride)
+        ring_s = phases * (group - 1) / np.maximum(group, 1) * nbytes / bus
+        tree_s = (
+            phases
+            * nbytes
+            * ((k - 1) / k / bus + (g - 1) / g / self._nvlink_bytes_per_s(g, stride))
+        )
         t = (
             self.profile.collective_latency_s
             + steps * hop_s
-            + volume * nbytes / self.bus_bytes_per_s(group, per_node, stride)
+            + np.minimum(ring_s, tree_s)
             # NCCL's copy and reduction kernels, at the datasheet HBM bandwidth (the fitted
             # passes absorb their efficiency, so the collective fit stays independent of the
             # memory efficiency fitted to iteration times)
