@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from vtrain_opt.calibrate import RunSetup, calibrate, mape_pct
+from vtrain_opt.consistency import describe
 from vtrain_opt.nccl import error_table, read_sweeps
 from vtrain_opt.profiles import load_profile
 from vtrain_opt.published import predict_published
@@ -91,11 +92,7 @@ def main() -> None:
     contra = validate(m, cal.predictor, cal.profile).contradictions()
     print("  measured runs their neighbours contradict:")
     for _, r in contra.iterrows():
-        print(
-            f"    {Path(r['file']).name} row {r['row']} (tp {r['tp']}, mb {r['micro_batch']}, "
-            f"{r['measured_s']:.2f} s) against row {r['row_other']} (tp {r['tp_other']}, mb "
-            f"{r['micro_batch_other']}): {r['excess']:.2f}x its bound of {r['bound_s']:.2f} s"
-        )
+        print(f"    {describe(r)}")
     if contra.empty:
         print("    none")
     else:

@@ -3,7 +3,7 @@
 import pandas as pd
 import pytest
 
-from vtrain_opt.consistency import contradictions
+from vtrain_opt.consistency import contradictions, describe
 
 
 def runs(*plans: tuple[int, int, int, int, float], heads: int = 16, pp: int = 1) -> pd.DataFrame:
@@ -39,6 +39,10 @@ def test_one_large_micro_batch_is_bounded_by_many_small_ones():
     assert (r["row"], r["row_other"]) == (2, 1)
     assert r["bound_s"] == pytest.approx(5.0 + 0.1)
     assert r["excess"] == pytest.approx(9.0 / 5.1)
+    assert describe(r) == (
+        "m.csv row 2 (tp 8, mb 64: 9.00 s) against row 1 (tp 8, mb 4: 5.00 s): "
+        "1.76x its bound of 5.10 s"
+    )
     # 1.18x over the bound is within what two 10% errors allow (1.1 / 0.9 = 1.22)
     assert contradictions(runs((1, 8, 8, 4, 5.0), (2, 8, 8, 64, 6.0))).empty
 

@@ -82,3 +82,14 @@ def contradictions(rows: pd.DataFrame, tolerance: float = 0.10) -> pd.DataFrame:
     limit = (1 + tolerance) / (1 - tolerance)
     out = pairs[pairs["excess"] > limit]
     return out[RESULT_COLUMNS].sort_values("excess", ascending=False, ignore_index=True)
+
+
+def describe(pair: pd.Series) -> str:
+    """One line for a contradicted row: the two runs, their times and the bound."""
+    name = str(pair["file"]).rsplit("/", 1)[-1]
+    return (
+        f"{name} row {pair['row']} (tp {pair['tp']}, mb {pair['micro_batch']}: "
+        f"{pair['measured_s']:.2f} s) against row {pair['row_other']} (tp {pair['tp_other']}, "
+        f"mb {pair['micro_batch_other']}: {pair['measured_other_s']:.2f} s): "
+        f"{pair['excess']:.2f}x its bound of {pair['bound_s']:.2f} s"
+    )

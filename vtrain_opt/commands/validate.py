@@ -10,6 +10,7 @@ from rich.table import Table
 from vtrain_opt.calibrate import Predictor
 from vtrain_opt.commands.common import add_json_arg, positive_int, print_json
 from vtrain_opt.commands.fidelity_args import add_measurement_args, run_setup
+from vtrain_opt.consistency import describe
 from vtrain_opt.console import console
 from vtrain_opt.measurements import read_measurements
 from vtrain_opt.profiles import load_profile
@@ -157,17 +158,10 @@ def run(args: argparse.Namespace) -> int:
         con.print("[yellow]groups off by more than 10% on average:[/yellow] " + "; ".join(items))
     contra = report.contradictions()
     if len(contra):
-        items = [
-            f"{str(r['file']).rsplit('/', 1)[-1]}:{r['row']} (tp {r['tp']}, mb "
-            f"{r['micro_batch']}: {r['measured_s']:.2f} s) against :{r['row_other']} (tp "
-            f"{r['tp_other']}, mb {r['micro_batch_other']}: {r['measured_other_s']:.2f} s), "
-            f"{r['excess']:.2f}x its bound of {r['bound_s']:.2f} s"
-            for _, r in contra.iterrows()
-        ]
         con.print(
             "[yellow]measured runs their neighbours contradict[/yellow] (no model that takes "
             "at most c times as long for c times the work fits both within 10%): "
-            + "; ".join(items)
+            + "; ".join(describe(r) for _, r in contra.iterrows())
         )
     if args.plot:
         con.print(f"plot written to {args.plot}")

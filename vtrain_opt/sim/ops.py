@@ -123,12 +123,14 @@ class OpModel:
         runs one ring per local member, each over that GPU's share of the node's adapters,
         capped by NVLink.
         """
-        c, p = self.cluster, self.profile
-        group = np.asarray(group, dtype=np.float64)
         per_node = np.asarray(per_node, dtype=np.float64)
-        intra = self._nvlink_bytes_per_s(per_node, stride)
-        inter = np.minimum(intra, per_node * c.nic_bytes_per_s_per_gpu * p.network_efficiency)
-        return np.where(per_node >= group, intra, inter)
+        return self._bus(group, per_node, self._nvlink_bytes_per_s(per_node, stride))
+
+    def _bus(self, group: ArrayLike, per_node: np.ndarray, nvlink: np.ndarray) -> np.ndarray:
+        """``bus_bytes_per_s`` given the group's NVLink bandwidth inside a node."""
+        c, p = self.cluster, self.profile
+        inter = np.minimum(nvlink, per_node * c.nic_bytes_per_s_per_gpu * p.network_efficiency)
+        return np.where(per_node >= np.asarray(group, dtype=np.float64), nvlink, inter)
 
     def _nvlink_bytes_per_s(self, members: np.ndarray, stride: ArrayLike) -> np.ndarray:
         """Bus bandwidth of a group of ``members`` GPUs inside one node."""
@@ -180,13 +182,10 @@ class OpModel:
         # node. NCCL's tuner takes the faster; the two agree for k = 1 or g = 1.
         g = np.maximum(per_node, 1.0)
         k = np.ceil(group / g)
-        bus = self.bus_bytes_per_s(group, per_node, stride)
+        nvlink = self._nvlink_bytes_per_s(g, stride)
+        bus = self._bus(group, g, nvlink)
         ring_s = phases * (group - 1) / np.maximum(group, 1) * nbytes / bus
-        tree_s = (
-            phases
-            * nbytes
-            * ((k - 1) / k / bus + (g - 1) / g / self._nvlink_bytes_per_s(g, stride))
-        )
+        tree_s = phases * nbytes * ((k - 1) / k / bus + (g - 1) / g / nvlink)
         t = (
             self.profile.collective_latency_s
             + steps * hop_s
