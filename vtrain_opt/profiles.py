@@ -50,6 +50,15 @@ PARAM_DEFS: dict[str, ParamDef] = {
             "(prologue/epilogue cost); efficiency factor K/(K+k_half)",
         ),
         ParamDef(
+            "step_gemm_scale",
+            "ratio",
+            0.7,
+            1.3,
+            "time of a GEMM inside a real training step relative to the op model's (a measured "
+            "table's isolated benchmark, or the analytical curve): clocks under sustained load, "
+            "cuBLAS's kernel choice with the bias epilogue, cache state; 1 = as benchmarked",
+        ),
+        ParamDef(
             "attention_efficiency",
             "fraction of dense peak",
             0.1,
@@ -108,6 +117,15 @@ PARAM_DEFS: dict[str, ParamDef] = {
             "host (CPU) time to dispatch one transformer layer's forward: Python, framework and "
             "kernel launches; the backward dispatches twice as much. A layer whose GPU work is "
             "shorter runs at the host's pace (launch-bound)",
+        ),
+        ParamDef(
+            "torch_host_layer_s",
+            "s",
+            0.0,
+            10e-3,
+            "host (CPU) time to dispatch one transformer layer's forward in a plain PyTorch "
+            "model (framework 'torch': nn.Linear, nn.LayerNorm, SDPA, ~20 ops through Python "
+            "and the dispatcher); the backward dispatches twice as much",
         ),
         ParamDef(
             "unfused_softmax_host_ops",

@@ -81,7 +81,7 @@ def _f(x: np.ndarray) -> np.ndarray:
     return np.asarray(x, dtype=np.float64)
 
 
-def _overlap(host_s: np.ndarray, gpu_s: np.ndarray, sharpness: float) -> np.ndarray:
+def overlap(host_s: np.ndarray, gpu_s: np.ndarray, sharpness: float) -> np.ndarray:
     """Time of a pass whose host dispatch and GPU execution overlap imperfectly.
 
     A smooth maximum (host^k + gpu^k)^(1/k): k -> infinity is perfect overlap (the max),
@@ -153,7 +153,7 @@ def layer_costs(
     else:
         scores_bytes = bh * s * s * a_bytes
         elems = bh * s * s
-        dropout = model.has_dropout
+        dropout = ops.setup.dropout_p(model) > 0
         # Megatron's fused scale-mask-softmax kernel runs only when b * heads/tp is a multiple
         # of 4 (and 16 < s <= 4096); otherwise PyTorch's path upcasts to fp32 and runs scale,
         # mask-fill, softmax and casts as separate kernels: about 37 (forward) and 41
@@ -190,12 +190,16 @@ def layer_costs(
     rep = tokens_rep * h * a_bytes  # one replicated activation tensor
     norm = "layernorm" if model.has_bias else "rmsnorm"
     mem_ops: list[tuple[str, np.ndarray, int]] = [(norm, 2 * rep, 2)]  # (op, fwd bytes, count)
-    if model.has_dropout:
-        mem_ops.append(("bias_dropout_add", 3 * rep + tokens_rep * h, 2))  # + 1-byte mask
-        mem_ops.append(("bias_gelu", 2 * tokens * f / t * a_bytes, 1))
+    dropout_mask = tokens_rep * h if ops.setup.dropout_p(model) > 0 else 0.0  # 1-byte mask
+    if model.has_bias or ops.setup.dropout_p(model) > 0:
+        mem_ops.append(("bias_dropout_add", 3 * rep + dropout_mask, 2))
     else:
         mem_ops.append(("residual_add", 3 * rep, 2))
+    if model.swiglu:
         mem_ops.append(("swiglu", 3 * tokens * f / t * a_bytes, 1))  # read gate, up; write
+    else:
+        mem_ops.append(("bias_gelu", 2 * tokens * f / t * a_bytes, 1))
+    if not model.learned_positions:
         mem_ops.append(("rotary", 2 * tokens * (h + kvh) / t * a_bytes, 1))  # on Q and K
     mem_fwd = sum(n * ops.memory_s(nbytes, 1, op) for op, nbytes, n in mem_ops)
     mem_bwd = sum(n * ops.memory_s(2 * nbytes, 2, f"{op}_bwd") for op, nbytes, n in mem_ops)
@@ -229,9 +233,9 @@ def layer_costs(
     kappa = ops.profile.host_collective_wait
     gpu_fwd = fwd_compute + tp_comm
     gpu_bwd = bwd_compute + recompute_compute + bwd_comm + recompute_comm
-    stall_fwd = _overlap(host + kappa * tp_comm, gpu_fwd, ops.profile.host_overlap) - gpu_fwd
+    stall_fwd = overlap(host + kappa * tp_comm, gpu_fwd, ops.profile.host_overlap) - gpu_fwd
     stall_bwd = (
-        _overlap(
+        overlap(
             host * (2.0 + host_recompute) + kappa * (bwd_comm + recompute_comm),
             gpu_bwd,
             ops.profile.host_overlap,

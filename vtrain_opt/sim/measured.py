@@ -56,6 +56,9 @@ MEMORY_OPS = (
     "residual_add_bwd",
     "bias_gelu",
     "bias_gelu_bwd",
+    "gelu",
+    "gelu_bwd",
+    "bias_grad",
     "swiglu",
     "swiglu_bwd",
     "rotary",
@@ -69,6 +72,7 @@ MEMORY_OPS = (
     "cross_entropy",
     "cross_entropy_bwd",
     "optimizer",
+    "adam",
     "memory",
 )
 COLLECTIVES = ("all_reduce", "all_gather", "reduce_scatter")

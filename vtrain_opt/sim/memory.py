@@ -97,7 +97,8 @@ def layer_activation_bytes(
     a = float(setup.act_bytes)
     sbh = s * b * h
     heads = float(model.num_attention_heads)
-    replicated = (4 * a + 2) * sbh if model.has_dropout else 4 * a * sbh
+    dropout = setup.dropout_p(model) > 0
+    replicated = (4 * a + 2) * sbh if dropout else 4 * a * sbh
     replicated = np.where(sp, replicated / t, replicated)
     tp_part = a * s * b * (2 * h + 2 * model.kv_hidden_size)
     tp_part = tp_part + (2 * a if not model.swiglu else 3 * a) * s * b * model.ffn
@@ -105,7 +106,12 @@ def layer_activation_bytes(
     if setup.attention == "flash":
         scores = 4.0 * heads * s * b / t
     else:
-        scores = ((2 * a + 1) if model.has_dropout else a) * heads * s * s * b / t
+        scores = ((2 * a + 1) if dropout else a) * heads * s * s * b / t
+    if setup.torch:
+        # what autograd saves in a plain PyTorch layer (tp = 1): the inputs of both norms,
+        # and of the four Linears, q/k/v and SDPA's own output (its transposed copy is the
+        # projection's input), the MLP's hidden activations, dropout masks
+        replicated = (5 * a + (2 if dropout else 0)) * sbh
     full_layer = replicated + tp_part + scores
     rc = np.asarray(recompute)
     layer_input = np.where(sp, a * sbh / t, a * sbh)
@@ -176,15 +182,20 @@ def memory_per_gpu(
 
     first_chunks = in_flight(p, v, num_microbatches, np.zeros_like(p))
     last_chunks = in_flight(p, v, num_microbatches, p - 1)
-    embed_act = np.where(sp, sbh / t, sbh) if model.has_dropout else 0.0  # embedding dropout mask
+    embed_act = np.where(sp, sbh / t, sbh) if setup.dropout_p(model) > 0 else 0.0  # embedding dropout mask
     # first stage: one embedding output per in-flight micro-batch (chunk 0 of each)
     first_act = (
         first_chunks * layers_per_chunk * stored + embed_act * np.ceil(first_chunks / v) + transient
     )
     vocab_local = np.ceil(model.vocab_size / (128.0 * t)) * 128.0
-    head_act = (
-        a * np.where(sp, sbh / t, sbh) + (a + 4.0) * s * b * vocab_local
-    )  # norm in, logits, fp32 CE
+    if setup.torch:
+        # final norm and head inputs; bf16 logits (returned), their fp32 copy and the
+        # log-softmax cross-entropy keeps
+        head_act = 2 * a * sbh + (a + 8.0) * s * b * float(model.vocab_size)
+    else:
+        head_act = (
+            a * np.where(sp, sbh / t, sbh) + (a + 4.0) * s * b * vocab_local
+        )  # norm in, logits, fp32 CE
     last_act = last_chunks * layers_per_chunk * stored + head_act + transient
     single = p == 1
     first_act = np.where(single, first_act + head_act, first_act)

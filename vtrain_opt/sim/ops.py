@@ -82,7 +82,7 @@ class OpModel:
         assert best is not None
         traffic = (m * k + k * n + m * n) * batch * self.setup.act_bytes
         t = np.maximum(best, traffic / self.memory_bytes_per_s) + p.kernel_overhead_s
-        return self._override("gemm", t, m=m, n=n, k=k, batch=batch)
+        return self._override("gemm", t, m=m, n=n, k=k, batch=batch) * p.step_gemm_scale
 
     def flash_attention_s(
         self, batch_heads: ArrayLike, seq: ArrayLike, head_dim: ArrayLike, backward: bool = False

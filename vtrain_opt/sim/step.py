@@ -35,6 +35,12 @@ from vtrain_opt.sim.costs import (
     p2p_costs,
     straggler_factor,
 )
+from vtrain_opt.sim.costs_torch import (
+    torch_accumulate_s,
+    torch_edge_costs,
+    torch_layer_costs,
+    torch_optimizer_s,
+)
 from vtrain_opt.sim.memory import (
     StageParams,
     layer_activation_bytes,
@@ -45,7 +51,15 @@ from vtrain_opt.sim.ops import OpModel, members_per_node
 from vtrain_opt.sim.schedule import pipeline_times
 from vtrain_opt.spec.hardware import ClusterSpec
 from vtrain_opt.spec.model import ModelSpec
-from vtrain_opt.spec.plan import REASON_OOM, REASONS, RECOMPUTE_MODES, ParallelPlan, PlanBatch
+from vtrain_opt.spec.plan import (
+    REASON_OOM,
+    REASON_TORCH_ONLY_DP,
+    REASONS,
+    RECOMPUTE_MODES,
+    ParallelPlan,
+    PlanBatch,
+    torch_framework_violations,
+)
 from vtrain_opt.spec.setup import Setup
 
 # Megatron-LM's default gradient bucket for overlapping the reduction with the backward.
@@ -129,6 +143,38 @@ class PlanCosts:
     layer_bytes: tuple[np.ndarray, np.ndarray]  # activation bytes per layer: stored, transient
 
 
+def _layer_costs(
+    ctx: SimContext,
+    mb: np.ndarray,
+    tp: np.ndarray,
+    sp: np.ndarray,
+    recompute: np.ndarray,
+    scale: np.ndarray | float = 1.0,
+) -> LayerCosts:
+    """One layer's costs under the setup's framework (its op list)."""
+    if ctx.setup.torch:
+        return torch_layer_costs(ctx.model, ctx.ops, mb, recompute, scale)
+    return layer_costs(ctx.model, ctx.ops, mb, tp, sp, recompute, scale)
+
+
+def _edge_costs(
+    ctx: SimContext, mb: np.ndarray, tp: np.ndarray, sp: np.ndarray, scale: np.ndarray | float = 1.0
+) -> EdgeCosts:
+    """The first and last stages' extra work under the setup's framework."""
+    if ctx.setup.torch:
+        return torch_edge_costs(ctx.model, ctx.ops, mb, scale)
+    return edge_costs(ctx.model, ctx.ops, mb, tp, sp, scale)
+
+
+def _torch_optimizer(
+    ops: OpModel, batch: PlanBatch, params: np.ndarray, dp: np.ndarray, m: np.ndarray
+) -> np.ndarray:
+    """A plain PyTorch step's tail: autograd's gradient accumulation of every micro-batch
+    after the first, then fused AdamW (over a 1/dp shard with ZeRO >= 1)."""
+    local = np.where(batch.zero >= 1, params / dp, params)
+    return (m - 1.0) * torch_accumulate_s(ops, params) + torch_optimizer_s(ops, local)
+
+
 def _decode(key: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(mb, tp, sp, recompute) of ``plan_costs``' combination keys."""
     return (key >> 16) & 0xFFFFFF, (key >> 3) & 0x1FFF, ((key >> 2) & 1).astype(bool), key & 3
@@ -169,14 +215,14 @@ def plan_costs(ctx: SimContext, batch: PlanBatch, m: np.ndarray | None = None) -
     u_scale = straggler_factor(profile.node_straggler, uniq >> 40)
     # Node stragglers: the last stage runs at the slowest node's pace (it carries the steady
     # state of the schedule), the others at the mean speed (the fill and drain pass them once).
-    lc = layer_costs(model, ops, u_mb, u_tp, u_sp, u_rc, u_scale)
-    ec = edge_costs(model, ops, u_mb, u_tp, u_sp, u_scale)
+    lc = _layer_costs(ctx, u_mb, u_tp, u_sp, u_rc, u_scale)
+    ec = _edge_costs(ctx, u_mb, u_tp, u_sp, u_scale)
     if profile.node_straggler > 0:
         # the mean-speed costs do not depend on the node count: one per (mb, tp, sp, rc)
         sub_codes, sub = pd.factorize(uniq & ((1 << 40) - 1), sort=False)
         s_mb, s_tp, s_sp, s_rc = _decode(np.asarray(sub, dtype=np.int64))
-        lc_mean = _take(layer_costs(model, ops, s_mb, s_tp, s_sp, s_rc), sub_codes, len(sub))
-        ec_mean = _take(edge_costs(model, ops, s_mb, s_tp, s_sp), sub_codes, len(sub))
+        lc_mean = _take(_layer_costs(ctx, s_mb, s_tp, s_sp, s_rc), sub_codes, len(sub))
+        ec_mean = _take(_edge_costs(ctx, s_mb, s_tp, s_sp), sub_codes, len(sub))
     else:
         lc_mean, ec_mean = lc, ec
     u_stored, u_transient = layer_activation_bytes(model, setup, u_mb, u_tp, u_sp, u_rc)
@@ -218,7 +264,8 @@ def plan_costs(ctx: SimContext, batch: PlanBatch, m: np.ndarray | None = None) -
 
     m = batch.num_microbatches.astype(np.float64) if m is None else m
     layers_per_chunk = model.num_layers / (p * v)
-    mb_overhead = profile.microbatch_overhead_s
+    # Megatron's per-micro-batch scheduling; a plain PyTorch loop's is in its host dispatch
+    mb_overhead = 0.0 if setup.torch else profile.microbatch_overhead_s
     chunk_fwd = layers_per_chunk * layer_fwd + mb_overhead
     chunk_bwd = layers_per_chunk * layer_bwd
     chunk_fwd_mean = layers_per_chunk * layer_fwd_mean + mb_overhead
@@ -282,6 +329,10 @@ def plan_costs(ctx: SimContext, batch: PlanBatch, m: np.ndarray | None = None) -
         return np.where(zero3, m * z3_exposed, per_iteration)
 
     def optimizer(stage: np.ndarray) -> np.ndarray:
+        if setup.torch:
+            return _torch_optimizer(ops, batch, gather2(stage), gather2(u_d), m) * gather2(
+                u_opt_scale
+            )
         # fused Adam over the local (ZeRO: sharded) parameters, plus zeroing the gradients
         per_param = 2 * setup.grad_bytes + 2 * setup.optimizer_bytes + setup.weight_bytes
         full = ops.memory_s(stage * (per_param + setup.grad_bytes), 4, "optimizer")
@@ -352,6 +403,10 @@ def _simulate_chunk(
 ) -> dict[str, np.ndarray]:
     """Simulate the plans that pass the rules; the others get their reason and NaN times."""
     reason = batch.check(ctx.model)
+    if ctx.setup.torch:
+        reason = np.where(
+            (reason == 0) & torch_framework_violations(batch), REASON_TORCH_ONLY_DP, reason
+        ).astype(reason.dtype)
     valid = reason == 0
     if valid.all():
         return _simulate_valid(ctx, batch, tokens)
@@ -460,6 +515,8 @@ def _simulate_valid(
             "tflops_per_gpu": mfu * peak / 1e12,  # model FLOPs (as MFU)
             "hw_tflops_per_gpu": hfu * peak / 1e12,  # with recompute, as Megatron reports
         }
+        for key in BREAKDOWN_COLUMNS:
+            out[key] = denoise(out[key], iteration)
         if tokens is not None:
             training_time = tokens / tokens_per_s
             gpu_hours = gpus * training_time / HOUR_S
@@ -467,6 +524,28 @@ def _simulate_valid(
             out["gpu_hours"] = gpu_hours
             out["cost_usd"] = gpu_hours * ctx.cluster.price_per_gpu_hour_usd
     return out
+
+
+# The parts of ``iteration_time_s`` (they sum to it).
+BREAKDOWN_COLUMNS = (
+    "compute_s",
+    "recompute_s",
+    "tp_comm_s",
+    "pp_comm_s",
+    "bubble_s",
+    "dp_comm_s",
+    "optimizer_s",
+    "overhead_s",
+)
+# A part smaller than this fraction of the iteration is rounding noise (a difference of
+# nearly equal times, e.g. a fully hidden gradient all-reduce: ~1e-17 of the iteration)
+NOISE_REL = 1e-12
+
+
+def denoise(x: np.ndarray, scale: np.ndarray | float) -> np.ndarray:
+    """``x`` with the values within ``NOISE_REL x |scale|`` of zero, and -0.0, set to 0.0."""
+    x = np.asarray(x, dtype=np.float64)
+    return np.where(np.abs(x) <= NOISE_REL * np.abs(scale), 0.0, x) + 0.0
 
 
 def _recompute_flop_per_token(model: ModelSpec, recompute: np.ndarray) -> np.ndarray:

@@ -112,10 +112,6 @@ class ModelSpec:
         return self.family == "gpt"
 
     @property
-    def has_dropout(self) -> bool:
-        return self.family == "gpt"
-
-    @property
     def learned_positions(self) -> bool:
         return self.family == "gpt"
 

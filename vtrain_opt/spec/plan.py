@@ -112,8 +112,16 @@ def _rules() -> list[_Rule]:
 
 _RULE_LIST = _rules()
 _RULE_REASONS.extend(r.reason for r in _RULE_LIST)
-REASONS: tuple[str, ...] = ("", *_RULE_REASONS, "out of memory")
+# A plain PyTorch model (framework 'torch') has data parallelism (and ZeRO) only.
+TORCH_ONLY_DP = "framework torch: no tp/pp/vpp/sp"
+REASONS: tuple[str, ...] = ("", *_RULE_REASONS, TORCH_ONLY_DP, "out of memory")
+REASON_TORCH_ONLY_DP = REASONS.index(TORCH_ONLY_DP)
 REASON_OOM = REASONS.index("out of memory")
+
+
+def torch_framework_violations(batch: PlanBatch) -> np.ndarray:
+    """Plans a plain PyTorch model cannot run: any model parallelism (tp, pp, vpp, sp)."""
+    return (batch.tp > 1) | (batch.pp > 1) | (batch.vpp > 1) | batch.sp
 
 
 @dataclass(frozen=True)

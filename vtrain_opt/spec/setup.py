@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+
+from vtrain_opt.spec.model import ModelSpec
 
 DTYPES = ("fp16", "bf16", "fp32")
 ATTENTION_KERNELS = ("flash", "unfused")
+# The implementation whose op list is predicted: Megatron-LM (fused kernels, tp/pp/sp,
+# fp32 master weights) or a plain PyTorch model (nn.Linear, nn.LayerNorm, SDPA, one kernel
+# per op, data parallelism only), as nanoGPT-style training scripts write it.
+FRAMEWORKS = ("megatron", "torch")
+# fp32: mixed precision with fp32 master weights and Adam states; none: parameters and Adam
+# states in the compute dtype (plain bf16 training).
+MASTER_WEIGHTS = ("fp32", "none")
+# Megatron's GPT defaults (hidden and attention dropout); LLaMA-style models train without.
+DEFAULT_DROPOUT = {"gpt": 0.1, "llama": 0.0}
 
 # Bytes per parameter (weights, gradients as accumulated and reduced, optimizer states
 # incl. fp32 master copy) for mixed-precision Adam, from Megatron-LM's distributed
@@ -20,14 +32,18 @@ _BYTES_PER_PARAM = {
 
 @dataclass(frozen=True)
 class Setup:
-    """Framework settings: compute dtype and attention kernel.
+    """Framework settings: compute dtype, attention kernel, framework, dropout, optimizer.
 
     ``attention='flash'`` is FlashAttention (no s x s matrix in memory); ``'unfused'``
     is Megatron's classic QK^T GEMM, fused softmax, dropout and AV GEMM.
+    ``dropout`` None takes the model's default (``DEFAULT_DROPOUT``).
     """
 
     dtype: str = "bf16"
     attention: str = "flash"
+    framework: str = "megatron"
+    dropout: float | None = None
+    master_weights: str = "fp32"
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -36,6 +52,38 @@ class Setup:
             raise ValueError(
                 f"setup.attention: {self.attention!r} is not one of {', '.join(ATTENTION_KERNELS)}"
             )
+        if self.framework not in FRAMEWORKS:
+            raise ValueError(
+                f"framework: {self.framework!r} is not one of {', '.join(FRAMEWORKS)}"
+            )
+        if self.master_weights not in MASTER_WEIGHTS:
+            raise ValueError(
+                f"master weights: {self.master_weights!r} is not one of "
+                f"{', '.join(MASTER_WEIGHTS)}"
+            )
+        if self.dropout is not None and (
+            isinstance(self.dropout, bool)
+            or not isinstance(self.dropout, (int, float))
+            or not math.isfinite(self.dropout)
+            or not 0.0 <= self.dropout < 1.0
+        ):
+            raise ValueError(f"dropout: {self.dropout!r} must be a probability in [0, 1)")
+        if self.framework == "torch" and self.attention == "unfused":
+            raise ValueError(
+                "framework torch: attention 'unfused' is Megatron's kernel; plain PyTorch "
+                "models use scaled_dot_product_attention (attention 'flash')"
+            )
+
+    @property
+    def torch(self) -> bool:
+        """Plain PyTorch modules rather than Megatron's fused kernels."""
+        return self.framework == "torch"
+
+    def dropout_p(self, model: ModelSpec) -> float:
+        """Hidden and attention dropout probability for ``model``."""
+        if self.dropout is not None:
+            return float(self.dropout)
+        return DEFAULT_DROPOUT.get(model.family, 0.0)
 
     @property
     def act_bytes(self) -> int:
@@ -44,14 +92,22 @@ class Setup:
 
     @property
     def weight_bytes(self) -> int:
-        return _BYTES_PER_PARAM[self.dtype][0]
+        if self.master_weights == "none":
+            return self.act_bytes
+        if self.framework == "megatron":
+            return _BYTES_PER_PARAM[self.dtype][0]
+        return 4  # torch autocast keeps fp32 parameters and casts them for each GEMM
 
     @property
     def grad_bytes(self) -> int:
         """Bytes of one gradient as accumulated and all-reduced across data parallelism."""
-        return _BYTES_PER_PARAM[self.dtype][1]
+        if self.master_weights == "none":
+            return self.act_bytes
+        return _BYTES_PER_PARAM[self.dtype][1] if self.framework == "megatron" else 4
 
     @property
     def optimizer_bytes(self) -> int:
         """Adam states (and the fp32 master weights of mixed precision) per parameter."""
-        return _BYTES_PER_PARAM[self.dtype][2]
+        if self.master_weights == "none":
+            return 2 * self.act_bytes  # the two Adam moments in the compute dtype
+        return _BYTES_PER_PARAM[self.dtype][2] if self.framework == "megatron" else 8
