@@ -9,6 +9,10 @@ import pytest
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
+# The tests run on private Ray runtimes: a RAY_ADDRESS in the developer's shell (it counts as
+# --ray-address) must not send them to a cluster. Tests about RAY_ADDRESS set it themselves.
+os.environ.pop("RAY_ADDRESS", None)
+
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
@@ -20,11 +24,12 @@ def shared_data() -> Path:
 
 @pytest.fixture(scope="session")
 def ray_local():
-    """A local 2-CPU Ray runtime for the whole session, shut down at the end."""
+    """A private local 2-CPU Ray runtime for the whole session, shut down at the end."""
     ray = pytest.importorskip("ray")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     if not ray.is_initialized():
         ray.init(
+            address="local",  # a new runtime, whatever stale /tmp/ray state the machine has
             num_cpus=2,
             include_dashboard=False,
             object_store_memory=200 * 2**20,

@@ -27,6 +27,7 @@ from vtrain_opt.commands.common import (
 )
 from vtrain_opt.console import console
 from vtrain_opt.io import write_json_atomic, write_with
+from vtrain_opt.search.ray_backend import cluster_address
 from vtrain_opt.search.space import GpuChoice
 from vtrain_opt.sim.step import make_context
 from vtrain_opt.spec.model import FAMILIES
@@ -315,6 +316,7 @@ def run_command(args: argparse.Namespace) -> int:
     config = config_from(args)
     out = Path(args.out) if args.out else default_out(config)
     _check_out(out)
+    args.ray_address = cluster_address(args.ray_address)  # RAY_ADDRESS counts as the flag
     workers = args.workers
     if workers is None:  # every local core; on a cluster (--ray-address) every CPU of it
         workers = 0 if args.ray_address else (os.cpu_count() or 1)

@@ -32,6 +32,7 @@ from vtrain_opt.search.optuna_search import (
     SAMPLERS,
     default_study_name,
 )
+from vtrain_opt.search.ray_backend import cluster_address
 from vtrain_opt.search.space import SearchSpace, gpu_choice
 from vtrain_opt.search.spacefile import load_space
 from vtrain_opt.spec.hardware import get_gpu
@@ -330,6 +331,7 @@ def run(args: argparse.Namespace) -> int:
     strategy = args.strategy
     if strategy == "auto":
         strategy = "exhaustive" if raw <= AUTO_EXHAUSTIVE_MAX else "optuna"
+    args.ray_address = cluster_address(args.ray_address)  # RAY_ADDRESS counts as the flag
     workers = args.workers
     if workers == "auto":
         workers = (

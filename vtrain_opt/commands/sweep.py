@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from vtrain_opt.commands.common import add_json_arg, non_negative_int, print_json
+from vtrain_opt.search.ray_backend import cluster_address
 from vtrain_opt.studies.progress import Progress
 from vtrain_opt.studies.sweep import (
     PLAN_DIMENSIONS,
@@ -132,6 +133,7 @@ def run_command(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, sweep: Sweep, store: SweepStore) -> SweepRun:
+    args.ray_address = cluster_address(args.ray_address)  # RAY_ADDRESS counts as the flag
     workers = args.workers
     if workers is None:  # every local core; on a cluster (--ray-address) every CPU of it
         workers = 0 if args.ray_address else (os.cpu_count() or 1)

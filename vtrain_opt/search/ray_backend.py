@@ -1,10 +1,15 @@
 """Where a search evaluates its work: in this process, or on Ray workers.
 
 ``InProcess`` never imports Ray (the studies code calls searches from inside Ray tasks).
-``RayBackend`` starts a small local Ray runtime (a few CPUs, no dashboard, a small object
+``RayBackend`` starts a small private Ray runtime (a few CPUs, no dashboard, a small object
 store: it fits a 2-core laptop) or joins an existing cluster with ``address``; it shuts
 down only a runtime it started itself. Both run ``map`` in submission order, so results
 do not depend on the backend.
+
+A private runtime is asked for as one (Ray's ``address="local"``): whatever a crashed or
+killed Ray left behind (``/tmp/ray/ray_current_cluster``) is never joined by accident.
+A cluster is joined only when asked: ``address`` (``--ray-address``), or ``RAY_ADDRESS``
+in the environment, Ray's own convention (Ray Jobs set it), which counts as ``address``.
 """
 
 from __future__ import annotations
@@ -21,6 +26,22 @@ from typing import Any, Protocol
 # Local runtime settings: enough for a 2-core machine, no dashboard.
 OBJECT_STORE_BYTES = 200 * 2**20
 CONNECT_TIMEOUT_S = 5.0
+# Ray's variable naming the cluster to join (set by Ray Jobs); it counts as --ray-address
+RAY_ADDRESS_ENV = "RAY_ADDRESS"
+
+
+def cluster_address(address: str | None = None) -> str | None:
+    """The Ray cluster to join: ``address`` (``--ray-address``), else ``RAY_ADDRESS`` from
+    the environment, else None (a private local runtime; so is Ray's word ``'local'``)."""
+    address = (address or os.environ.get(RAY_ADDRESS_ENV, "")).strip() or None
+    return None if address == "local" else address
+
+
+def _flag(given: str | None, address: str) -> str:
+    """How the user named ``address``, for the one-line errors."""
+    if given and given.strip() != os.environ.get(RAY_ADDRESS_ENV, "").strip():
+        return "--ray-address"
+    return RAY_ADDRESS_ENV
 
 
 class Backend(Protocol):
@@ -67,8 +88,10 @@ class RayBackend:
 
         self._ray = ray
         self._started = False
+        given, address = address, cluster_address(address)
+        flag = _flag(given, address) if address else ""
         if address:
-            _check_reachable(address)
+            _check_reachable(address, flag)
         if ray.is_initialized():
             pass  # reuse the caller's runtime (a test fixture, a driver script)
         elif address:
@@ -85,13 +108,14 @@ class RayBackend:
                     replay.ok = True
             except Exception as e:  # Ray raises ConnectionError, RuntimeError, AuthenticationError
                 raise ValueError(
-                    f"--ray-address {address!r}: cannot join the Ray cluster: {_first_line(e)}"
+                    f"{flag} {address!r}: cannot join the Ray cluster: {_first_line(e)}"
                 ) from None
             self._started = True
         else:
             # A private local runtime: no token needed (Ray 2.60 enables token auth by default).
             os.environ.setdefault("RAY_AUTH_MODE", "disabled")
             ray.init(
+                address="local",  # a new runtime, never a stale or foreign one
                 num_cpus=max(1, workers or os.cpu_count() or 1),
                 include_dashboard=False,
                 object_store_memory=OBJECT_STORE_BYTES,
@@ -157,7 +181,9 @@ def _captured_stderr() -> Iterator[_Replay]:
 
 
 def open_backend(workers: int, address: str | None = None) -> InProcess | RayBackend:
-    """``workers == 0`` and no address: in-process; otherwise Ray (local or ``address``)."""
+    """``workers == 0`` and no address: in-process, even with ``RAY_ADDRESS`` set (the
+    studies run their searches so inside Ray tasks); otherwise Ray: a private runtime, or
+    the cluster at ``address`` or ``RAY_ADDRESS``."""
     if workers < 0:
         raise ValueError(f"workers: must be 0 (in-process) or more, got {workers}")
     if workers == 0 and not address:
@@ -165,22 +191,20 @@ def open_backend(workers: int, address: str | None = None) -> InProcess | RayBac
     return RayBackend(workers or None, address)
 
 
-def _check_reachable(address: str) -> None:
+def _check_reachable(address: str, flag: str = "--ray-address") -> None:
     """Fail fast with one line when nothing listens at ``address`` (Ray would retry long)."""
     if address == "auto":
         return
     hostport = address.split("://", 1)[-1].rstrip("/")
     host, sep, port = hostport.rpartition(":")
     if not sep or not port.isdigit():
-        raise ValueError(
-            f"--ray-address {address!r}: expected HOST:PORT, ray://HOST:PORT or 'auto'"
-        )
+        raise ValueError(f"{flag} {address!r}: expected HOST:PORT, ray://HOST:PORT or 'auto'")
     try:
         with socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S):
             pass
     except OSError as e:
         raise ValueError(
-            f"--ray-address {address!r}: cannot reach the Ray cluster ({e.strerror or e})"
+            f"{flag} {address!r}: cannot reach the Ray cluster ({e.strerror or e})"
         ) from None
 
 
