@@ -9,6 +9,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from vtrain_opt.sim.step import denoise
 from vtrain_opt.units import DAY_S, format_bytes, format_duration, format_usd
 
 BREAKDOWN = (
@@ -53,7 +54,7 @@ def breakdown_table(row: Mapping[str, Any], title: str = "Where one iteration go
     table.add_column("share", justify="right")
     table.add_column("")
     for key, label in BREAKDOWN:
-        value = float(row[key])
+        value = float(denoise(float(row[key]), total))  # float noise and -0.0 print as 0
         share = value / total if total > 0 else 0.0
         table.add_row(label, format_duration(value), f"{share:6.1%}", "█" * round(share * 30))
     table.add_row("[b]iteration[/b]", f"[b]{format_duration(total)}[/b]", "100.0%", "")

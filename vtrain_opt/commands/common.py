@@ -176,7 +176,7 @@ def resolve_context(args: argparse.Namespace, model: ModelSpec, cluster: Cluster
 
 # ---- output ---------------------------------------------------------------------------------
 def jsonable(obj: Any) -> Any:
-    """Plain JSON types; NaN and infinities become null (JSON has no NaN)."""
+    """Plain JSON types; NaN and infinities become null (JSON has no NaN), -0.0 is 0.0."""
     if isinstance(obj, dict):
         return {str(k): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
@@ -187,6 +187,8 @@ def jsonable(obj: Any) -> Any:
         obj = obj.item()
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
+    if isinstance(obj, float) and obj == 0.0:
+        return 0.0  # never -0.0
     return obj
 
 
