@@ -319,8 +319,55 @@ def sim_bytes_per_element(dtype: str) -> dict[str, float]:
                 seen.setdefault(op, []).append(nbytes / elements[op])
     factors = {op: float(np.median(v)) for op, v in seen.items()}
     factors["memory"] = 2.0 * setup.act_bytes  # a copy: read and write
+    factors.update(_torch_bytes_per_element(dtype, Recorder, cluster, gpt))
     _FACTORS[dtype] = factors
     return factors
+
+
+def _torch_bytes_per_element(dtype: str, recorder: Any, cluster: Any, gpt: Any) -> dict[str, float]:
+    """The factors of the ops only the plain-PyTorch op list (``sim/costs_torch.py`` and its
+    optimizer in ``sim/step.py``) asks for: GELU without a bias, an nn.Linear's bias
+    gradient, AdamW over parameters in their own dtype. Read off that code as above, on the
+    GPT reference model (dropout on, so every op is seen; no master weights, as the profiler
+    times AdamW)."""
+    from vtrain_opt.profiles import load_profile
+    from vtrain_opt.sim.costs_torch import torch_layer_costs
+    from vtrain_opt.sim.memory import stage_params
+    from vtrain_opt.sim.step import SimContext, simulate_arrays
+    from vtrain_opt.spec.plan import ParallelPlan, PlanBatch
+    from vtrain_opt.spec.setup import Setup
+
+    setup = Setup(
+        dtype=dtype, attention="flash", framework="torch", dropout=0.1, master_weights="none"
+    )
+    rec = recorder(load_profile("a100-80gb"), cluster, setup)
+    one = np.array([1])
+    torch_layer_costs(gpt, rec, one, np.array([0]))
+    layer_calls = list(rec.calls)
+    ctx = SimContext(gpt, cluster, rec.profile, setup)
+    ctx.__dict__["ops"] = rec
+    plan = ParallelPlan(tp=1, pp=1, dp=1, micro_batch=1, global_batch=1)
+    simulate_arrays(ctx, PlanBatch.from_plans([plan]))
+    t, h, f = float(gpt.seq_length), float(gpt.hidden_size), float(gpt.ffn)
+    # main tensor: GELU's (tokens x ffn) input; a Linear's (tokens x width) output gradient,
+    # one width per Linear (QKV, attention output, MLP up, MLP down); the parameters
+    candidates = {
+        "gelu": [t * f],
+        "gelu_bwd": [t * f],
+        "bias_grad": [t * (h + 2 * gpt.kv_hidden_size), t * h, t * f],
+    }
+    out: dict[str, float] = {}
+    for op, elements in candidates.items():
+        nbytes = [b for name, b in layer_calls if name == op]
+        if not nbytes:
+            continue
+        # the one factor by which every call's bytes are some Linear's elements
+        common = set.intersection(*({round(b / e, 9) for e in elements} for b in nbytes))
+        out[op] = float(min(common)) if common else float(np.median(nbytes) / elements[0])
+    params = float(stage_params(gpt, one, one).first[0])
+    adam = [b / params for name, b in rec.calls if name == "adam"]
+    out["adam"] = float(np.median(adam))
+    return out
 
 
 def _rekey(table: Table, raw: Any, dtype: str) -> Table:
