@@ -1,7 +1,8 @@
 """Benchmark the studies; prints its figures (never a timed test).
 
 1. The compute-optimal study at 30 days on 3,360 A100-80GB: wall time in this process
-   and on local Ray, N*, D* and the ideal answer beside them (Hoffmann and Epoch fits).
+   and on local Ray, N*, D*, the ideal answer and the law at N*'s MFU beside them (Epoch's
+   fit, the default, and Hoffmann's).
 2. A 240-scenario sweep: wall time on local Ray vs in-process (one command each, Ray
    started and stopped inside it).
 3. The same sweep killed with SIGKILL mid-run, then resumed: every scenario present
@@ -62,7 +63,7 @@ def chinchilla(tmp: Path) -> None:
             f"  {label}: {wall:.1f} s wall for the command "
             f"({doc['elapsed_s']:.1f} s in the study, {doc['backend']})"
         )
-    for fit in ("hoffmann", "epoch"):
+    for fit in ("epoch", "hoffmann"):
         _, doc = cli(*base, "--workers", "0", "--loss-fit", fit, "--out", str(tmp / fit))
         o, i, g = doc["optimal"], doc["ideal"], doc["gap"]
         p = o["plan"]
@@ -78,6 +79,12 @@ def chinchilla(tmp: Path) -> None:
             f"    ideal (MFU 100%, C = {i['compute_flop']:.3g} FLOP): N = {i['params'] / 1e9:.1f}B, "
             f"D = {i['tokens'] / 1e12:.2f}T, {i['tokens_per_param']:.1f} tokens/param, "
             f"loss {i['loss']:.4f}"
+        )
+        m = doc["law_at_real_mfu"]
+        print(
+            f"    law at N*'s MFU {m['mfu']:.1%} (C = {m['compute_flop']:.3g} FLOP): "
+            f"N = {m['params'] / 1e9:.1f}B, D = {m['tokens'] / 1e12:.2f}T, "
+            f"{m['tokens_per_param']:.1f} tokens/param, loss {m['loss']:.4f}"
         )
         r = i["rule"]
         print(

@@ -42,7 +42,8 @@ def cluster_study():
 
 def test_fixed_cluster_answer_is_consistent(cluster_study) -> None:
     a = cluster_study.main
-    fit = FITS["hoffmann"]
+    fit = FITS["epoch"]  # the default law
+    assert cluster_study.config.law is fit
     c = a.candidates
     ok = c[c["status"] == "ok"]
     assert len(ok) >= 3
@@ -64,6 +65,15 @@ def test_fixed_cluster_answer_is_consistent(cluster_study) -> None:
     assert a.optimal["loss"] > a.ideal["loss"]
     assert 0 < a.optimal["mfu"] < 1
     assert a.gap["params_ratio"] == pytest.approx(a.optimal["params"] / n)
+    # the law at the MFU N*'s plan reaches: the same budget x that MFU, like for like
+    m = a.at_real_mfu
+    assert m["mfu"] == a.optimal["mfu"]
+    assert m["compute_flop"] == pytest.approx(compute * a.optimal["mfu"])
+    n_m, d_m = fit.optimum(compute * a.optimal["mfu"])
+    assert (m["params"], m["tokens"]) == (pytest.approx(n_m), pytest.approx(d_m))
+    assert m["loss"] == pytest.approx(fit.loss(n_m, d_m))
+    assert m["params"] < a.ideal["params"] and m["loss"] > a.ideal["loss"]
+    assert a.gap["params_ratio_at_real_mfu"] == pytest.approx(a.optimal["params"] / n_m)
 
 
 def test_money_budget_picks_the_plan_with_most_tokens() -> None:
@@ -129,7 +139,7 @@ def test_command_json_has_the_answers_and_plot(tmp_path, capsys) -> None:
             "64",
             *SMALL,
             "--loss-fit",
-            "epoch",
+            "hoffmann",  # still selectable
             "--workers",
             "0",
             "--out",
@@ -140,9 +150,10 @@ def test_command_json_has_the_answers_and_plot(tmp_path, capsys) -> None:
     captured = capsys.readouterr()
     assert code == 0, captured.err
     doc = json.loads(captured.out)
-    for key in ("optimal", "ideal"):
+    for key in ("optimal", "ideal", "law_at_real_mfu"):
         assert {"params", "tokens", "loss"} <= set(doc[key])
-    assert doc["loss_fit"]["name"] == "epoch"
+    assert doc["law_at_real_mfu"]["mfu"] == doc["optimal"]["mfu"]
+    assert doc["loss_fit"]["name"] == "hoffmann"
     assert len(doc["candidates"]) == 6
     assert {"params", "tokens", "loss", "status", "mfu"} <= set(doc["candidates"][0])
     assert doc["optimal"]["cost_usd"] <= 30_000 * (1 + 1e-9)
@@ -218,3 +229,23 @@ def test_sizes_that_do_not_fit_are_listed_with_the_reason(tmp_path, capsys) -> N
     plan = doc["optimal"]["plan"]
     assert all(isinstance(plan[k], int) for k in ("num_gpus", "tp", "pp", "dp", "micro_batch"))
     assert plan["num_gpus"] <= 8
+
+
+def test_the_vtrain_paper_case_ideal_above_real_with_three_rows(tmp_path, capsys) -> None:
+    """30 days on 3,360 A100s (the vTrain paper's case): with the default (Epoch) law the
+    ideal at 100% utilization is larger than the real optimum, ~20 tokens per parameter."""
+    args = ["chinchilla", "--gpu", "a100-80gb", "--num-gpus", "3360", "--days", "30"]
+    args += ["--workers", "0", "--no-plots", "--out", str(tmp_path)]
+    assert main([*args, "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["loss_fit"]["name"] == "epoch"
+    ideal, at_mfu, real = doc["ideal"], doc["law_at_real_mfu"], doc["optimal"]
+    assert ideal["params"] > real["params"]
+    assert ideal["params"] > at_mfu["params"]
+    assert 10 < ideal["tokens_per_param"] < 30 and 10 < at_mfu["tokens_per_param"] < 30
+    assert at_mfu["compute_flop"] == pytest.approx(ideal["compute_flop"] * real["mfu"])
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    for label in ("real plans (N*)", "ideal: law optimum at MFU 100%", "law optimum at N*'s MFU"):
+        assert label in text
+    assert f"law optimum at N*'s MFU {real['mfu']:.1%}" in text

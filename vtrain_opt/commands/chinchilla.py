@@ -41,7 +41,7 @@ from vtrain_opt.studies.chinchilla import (
     frontier_frame,
     run_study,
 )
-from vtrain_opt.studies.lossfit import parse_loss_fit
+from vtrain_opt.studies.lossfit import DEFAULT_FIT, parse_loss_fit
 from vtrain_opt.studies.progress import Progress
 from vtrain_opt.studies.shapes import ShapeRules, parse_ladder
 from vtrain_opt.units import format_count, format_usd, parse_budget, parse_duration_s
@@ -149,9 +149,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     law = p.add_argument_group("loss law and the ideal answer")
     law.add_argument(
         "--loss-fit",
-        default="hoffmann",
+        default=DEFAULT_FIT,
         metavar="FIT",
-        help="hoffmann (default), epoch, constants E=..,A=..,B=..,alpha=..,beta=.. or a YAML/JSON file",
+        help="epoch (default: Besiroglu et al. 2024's refit, ~20 tokens/param), hoffmann "
+        "(Hoffmann et al. 2022's Approach 3; note: its published fit disagrees with the "
+        "paper's Approaches 1 and 2 and favours ~100 tokens/param), constants "
+        "E=..,A=..,B=..,alpha=..,beta=.. or a YAML/JSON file",
     )
     law.add_argument(
         "--ideal-mfu",
@@ -392,6 +395,7 @@ def to_json(result: StudyResult) -> dict[str, Any]:
             "budget": a.budget.to_dict(),
             "optimal": a.optimal,
             "ideal": a.ideal,
+            "law_at_real_mfu": a.at_real_mfu,
             "gap": a.gap,
             "notes": a.notes,
             "candidates": a.candidates.to_dict(orient="records"),
@@ -409,6 +413,7 @@ def to_json(result: StudyResult) -> dict[str, Any]:
         "min_tokens_per_param": cfg.min_tokens_per_param,
         "optimal": main.optimal,
         "ideal": main.ideal,
+        "law_at_real_mfu": main.at_real_mfu,
         "gap": main.gap,
         "notes": main.notes,
         "candidates": main.candidates.to_dict(orient="records"),
@@ -507,6 +512,17 @@ def _answer_table(result: StudyResult, a: Any) -> Table:
         "",
         "",
     )
+    m = a.at_real_mfu
+    t.add_row(
+        f"law optimum at N*'s MFU {m['mfu']:.1%}",
+        format_count(m["params"]),
+        format_count(m["tokens"]),
+        f"{m['tokens_per_param']:.3g}",
+        f"{m['loss']:.4f}",
+        f"{m['mfu']:.1%}",
+        "",
+        "",
+    )
     r = i["rule"]
     t.add_row(
         f"ideal: {r['tokens_per_param']:g} tokens/param rule",
@@ -535,8 +551,10 @@ def _answer_table(result: StudyResult, a: Any) -> Table:
     g = a.gap
     t.caption = (
         f"plan of N*: {_plan(o['plan'])}; N* / ideal N = {g['params_ratio']:.2f}, "
-        f"D* / ideal D = {g['tokens_ratio']:.2f}, loss {g['loss_delta']:+.4f}; "
-        f"6ND / budget's peak FLOPs = {g['utilization_6nd']:.1%}"
+        f"D* / ideal D = {g['tokens_ratio']:.2f}, loss {g['loss_delta']:+.4f}; at N*'s MFU: "
+        f"N* / law N = {g['params_ratio_at_real_mfu']:.2f}, D* / law D = "
+        f"{g['tokens_ratio_at_real_mfu']:.2f}, loss {g['loss_delta_at_real_mfu']:+.4f}; "
+        f"6ND / budget's peak FLOPs = {g['utilization_6nd']:.1%}; law: {result.config.law.name}"
     )
     return t
 
@@ -544,7 +562,8 @@ def _answer_table(result: StudyResult, a: Any) -> Table:
 def _frontier_table(result: StudyResult) -> Table:
     f = frontier_frame(result)
     t = Table(title="Compute-optimal frontier", title_justify="left")
-    for col in ("budget", "N*", "D*", "tok/param", "MFU", "ideal N", "ideal D", "ideal tok/param"):
+    cols = ("budget", "N*", "D*", "tok/param", "MFU", "ideal N", "ideal D", "ideal tok/param")
+    for col in (*cols, "law N at MFU", "law D at MFU"):
         t.add_column(col, justify="right")
     for _, r in f.iterrows():
         t.add_row(
@@ -556,6 +575,8 @@ def _frontier_table(result: StudyResult) -> Table:
             format_count(r["ideal_params"]),
             format_count(r["ideal_tokens"]),
             f"{r['ideal_tokens_per_param']:.3g}",
+            format_count(r["real_mfu_law_params"]),
+            format_count(r["real_mfu_law_tokens"]),
         )
     return t
 

@@ -2,9 +2,11 @@
 
 For every candidate size (``shapes.ShapeRules``) the search engine finds its plans on the
 budget's GPUs; their real throughput gives the tokens D the budget can train, hence the
-predicted loss L(N, D) (``lossfit.LossFit``). The loss-minimizing size N* is the real
-answer; beside it the idealized one: the same budget at a constant utilization (MFU 100%
-by default) with C = 6 N D, the law's closed-form optimum and the ~20 tokens/parameter rule.
+predicted loss L(N, D) (``lossfit.LossFit``, Epoch AI's fit by default). The
+loss-minimizing size N* is the real answer; beside it the idealized one: the same budget at
+a constant utilization (MFU 100% by default) with C = 6 N D, the law's closed-form optimum
+and the ~20 tokens/parameter rule; and the law's optimum at the MFU N*'s plan reaches (the
+budget's peak FLOPs x that MFU), which compares the law with the real plans like for like.
 
 Two budget forms (see the README for why):
 
@@ -35,7 +37,13 @@ from vtrain_opt.sim.step import make_context
 from vtrain_opt.spec.model import ModelSpec
 from vtrain_opt.spec.plan import PLAN_COLUMNS
 from vtrain_opt.spec.setup import Setup
-from vtrain_opt.studies.lossfit import FLOP_PER_PARAM_TOKEN, LossFit, rule_of_thumb
+from vtrain_opt.studies.lossfit import (
+    DEFAULT_FIT,
+    FITS,
+    FLOP_PER_PARAM_TOKEN,
+    LossFit,
+    rule_of_thumb,
+)
 from vtrain_opt.studies.shapes import ShapeRules
 from vtrain_opt.units import DAY_S, HOUR_S, format_count, format_usd
 
@@ -156,9 +164,7 @@ class StudyConfig:
 
     @property
     def law(self) -> LossFit:
-        from vtrain_opt.studies.lossfit import FITS
-
-        return self.fit or FITS["hoffmann"]
+        return self.fit or FITS[DEFAULT_FIT]
 
     def gpu_range(self) -> tuple[int | None, int]:
         first = self.budgets[0]
@@ -288,7 +294,8 @@ def candidate_row(
 # ---- the study ---------------------------------------------------------------------------
 @dataclass
 class BudgetAnswer:
-    """The real and ideal answers for one budget."""
+    """The real and ideal answers for one budget; ``at_real_mfu`` is the law's optimum at
+    the budget's peak FLOPs x the MFU of N*'s plan (like for like with the real answer)."""
 
     budget: StudyBudget
     candidates: pd.DataFrame
@@ -296,6 +303,7 @@ class BudgetAnswer:
     ideal: dict[str, Any]
     gap: dict[str, Any]
     notes: list[str]
+    at_real_mfu: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -385,15 +393,20 @@ def run_study(
                 "mfu": real.get("mfu", np.nan),
                 "status": real["status"],
             }
+        peak_flop = ideal["compute_flop"] / config.ideal_mfu  # the budget at 100%
+        at_real = _law_optimum(fit, peak_flop, float(optimal["mfu"]))
         gap = {
             "params_ratio": optimal["params"] / ideal["params"],
             "tokens_ratio": optimal["tokens"] / ideal["tokens"],
             "loss_delta": optimal["loss"] - ideal["loss"],
+            "params_ratio_at_real_mfu": optimal["params"] / at_real["params"],
+            "tokens_ratio_at_real_mfu": optimal["tokens"] / at_real["tokens"],
+            "loss_delta_at_real_mfu": optimal["loss"] - at_real["loss"],
             "utilization_6nd": optimal["effective_flop"] / ideal["compute_flop"] * config.ideal_mfu,
             "loss_delta_vs_law_size": ideal["law"]["real"]["loss"] - optimal["loss"],
             "loss_delta_vs_rule_size": ideal["rule"]["real"]["loss"] - optimal["loss"],
         }
-        answers.append(BudgetAnswer(budget, cands, optimal, ideal, gap, notes))
+        answers.append(BudgetAnswer(budget, cands, optimal, ideal, gap, notes, at_real))
     return StudyResult(
         config=config,
         answers=answers,
@@ -427,6 +440,20 @@ def _ideal(
             "tokens": dr,
             "loss": fit.loss(nr, dr),
         },
+    }
+
+
+def _law_optimum(fit: LossFit, peak_flop: float, mfu: float) -> dict[str, Any]:
+    """The law's closed-form optimum at ``peak_flop`` x ``mfu`` FLOPs."""
+    compute = peak_flop * mfu
+    n, d = fit.optimum(compute)
+    return {
+        "mfu": mfu,
+        "compute_flop": compute,
+        "params": n,
+        "tokens": d,
+        "tokens_per_param": d / n,
+        "loss": fit.loss(n, d),
     }
 
 
@@ -542,6 +569,9 @@ def frontier_frame(result: StudyResult) -> pd.DataFrame:
                 "ideal_tokens": a.ideal["tokens"],
                 "ideal_tokens_per_param": a.ideal["tokens_per_param"],
                 "ideal_loss": a.ideal["loss"],
+                "real_mfu_law_params": a.at_real_mfu["params"],
+                "real_mfu_law_tokens": a.at_real_mfu["tokens"],
+                "real_mfu_law_tokens_per_param": a.at_real_mfu["tokens_per_param"],
                 "rule_params": a.ideal["rule"]["params"],
                 "rule_tokens": a.ideal["rule"]["tokens"],
             }

@@ -2,14 +2,18 @@
 
 N is the number of parameters, D the number of training tokens. The named fits:
 
+* ``epoch`` (the default): Besiroglu et al. 2024, "Chinchilla Scaling: A replication
+  attempt" (arXiv:2404.10102, Epoch AI), their refit of Approach 3 on the data read off
+  Hoffmann's Figure 4 (Eq. 2 / Table 1): E=1.8172 (1.82 rounded), A=482.01, B=2085.43,
+  alpha=0.3478, beta=0.3658; it implies about 20 tokens per parameter at the optimum, as
+  Chinchilla's Approaches 1 and 2 did.
 * ``hoffmann``: Hoffmann et al. 2022, "Training Compute-Optimal Large Language Models"
   (arXiv:2203.15556), Approach 3 (Sec. 3.3, Eq. 10): E=1.69, A=406.4, B=410.7,
   alpha=0.34, beta=0.28. The paper's Table 2 reports a=0.46, b=0.54 for this approach;
-  the rounded constants give a = beta/(alpha+beta) = 0.452.
-* ``epoch``: Besiroglu et al. 2024, "Chinchilla Scaling: A replication attempt"
-  (arXiv:2404.10102, Epoch AI), their refit of Approach 3 on the data read off
-  Hoffmann's Figure 4 (Eq. 2 / Table 1): E=1.8172, A=482.01, B=2085.43, alpha=0.3478,
-  beta=0.3658; it implies about 20 tokens per parameter at the optimum, as Chinchilla did.
+  the rounded constants give a = beta/(alpha+beta) = 0.452. This published fit disagrees
+  with the paper's own Approaches 1 and 2 (it favours ~100 tokens per parameter at large
+  budgets, so that the optimum at 100% utilization can come out smaller than what real
+  plans at half that utilization choose); Besiroglu et al. show the fit is flawed.
 
 Under the compute constraint C = 6 N D the loss is minimized in closed form:
 N_opt = G (C/6)^a and D_opt = (C/6)^b / G, with a = beta/(alpha+beta),
@@ -29,6 +33,8 @@ import numpy as np
 # Training FLOPs per parameter per token of the C = 6ND approximation (Kaplan et al. 2020).
 FLOP_PER_PARAM_TOKEN = 6.0
 CONSTANTS = ("E", "A", "B", "alpha", "beta")
+# The law a study uses unless told otherwise (see the module's docstring for why not hoffmann)
+DEFAULT_FIT = "epoch"
 
 
 @dataclass(frozen=True)

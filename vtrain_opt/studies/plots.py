@@ -59,10 +59,19 @@ def loss_vs_size(result: Any, path: Path) -> Path:
             a.optimal["params"], a.optimal["loss"], "*", color=color, ms=16, mec="black", zorder=5
         )
         ax.plot(a.ideal["params"], a.ideal["loss"], "o", color=color, ms=9, mec="black", zorder=5)
+        m = a.at_real_mfu
+        if m:
+            ax.plot(
+                n_grid, fit.iso_compute_loss(n_grid, m["compute_flop"]), ":", color=color, alpha=0.7
+            )
+            ax.plot(m["params"], m["loss"], "D", color=color, ms=7, mec="black", zorder=5)
         rule = a.ideal["rule"]
         ax.plot(rule["params"], rule["loss"], "^", color=color, ms=8, mec="black", zorder=5)
     ax.plot([], [], "*", color="gray", mec="black", ms=12, label="N* (real plans)")
     ax.plot([], [], "o", color="gray", mec="black", ms=8, label="ideal optimum of the law")
+    ax.plot(
+        [], [], "D:", color="gray", mec="black", ms=6, label="the law at N*'s MFU (dotted curve)"
+    )
     ax.plot(
         [], [], "^", color="gray", mec="black", ms=8, label=f"~{_rule_r(result):g} tokens/param"
     )
@@ -92,6 +101,9 @@ def frontier(frame: pd.DataFrame, path: Path, gpu: str) -> Path:
     for ax, (real, ideal, rule, title) in zip(axes, panels, strict=True):
         ax.plot(x, frame[real], "o-", label="real plans")
         ax.plot(x, frame[ideal], "s--", label="ideal (law optimum)")
+        at_mfu = f"real_mfu_law_{real}"
+        if at_mfu in frame:
+            ax.plot(x, frame[at_mfu], "D:", label="law optimum at N*'s MFU")
         if rule:
             ax.plot(x, frame[rule], "^:", label="~20 tokens/param rule")
         ax.set_xscale("log")
