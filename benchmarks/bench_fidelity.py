@@ -9,9 +9,13 @@ Prints, for the calibration half in ../shared/data (absent: says so and exits):
     MAPE without them;
   * the intra-node all-reduce model against the nccl-tests sweeps, per group size and
     message-size band (fitted on the sweeps, as the shipped profile is);
-  * the fitted profile against Megatron-LM's published weak-scaling runs (never fitted).
+  * the fitted profile against Megatron-LM's published weak-scaling runs (never fitted);
+  * the shared H200 steps (plain PyTorch): the op list of ``--framework torch`` with the
+    shipped ``h200`` profile (curves fitted to the measured H200 tables) and with the
+    measured ``h200-measured`` profile; each with its one in-step parameter refitted
+    k-fold (cross-validated) and as shipped (training), and peak memory.
 
-Run: python benchmarks/bench_fidelity.py [--folds 5] [--seed 0]
+Run: python benchmarks/bench_fidelity.py [--folds 5] [--seed 0] [--hopper-only]
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vtrain_opt.calibrate import RunSetup, calibrate, mape_pct
+from vtrain_opt.calibrate import Predictor, RunSetup, calibrate, mape_pct
 from vtrain_opt.consistency import describe
 from vtrain_opt.nccl import error_table, read_sweeps
 from vtrain_opt.profiles import load_profile
@@ -38,10 +42,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--hopper-only", action="store_true", help="only the H200 steps")
     args = ap.parse_args()
     if not SHARED.is_dir():
         print(f"no shared data at {SHARED}; nothing to measure")
         sys.exit(0)
+    if args.hopper_only:
+        hopper(args.folds, args.seed)
+        return
     files = [SHARED / "measured" / "single_node.csv", SHARED / "measured" / "multi_node.csv"]
     t0 = time.perf_counter()
     cal = calibrate(files, RunSetup(), nccl_dir=SHARED / "nccl", folds=args.folds, seed=args.seed)
@@ -121,6 +129,37 @@ def main() -> None:
         "V100 (DGX-1 hybrid cube-mesh; the shipped profile's collective model, fitted on these "
         "sweeps): MAPE by group size "
         + ", ".join(f"{int(g)}: {a:.0f}%" for g, a in zip(vt["gpus"], vt["all"], strict=True))
+    )
+    hopper(args.folds, args.seed)
+
+
+def hopper(folds: int, seed: int) -> None:
+    """The shared H200 steps with the torch op list, per shipped Hopper profile."""
+    steps = SHARED / "hopper" / "h200_gpt_single_gpu.csv"
+    setup = RunSetup(gpu="h200", dtype="bf16", attention="flash", framework="torch",
+                     dropout=0.0, master_weights="none")  # fmt: skip
+    print(f"H200 steps ({steps.name}), --framework torch --dropout 0 --master-weights none:")
+    for name in ("h200", "h200-measured"):
+        profile = load_profile(name)
+        cal = calibrate([steps], setup, base=profile, folds=folds, seed=seed)
+        shipped = validate(cal.predictor.measurements, cal.predictor, profile)
+        cv = cal.cv
+        assert cv is not None
+        ratio = cv.predicted_s / cal.predictor.measured_s
+        memory = shipped.peak_memory() or {}
+        print(
+            f"  {name:14s} {folds}-fold CV MAPE {cv.mape_pct:4.2f}% (max "
+            f"{np.abs(ratio - 1).max() * 100:.1f}%, predicted/measured {ratio.min():.3f}-"
+            f"{ratio.max():.3f}); shipped: MAPE {shipped.mape_pct:.2f}%, max "
+            f"{shipped.max_ape_pct:.1f}%; peak memory MAPE {memory.get('mape_pct', np.nan):.1f}%, "
+            f"max {memory.get('max_ape_pct', np.nan):.1f}%"
+        )
+    before = RunSetup(gpu="h200", dtype="bf16", attention="flash")
+    m = cal.predictor.measurements
+    old = validate(m, Predictor(m, before), load_profile("h200-measured"))
+    print(
+        f"  for comparison, the Megatron op list (default flags) with h200-measured: MAPE "
+        f"{old.mape_pct:.1f}%, max {old.max_ape_pct:.1f}%"
     )
 
 

@@ -103,3 +103,17 @@ def test_validate_command_json_and_plot(shared_data, tmp_path, capsys):
     row = d["rows"][0]
     assert {"measured_s", "predicted_s", "ape_pct"} <= set(row)
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("profile", ["h200", "h200-measured"])
+def test_hopper_steps_with_the_torch_op_list(shared_data, profile):
+    # the shared H200 steps (plain PyTorch, bf16 without master weights, no dropout): the
+    # shipped profiles' one in-step parameter was fitted on them, so these are training
+    # errors (cross-validated: benchmarks/bench_fidelity.py); the issue's targets are 5% / 10%
+    m = read_measurements([shared_data / "hopper" / "h200_gpt_single_gpu.csv"])
+    setup = RunSetup(gpu="h200", dtype="bf16", attention="flash", framework="torch",
+                     dropout=0.0, master_weights="none")  # fmt: skip
+    report = validate(m, Predictor(m, setup), load_profile(profile))
+    assert report.mape_pct < 5.0 and report.max_ape_pct < 10.0
+    memory = report.peak_memory()
+    assert memory is not None and memory["max_ape_pct"] < 10.0

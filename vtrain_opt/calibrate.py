@@ -41,6 +41,14 @@ ITERATION_PARAMS = (
     "microbatch_overhead_s",
     "node_straggler",
 )
+# A plain PyTorch model on one GPU (framework 'torch'): the op tables or curves come from the
+# profiler; what iteration times add is how GEMMs run inside a real step. (The host's
+# dispatch cost, torch_host_layer_s, is the profiler's to measure: GPU-bound steps cannot
+# place it; on the shared H200 steps 10 us to 150 us per layer moved the MAPE by 0.04 pt.)
+TORCH_STEP_PARAMS = ("step_gemm_scale",)
+# What a profile learns from real steps beyond its op model, and may carry to another GPU
+# measured with the same profiler where that GPU has no measured steps.
+STEP_PARAMS = ("step_gemm_scale", "torch_host_layer_s")
 # Set, not fitted: iteration times cannot tell them apart from the host and optimizer
 # terms (fits drive them to their lower bounds), so they keep small physical values.
 FIXED_PARAMS = {
@@ -67,6 +75,8 @@ FIT_BOUNDS: dict[str, tuple[float, float]] = {
     "host_overlap": (1.0, 16.0),
     # the unfused softmax path's 4 extra kernels, up to 4x that with their autograd nodes
     "unfused_softmax_host_ops": (4.0, 16.0),
+    "step_gemm_scale": (0.7, 1.3),
+    "torch_host_layer_s": (10e-6, 5e-3),
     "nvlink_efficiency": (0.3, 1.0),
     "collective_latency_s": (1e-6, 200e-6),
 }
@@ -77,6 +87,7 @@ LOSS_SCALE = 0.05
 LOG_PARAMS = {
     "kernel_overhead_s",
     "host_layer_s",
+    "torch_host_layer_s",
     "microbatch_overhead_s",
     "iteration_overhead_s",
     "collective_latency_s",
@@ -96,12 +107,25 @@ class RunSetup:
     gpus_per_node: int = 8
     inter_node_gbps: float = 800.0
     dp_overlap: bool = False  # no gradient bucketing: the all-reduce follows the backward
+    framework: str = "megatron"
+    dropout: float | None = None  # None: the model family's default
+    master_weights: str = "fp32"
 
     def __post_init__(self) -> None:
+        self.setup()  # a bad framework, dropout or optimizer precision raises here
         if self.recompute not in RECOMPUTE_MODES:
             raise ValueError(
                 f"recompute: {self.recompute!r} is not one of {', '.join(RECOMPUTE_MODES)}"
             )
+
+    def setup(self) -> Setup:
+        return Setup(
+            dtype=self.dtype,
+            attention=self.attention,
+            framework=self.framework,
+            dropout=self.dropout,
+            master_weights=self.master_weights,
+        )
 
     def cluster(self) -> ClusterSpec:
         return get_cluster(self.gpu).with_overrides(
@@ -119,16 +143,19 @@ class Predictor:
     def __post_init__(self) -> None:
         rows = self.measurements.rows
         self._cluster = self.setup.cluster()
-        self._setup = Setup(dtype=self.setup.dtype, attention=self.setup.attention)
+        self._setup = self.setup.setup()
         self._groups: list[tuple[ModelSpec, PlanBatch, np.ndarray]] = []
-        keys = ["hidden_size", "num_attention_heads", "num_layers", "seq_length"]
-        for (h, a, layers, s), g in rows.groupby(keys, sort=True):
+        rows = rows.assign(
+            _vocab=rows.get("vocab_size", self.setup.vocab_size)
+        )
+        keys = ["hidden_size", "num_attention_heads", "num_layers", "seq_length", "_vocab"]
+        for (h, a, layers, s, vocab), g in rows.groupby(keys, sort=True):
             model = ModelSpec(
                 family=self.setup.family,
                 num_layers=int(layers),
                 hidden_size=int(h),
                 num_attention_heads=int(a),
-                vocab_size=self.setup.vocab_size,
+                vocab_size=int(vocab),
                 seq_length=int(s),
                 name=f"h{h}-a{a}-l{layers}-s{s}",
             )
@@ -138,7 +165,9 @@ class Predictor:
                 dp=g["dp"].to_numpy(),
                 mb=g["micro_batch"].to_numpy(),
                 gb=g["global_batch"].to_numpy(),
-                recompute=self.setup.recompute,
+                recompute=(
+                    g["recompute"].to_numpy() if "recompute" in g else self.setup.recompute
+                ),
                 dp_overlap=self.setup.dp_overlap,
             )
             reason = batch.check(model)
@@ -310,6 +339,11 @@ class Calibration:
     record: dict[str, Any]
 
 
+def _tables_record(profile: Profile) -> dict[str, Any]:
+    """The record of curves fitted to measured tables (``tablefit``), kept by a later fit."""
+    return {"tables": profile.fit["tables"]} if "tables" in profile.fit else {}
+
+
 def _sha256(path: str | Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
@@ -339,7 +373,14 @@ def calibrate(
     measurements = read_measurements(list(measurement_paths))
     predictor = Predictor(measurements, setup)
     profile = base or load_profile(setup.gpu)
-    profile = profile.with_params(**{k: v for k, (v, _) in FIXED_PARAMS.items()})
+    if profile.kind == "measured" and profile.gpu != setup.gpu:
+        raise ValueError(
+            f"profile {profile.name!r} was measured on {profile.gpu}, not --gpu {setup.gpu}"
+        )
+    torch_runs = setup.framework == "torch"
+    params = TORCH_STEP_PARAMS if torch_runs else ITERATION_PARAMS
+    fixed = {} if torch_runs else FIXED_PARAMS
+    profile = profile.with_params(**{k: v for k, (v, _) in fixed.items()})
     record: dict[str, Any] = {
         "date": date.today().isoformat(),
         "vtrain_opt_version": __version__,
@@ -355,11 +396,11 @@ def calibrate(
             for p in measurement_paths
         ],
         "skipped_rows": len(measurements.skipped),
-        "fixed": {k: v for k, (v, _) in FIXED_PARAMS.items()},
+        "fixed": {k: v for k, (v, _) in fixed.items()},
     }
     if nccl_dir is not None:
         profile, record["nccl"] = _fit_sweeps(profile, setup, nccl_dir, nccl_prefix)
-    result = fit(predictor, profile, ITERATION_PARAMS)
+    result = fit(predictor, profile, params)
     measured = predictor.measured_s
     files = measurements.rows["file"].to_numpy()
     pred = predictor.predict(result.profile)
@@ -370,7 +411,7 @@ def calibrate(
     }
     cv = None
     if folds:
-        cv = cross_validate(predictor, profile, k=folds, params=ITERATION_PARAMS, seed=seed)
+        cv = cross_validate(predictor, profile, k=folds, params=params, seed=seed)
         record["cv"] = {
             "folds": folds,
             "seed": seed,
@@ -381,24 +422,36 @@ def calibrate(
             "overall_mape_pct": cv.mape_pct,
         }
     sources = dict(result.profile.sources)
-    for k in ITERATION_PARAMS:
+    for k in params:
         sources[k] = f"fitted to {len(measured)} measured iterations on {record['date']} (see fit)"
-    for k, (_, why) in FIXED_PARAMS.items():
+    for k, (_, why) in fixed.items():
         sources[k] = why
     if "nccl" in record:
         for k in record["nccl"]["fitted"]:
             sources[k] = f"fitted to nccl-tests all-reduce sweeps in {nccl_dir} (see fit.nccl)"
-    fitted = replace(
-        result.profile,
-        name=name or setup.gpu,
-        gpu=setup.gpu,
-        kind="calibrated",
-        sources=sources,
-        description=f"{setup.gpu} profile calibrated on measured Megatron iteration times "
-        f"({', '.join(Path(p).name for p in measurement_paths)}).",
-        provenance={"method": "calibrated", "date": record["date"]},
-        fit=record,
-    )
+    runs = f"measured {'plain PyTorch' if torch_runs else 'Megatron'} iteration times"
+    files = ", ".join(Path(p).name for p in measurement_paths)
+    if profile.kind == "measured":
+        # a measured profile stays one: its tables, calibrated on real steps
+        fitted = replace(
+            result.profile,
+            name=name or profile.name,
+            sources=sources,
+            description=f"{profile.description} Calibrated on {runs} ({files}).".strip(),
+            fit={**profile.fit, **record},
+        )
+    else:
+        fitted = replace(
+            result.profile,
+            name=name or setup.gpu,
+            gpu=setup.gpu,
+            kind="calibrated",
+            sources=sources,
+            description=f"{setup.gpu} profile calibrated on {runs} ({files})."
+            + (f" {profile.description}" if "tables" in profile.fit else ""),
+            provenance={"method": "calibrated", "date": record["date"]},
+            fit={**_tables_record(profile), **record},
+        )
     return Calibration(fitted, result, cv, predictor, record)
 
 
@@ -459,7 +512,7 @@ def derive(calibrated: Profile, gpu: str) -> Profile:
     """A profile of another GPU from a calibrated one: the efficiency model is kept and the
     peaks, bandwidths and memory come from the GPU's datasheet (the catalog)."""
     note = (
-        f"derived from the calibrated {calibrated.gpu} profile ({calibrated.id}): value kept; "
+        f"derived from the {calibrated.kind} {calibrated.gpu} profile ({calibrated.id}): value kept; "
         f"{gpu}'s peaks and bandwidths come from its datasheet"
     )
     return replace(
@@ -468,7 +521,7 @@ def derive(calibrated: Profile, gpu: str) -> Profile:
         gpu=gpu,
         kind="derived",
         sources={k: note for k in calibrated.params},
-        description=f"{gpu} profile derived from the calibrated {calibrated.gpu} profile by "
+        description=f"{gpu} profile derived from the {calibrated.kind} {calibrated.gpu} profile by "
         "datasheet ratios (search_spaces/gpus.yaml); the efficiencies and overheads are "
         f"{calibrated.gpu}'s. Not measured on {gpu}.",
         provenance={

@@ -1,9 +1,15 @@
-"""Read measured iteration times (the CSV format of vTrain's measurement set).
+"""Read measured iteration times: vTrain's CSV format, or the single-GPU step format.
 
-Columns, with these exact header names (a UTF-8 byte-order mark is tolerated):
+vTrain's columns, with these exact header names (a UTF-8 byte-order mark is tolerated):
 ``# GPUs``, ``global batch``, ``micro batch``, ``hidden size``, ``attention heads``,
 ``# layers``, ``sequence length``, ``tensor parallelism``, ``data parallelism``,
 ``pipeline parallelism``, ``iteration time (ms)``, and optionally ``Parameters (billion)``.
+
+The step format (the shared Hopper runs, one GPU): ``num_layers``, ``hidden_size``,
+``num_attention_heads``, ``seq_length``, ``micro_batch``, ``global_batch``,
+``iteration_s``; optionally ``vocab_size``, ``recompute`` (none/selective/full),
+``peak_memory_bytes``, ``name``, and ``tp``/``pp``/``dp`` (1 when absent). Per-row
+vocabulary and recomputation override the run setup's.
 
 Malformed files raise ValueError naming the file, row and column. Rows that break a
 plan rule (e.g. GPUs != tp x pp x dp) are not fatal: they are skipped and reported.
@@ -17,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from vtrain_opt.spec.plan import RECOMPUTE_MODES
 
 COLUMNS = {
     "# GPUs": "num_gpus",
@@ -32,6 +40,17 @@ COLUMNS = {
     "iteration time (ms)": "iteration_time_ms",
 }
 OPTIONAL_COLUMNS = {"Parameters (billion)": "params_billion"}
+# The single-GPU step format: its columns already carry the normalized names.
+STEP_COLUMNS = (
+    "num_layers",
+    "hidden_size",
+    "num_attention_heads",
+    "seq_length",
+    "micro_batch",
+    "global_batch",
+    "iteration_s",
+)
+STEP_OPTIONAL = ("vocab_size", "peak_memory_bytes", "tp", "pp", "dp")
 
 
 @dataclass
@@ -83,6 +102,8 @@ def _read_one(path: Path) -> tuple[pd.DataFrame, list[SkippedRow]]:
     except (pd.errors.ParserError, UnicodeDecodeError) as e:
         raise ValueError(f"{name}: not a readable CSV file ({str(e).splitlines()[0]})") from None
     raw.columns = [str(c).strip() for c in raw.columns]
+    if all(c in raw.columns for c in STEP_COLUMNS):
+        raw = _from_step_format(raw, name)
     missing = [c for c in COLUMNS if c not in raw.columns]
     if missing:
         hints = []
@@ -95,7 +116,8 @@ def _read_one(path: Path) -> tuple[pd.DataFrame, list[SkippedRow]]:
         )
     if raw.empty:
         raise ValueError(f"{name}: the file has a header but no rows")
-    keep = {**COLUMNS, **{k: v for k, v in OPTIONAL_COLUMNS.items() if k in raw.columns}}
+    optional = {**OPTIONAL_COLUMNS, **{c: c for c in STEP_OPTIONAL if c not in ("tp", "pp", "dp")}}
+    keep = {**COLUMNS, **{k: v for k, v in optional.items() if k in raw.columns}}
     out = pd.DataFrame(index=raw.index)
     for col, norm in keep.items():
         values = pd.to_numeric(raw[col].str.strip(), errors="coerce")
@@ -106,6 +128,17 @@ def _read_one(path: Path) -> tuple[pd.DataFrame, list[SkippedRow]]:
                 f"{name}: row {i + 1}, column {col!r}: {raw[col].iloc[i]!r} is not a number"
             )
         out[norm] = values
+    for col in ("name", "recompute"):
+        if col in raw.columns:
+            out[col] = raw[col].astype(str).str.strip()
+    if "recompute" in out:
+        bad = ~out["recompute"].isin(RECOMPUTE_MODES)
+        if bad.any():
+            i = int(np.flatnonzero(bad.to_numpy())[0])
+            raise ValueError(
+                f"{name}: row {i + 1}, column 'recompute': {out['recompute'].iloc[i]!r} is not "
+                f"one of {', '.join(RECOMPUTE_MODES)}"
+            )
     out["file"] = name
     out["row"] = np.arange(1, len(out) + 1)
 
@@ -118,6 +151,32 @@ def _read_one(path: Path) -> tuple[pd.DataFrame, list[SkippedRow]]:
         if col != "iteration_time_ms":
             good[col] = good[col].astype(np.int64)
     return good.reset_index(drop=True), skipped
+
+
+def _from_step_format(raw: pd.DataFrame, name: str) -> pd.DataFrame:
+    """The step format's columns under vTrain's header names (one GPU unless tp/pp/dp say)."""
+    out = raw.copy()
+    for col in ("tp", "pp", "dp"):
+        if col not in out.columns:
+            out[col] = "1"
+    seconds = pd.to_numeric(out["iteration_s"].str.strip(), errors="coerce")
+    bad = seconds.isna()
+    if bad.any():
+        i = int(np.flatnonzero(bad.to_numpy())[0])
+        raise ValueError(
+            f"{name}: row {i + 1}, column 'iteration_s': {out['iteration_s'].iloc[i]!r} is not "
+            "a number"
+        )
+    gpus = (
+        pd.to_numeric(out["tp"], errors="coerce")
+        * pd.to_numeric(out["pp"], errors="coerce")
+        * pd.to_numeric(out["dp"], errors="coerce")
+    )
+    renamed = {v: k for k, v in COLUMNS.items() if v in out.columns}
+    out = out.rename(columns=renamed)
+    out["# GPUs"] = gpus.astype(str)
+    out["iteration time (ms)"] = (seconds * 1e3).astype(str)
+    return out
 
 
 def _rule_violations(df: pd.DataFrame) -> np.ndarray:

@@ -67,6 +67,22 @@ class ValidationReport:
     def max_ape_pct(self) -> float:
         return float(self.rows["ape_pct"].max())
 
+    def peak_memory(self) -> dict[str, Any] | None:
+        """Predicted against measured peak memory, where the files carry
+        ``peak_memory_bytes`` (``torch.cuda.max_memory_allocated``: what the model
+        allocates, so the profile's runtime reserve is left out of the prediction)."""
+        if "memory_ape_pct" not in self.rows:
+            return None
+        rows = self.rows.dropna(subset=["memory_ape_pct"])
+        if rows.empty:
+            return None
+        return {
+            "n_rows": len(rows),
+            "mape_pct": float(rows["memory_ape_pct"].mean()),
+            "max_ape_pct": float(rows["memory_ape_pct"].max()),
+            "mean_ratio": float(rows["memory_ratio"].mean()),
+        }
+
     def by_file(self) -> pd.DataFrame:
         return self._agg("file")
 
@@ -177,6 +193,7 @@ class ValidationReport:
                 }
                 for _, r in over.iterrows()
             ],
+            "peak_memory": self.peak_memory(),
             "n_contradictions": len(contra),
             "contradictions": [
                 {k: _plain(v) for k, v in r.items()} for r in contra.to_dict("records")
@@ -226,6 +243,11 @@ def validate(
     rows["after_pipeline_s"] = (
         cols["dp_comm_s"] + cols["optimizer_s"] + profile.iteration_overhead_s
     )
+    if "peak_memory_bytes" in rows:
+        allocated = cols["memory_per_gpu_bytes"] - profile.runtime_reserved_bytes
+        rows["predicted_allocated_bytes"] = allocated
+        rows["memory_ratio"] = allocated / rows["peak_memory_bytes"]
+        rows["memory_ape_pct"] = np.abs(rows["memory_ratio"] - 1.0) * 100
     rows["ape_pct"] = np.abs(predicted - measured) / measured * 100
     rows["ratio"] = predicted / measured
     rows["model"] = (

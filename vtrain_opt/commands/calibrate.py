@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import os
+from dataclasses import replace
 from pathlib import Path
 
 from vtrain_opt.calibrate import (
-    ITERATION_PARAMS,
+    STEP_PARAMS,
     RunSetup,
     calibrate,
     calibrate_collectives,
@@ -19,6 +20,7 @@ from vtrain_opt.console import console
 from vtrain_opt.io import write_json_atomic
 from vtrain_opt.profiles import PARAM_DEFS, Profile, load_profile
 from vtrain_opt.spec.hardware import get_gpu
+from vtrain_opt.tablefit import COPIED_PARAMS, CURVE_PARAMS, curves_from_tables
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -41,6 +43,20 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--base",
         metavar="NAME|FILE",
         help="profile to start from (default: the shipped profile of --gpu)",
+    )
+    p.add_argument(
+        "--tables",
+        metavar="MEASURED.json",
+        help="first fit the analytical GEMM, attention and memory curves of the profile to "
+        "this measured profile's op tables (written by `vtrain_opt profile` on the same GPU); "
+        "alone, write that profile",
+    )
+    p.add_argument(
+        "--carry",
+        metavar="PROFILE",
+        help="take the in-step parameters (" + ", ".join(STEP_PARAMS) + ") from this profile, "
+        "calibrated on real steps of another GPU with the same profiler and framework, "
+        "where this GPU has no measured steps",
     )
     p.add_argument(
         "--nccl",
@@ -83,10 +99,12 @@ def _check_writable(path: Path) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if not args.measurements and not args.nccl:
+    if not (args.measurements or args.nccl or args.tables or args.carry):
         raise ValueError(
             "calibrate needs --measurements FILE.csv (iteration times), --nccl DIR "
-            "(all-reduce sweeps, for the collective model only), or both"
+            "(all-reduce sweeps, for the collective model only), --tables MEASURED.json "
+            "(curves from a measured profile), --carry PROFILE (in-step parameters), or a "
+            "combination"
         )
     setup = run_setup(args)
     out = Path(args.out)
@@ -95,6 +113,14 @@ def run(args: argparse.Namespace) -> int:
     for g in derived:
         get_gpu(g)  # unknown names fail now, not after the fit
     base = load_profile(args.base, gpu=setup.gpu) if args.base else None
+    if args.tables:
+        base = curves_from_tables(
+            base or load_profile(setup.gpu), load_profile(args.tables), setup.cluster(), setup.dtype
+        )
+    if args.carry:
+        base = carry_step_params(base or load_profile(setup.gpu), load_profile(args.carry))
+    if (args.tables or args.carry) and not args.measurements and not args.nccl:
+        return _write_curves(args, base, out, derived)
     if not args.measurements:
         return _run_collectives(args, setup, out, base, derived)
     result = calibrate(
@@ -129,9 +155,7 @@ def run(args: argparse.Namespace) -> int:
         )
         return 0
     con = console()
-    con.print(
-        f"fitted {len(ITERATION_PARAMS)} parameters on {len(result.predictor.measured_s)} rows:"
-    )
+    con.print(f"fitted {len(record['fitted'])} parameters on {len(result.predictor.measured_s)} rows:")
     for k, v in record["fitted"].items():
         bound = " (at its bound)" if k in record["at_bounds"] else ""
         con.print(f"  {k:24s} {v:.4g} {PARAM_DEFS[k].unit}{bound}")
@@ -143,6 +167,45 @@ def run(args: argparse.Namespace) -> int:
         tab = record["nccl"]["mape_pct_by_group_and_size"]
         overall = sum(r["all"] for r in tab) / len(tab)
         con.print(f"  NCCL all-reduce sweeps: MAPE {overall:.2f}% (mean over group sizes)")
+    con.print("wrote " + ", ".join(written))
+    return 0
+
+
+def carry_step_params(profile: Profile, source: Profile) -> Profile:
+    """``profile`` with the in-step parameters of ``source`` (calibrated on real steps)."""
+    sources = dict(profile.sources)
+    for k in STEP_PARAMS:
+        why = source.sources.get(k, "")
+        sources[k] = f"carried from {source.id} ({source.gpu}; same profiler and framework): {why}"
+    values = {k: source.params[k] for k in STEP_PARAMS}
+    return replace(profile.with_params(**values), sources=sources)
+
+
+def _write_curves(args: argparse.Namespace, profile: Profile, out: Path, derived: list[str]) -> int:
+    """``calibrate --tables`` (or ``--carry``) alone: the profile with its curves fitted to
+    the tables (and the carried in-step parameters)."""
+    profile = replace(profile, name=args.name or profile.name)
+    write_json_atomic(out, profile.to_json_dict())
+    written = [str(out)]
+    for g in derived:
+        path = out.parent / f"{g}.json"
+        write_json_atomic(path, derive(profile, g).to_json_dict())
+        written.append(str(path))
+    record = profile.fit.get("tables", {})
+    names = (*CURVE_PARAMS, *COPIED_PARAMS) if record else ()
+    values = {k: profile.params[k] for k in (*names, *(STEP_PARAMS if args.carry else ()))}
+    if args.json:
+        print_json({"profile": str(out), "written": written, "curves": values, "tables": record})
+        return 0
+    con = console()
+    if record:
+        con.print(f"curves fitted to the op tables of {record['profile']} ({record['dtype']}):")
+    for k, v in values.items():
+        con.print(f"  {k:24s} {v:.4g} {PARAM_DEFS[k].unit}")
+    for what in ("gemm", "attention"):
+        if what in record:
+            r = record[what]
+            con.print(f"  {what}: {r['cells']} cells, rms log error {r['rms_log_error']:.3f}")
     con.print("wrote " + ", ".join(written))
     return 0
 

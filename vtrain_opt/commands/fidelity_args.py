@@ -6,6 +6,7 @@ import argparse
 
 from vtrain_opt.calibrate import RunSetup
 from vtrain_opt.commands.common import positive_float, positive_int
+from vtrain_opt.commands.framework_args import add_framework_args, framework_kwargs
 from vtrain_opt.spec.model import FAMILIES
 from vtrain_opt.spec.plan import RECOMPUTE_MODES
 from vtrain_opt.spec.setup import ATTENTION_KERNELS, DTYPES
@@ -64,6 +65,7 @@ def add_measurement_args(
         help="the runs overlapped the gradient reduction with the backward "
         "(default: not, as with no gradient bucketing)",
     )
+    add_framework_args(g)
 
 
 def run_setup(args: argparse.Namespace) -> RunSetup:
@@ -77,4 +79,5 @@ def run_setup(args: argparse.Namespace) -> RunSetup:
         gpus_per_node=args.gpus_per_node,
         inter_node_gbps=args.inter_node_gbps,
         dp_overlap=args.dp_overlap,
+        **framework_kwargs(args),
     )

@@ -20,6 +20,7 @@ from vtrain_opt.commands.common import (
     resolve_context,
     resolve_model,
 )
+from vtrain_opt.commands.framework_args import check_torch_plan
 from vtrain_opt.console import breakdown_table, console, describe_plan, summary_table
 from vtrain_opt.sim.measured import measured_coverage
 from vtrain_opt.sim.step import results_frame, simulate_arrays
@@ -139,6 +140,10 @@ def run(args: argparse.Namespace) -> int:
     modes = RECOMPUTE_MODES if args.recompute == "auto" else (args.recompute,)
     plans = [_plan(args, global_batch, mode) for mode in modes]
     plans[0].validate(model)
+    p0 = plans[0]
+    check_torch_plan(
+        args.framework, tp=p0.tp, pp=p0.pp, vpp=p0.vpp, sequence_parallel=p0.sequence_parallel
+    )
     ctx = resolve_context(args, model, cluster)
     batch = PlanBatch.from_plans(plans)
     df = results_frame(batch, simulate_arrays(ctx, batch, args.tokens))

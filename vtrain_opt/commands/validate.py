@@ -146,6 +146,13 @@ def run(args: argparse.Namespace) -> int:
         )
     else:
         con.print("memory: every measured run fits the memory model too")
+    peak = report.peak_memory()
+    if peak is not None:
+        con.print(
+            f"peak memory (allocated, {peak['n_rows']} rows with peak_memory_bytes): MAPE "
+            f"{peak['mape_pct']:.1f}%, max {peak['max_ape_pct']:.1f}%, mean predicted/measured "
+            f"{peak['mean_ratio']:.3f}"
+        )
     if args.by:
         con.print(_cross_table(report.cross_groups(args.by), args.by))
     biased = report.biased_groups()

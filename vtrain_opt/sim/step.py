@@ -100,6 +100,18 @@ def make_context(
             f"{cluster.gpu.name} has no FlashAttention kernels; use attention 'unfused'"
         )
     cluster.gpu.peak(setup.dtype)  # raises if the GPU has no such dtype
+    if profile.tables:
+        device = profile.provenance.get("device", profile.gpu)
+        if profile.gpu != cluster.gpu.name:
+            raise ValueError(
+                f"profile {profile.name!r} was measured on {device} ({profile.gpu}), not "
+                f"{cluster.gpu.name}; use a profile of {cluster.gpu.name} or --gpu {profile.gpu}"
+            )
+        if setup.dtype not in profile.tables:
+            raise ValueError(
+                f"profile {profile.name!r} was measured in {', '.join(profile.tables)}, not "
+                f"{setup.dtype}; use --dtype {next(iter(profile.tables))} or another profile"
+            )
     return SimContext(model, cluster, profile, setup)
 
 
