@@ -145,9 +145,7 @@ class Predictor:
         self._cluster = self.setup.cluster()
         self._setup = self.setup.setup()
         self._groups: list[tuple[ModelSpec, PlanBatch, np.ndarray]] = []
-        rows = rows.assign(
-            _vocab=rows.get("vocab_size", self.setup.vocab_size)
-        )
+        rows = rows.assign(_vocab=rows.get("vocab_size", self.setup.vocab_size))
         keys = ["hidden_size", "num_attention_heads", "num_layers", "seq_length", "_vocab"]
         for (h, a, layers, s, vocab), g in rows.groupby(keys, sort=True):
             model = ModelSpec(
@@ -165,9 +163,7 @@ class Predictor:
                 dp=g["dp"].to_numpy(),
                 mb=g["micro_batch"].to_numpy(),
                 gb=g["global_batch"].to_numpy(),
-                recompute=(
-                    g["recompute"].to_numpy() if "recompute" in g else self.setup.recompute
-                ),
+                recompute=(g["recompute"].to_numpy() if "recompute" in g else self.setup.recompute),
                 dp_overlap=self.setup.dp_overlap,
             )
             reason = batch.check(model)

@@ -75,7 +75,12 @@ def fit_curves(
     hi = [PARAM_DEFS[p].upper for p in ("gemm_efficiency", "gemm_k_half")]
     x0 = [min(max(base.gemm_efficiency, lo[0]), hi[0]), min(max(base.gemm_k_half, lo[1]), hi[1])]
     g = least_squares(
-        gemm_residuals, x0, bounds=(lo, hi), x_scale=[0.1, 100.0], loss="soft_l1", f_scale=LOSS_SCALE
+        gemm_residuals,
+        x0,
+        bounds=(lo, hi),
+        x_scale=[0.1, 100.0],
+        loss="soft_l1",
+        f_scale=LOSS_SCALE,
     )
     values = {"gemm_efficiency": float(g.x[0]), "gemm_k_half": float(g.x[1])}
     record: dict[str, Any] = {
@@ -101,7 +106,10 @@ def fit_curves(
                 ]
             )
 
-        bounds = (PARAM_DEFS["attention_efficiency"].lower, PARAM_DEFS["attention_efficiency"].upper)
+        bounds = (
+            PARAM_DEFS["attention_efficiency"].lower,
+            PARAM_DEFS["attention_efficiency"].upper,
+        )
         x0 = [min(max(base.attention_efficiency, bounds[0]), bounds[1])]
         a = least_squares(
             attention_residuals,

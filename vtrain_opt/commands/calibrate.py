@@ -155,7 +155,9 @@ def run(args: argparse.Namespace) -> int:
         )
         return 0
     con = console()
-    con.print(f"fitted {len(record['fitted'])} parameters on {len(result.predictor.measured_s)} rows:")
+    con.print(
+        f"fitted {len(record['fitted'])} parameters on {len(result.predictor.measured_s)} rows:"
+    )
     for k, v in record["fitted"].items():
         bound = " (at its bound)" if k in record["at_bounds"] else ""
         con.print(f"  {k:24s} {v:.4g} {PARAM_DEFS[k].unit}{bound}")

@@ -24,7 +24,9 @@ def probability(text: str) -> float:
     return value
 
 
-def add_framework_args(p: argparse.ArgumentParser | Any, default_framework: str = "megatron") -> None:
+def add_framework_args(
+    p: argparse.ArgumentParser | Any, default_framework: str = "megatron"
+) -> None:
     """--framework, --dropout and --master-weights on a parser or argument group."""
     p.add_argument(
         "--framework",
@@ -62,8 +64,10 @@ def framework_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 def framework_given(args: argparse.Namespace) -> bool:
     """Whether any of these options differs from its default (a setup must be built)."""
     kw = framework_kwargs(args)
-    return kw["framework"] != "megatron" or kw["dropout"] is not None or (
-        kw["master_weights"] != "fp32"
+    return (
+        kw["framework"] != "megatron"
+        or kw["dropout"] is not None
+        or (kw["master_weights"] != "fp32")
     )
 
 

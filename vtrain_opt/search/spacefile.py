@@ -49,6 +49,9 @@ _KEYS = (
     *DIMENSIONS,
     "dtype",
     "attention",
+    "framework",
+    "dropout",
+    "master_weights",
 )
 _GPU_KEYS = ("name", "price_per_gpu_hour", "gpus_per_node", "inter_node_gbps", "profile")
 _NUM_GPUS_KEYS = ("min", "max", "step")
@@ -184,15 +187,24 @@ class _Builder:
         for dim in ("sequence_parallel", "dp_overlap"):
             if dim in s and s[dim] != "both":
                 kwargs[dim] = self.bool_list(f"space.{dim}", s[dim])
-        if "dtype" in s or "attention" in s:
+        setup_keys = ("dtype", "attention", "framework", "dropout", "master_weights")
+        if any(k in s for k in setup_keys):
+            dropout = s.get("dropout")
+            if dropout is not None and (
+                isinstance(dropout, bool) or not isinstance(dropout, (int, float))
+            ):
+                raise self.fail("space.dropout", f"{dropout!r} must be a probability in [0, 1)")
             try:
                 kwargs["setup"] = Setup(
-                    dtype=str(s.get("dtype", "bf16")), attention=str(s.get("attention", "flash"))
+                    dtype=str(s.get("dtype", "bf16")),
+                    attention=str(s.get("attention", "flash")),
+                    framework=str(s.get("framework", "megatron")),
+                    dropout=None if dropout is None else float(dropout),
+                    master_weights=str(s.get("master_weights", "fp32")),
                 )
             except ValueError as e:
-                raise self.fail(
-                    "space.dtype" if "dtype" in s else "space.attention", str(e)
-                ) from None
+                key = next((k for k in setup_keys if k in s and k in str(e)), "dtype")
+                raise self.fail(f"space.{key}", str(e)) from None
         try:
             return SearchSpace.create(
                 model,

@@ -68,7 +68,9 @@ def torch_layer_costs(
     shapes = ((h + 2 * kvh, h), (h, h), (up_n, h), (h, f))  # (N, K) of each Linear
     gemm_fwd = sum(ops.gemm_s(tokens, n, k) for n, k in shapes)
     gemm_bwd = sum(
-        ops.gemm_s(tokens, k, n) + ops.gemm_s(k, n, tokens) + _linear_bias_grad(ops, tokens, n, bias)
+        ops.gemm_s(tokens, k, n)
+        + ops.gemm_s(k, n, tokens)
+        + _linear_bias_grad(ops, tokens, n, bias)
         for n, k in shapes
     )
 

@@ -53,13 +53,10 @@ class Setup:
                 f"setup.attention: {self.attention!r} is not one of {', '.join(ATTENTION_KERNELS)}"
             )
         if self.framework not in FRAMEWORKS:
-            raise ValueError(
-                f"framework: {self.framework!r} is not one of {', '.join(FRAMEWORKS)}"
-            )
+            raise ValueError(f"framework: {self.framework!r} is not one of {', '.join(FRAMEWORKS)}")
         if self.master_weights not in MASTER_WEIGHTS:
             raise ValueError(
-                f"master weights: {self.master_weights!r} is not one of "
-                f"{', '.join(MASTER_WEIGHTS)}"
+                f"master weights: {self.master_weights!r} is not one of {', '.join(MASTER_WEIGHTS)}"
             )
         if self.dropout is not None and (
             isinstance(self.dropout, bool)
