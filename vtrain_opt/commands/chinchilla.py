@@ -25,6 +25,7 @@ from vtrain_opt.commands.common import (
     print_json,
     resolve_cluster,
 )
+from vtrain_opt.commands.framework_args import framework_given, framework_kwargs
 from vtrain_opt.console import console
 from vtrain_opt.io import write_json_atomic, write_with
 from vtrain_opt.search.ray_backend import cluster_address
@@ -271,11 +272,13 @@ def config_from(args: argparse.Namespace) -> StudyConfig:
         global_batch=args.global_batch,
     )
     setup = None
-    if args.dtype or args.attention:  # the other one keeps the GPU's default
+    if args.dtype or args.attention or framework_given(args):  # the rest: the GPU's default
         probe = rules.for_params(args.min_params)
         default = make_context(probe, cluster, gpu.profile).setup
         setup = Setup(
-            dtype=args.dtype or default.dtype, attention=args.attention or default.attention
+            dtype=args.dtype or default.dtype,
+            attention=args.attention or default.attention,
+            **framework_kwargs(args),
         )
     if args.min_params > args.max_params:
         raise ValueError(

@@ -10,6 +10,11 @@ from typing import Any
 
 import numpy as np
 
+from vtrain_opt.commands.framework_args import (
+    add_framework_args,
+    framework_given,
+    framework_kwargs,
+)
 from vtrain_opt.profiles import load_profile
 from vtrain_opt.sim.step import SimContext, make_context
 from vtrain_opt.spec.hardware import ClusterSpec, cluster_for_profile, get_cluster, gpu_names
@@ -122,6 +127,7 @@ def add_setup_args(parser: argparse.ArgumentParser) -> None:
         choices=ATTENTION_KERNELS,
         help="attention kernel (default: flash where the GPU supports it, else unfused)",
     )
+    add_framework_args(g)
 
 
 def add_json_arg(parser: argparse.ArgumentParser) -> None:
@@ -166,10 +172,12 @@ def resolve_cluster(args: argparse.Namespace, gpu: str | None = None) -> Cluster
 
 def resolve_context(args: argparse.Namespace, model: ModelSpec, cluster: ClusterSpec) -> SimContext:
     setup = None
-    if getattr(args, "dtype", None) or getattr(args, "attention", None):
+    if getattr(args, "dtype", None) or getattr(args, "attention", None) or framework_given(args):
         default = make_context(model, cluster, getattr(args, "profile", None)).setup
         setup = Setup(
-            dtype=args.dtype or default.dtype, attention=args.attention or default.attention
+            dtype=args.dtype or default.dtype,
+            attention=args.attention or default.attention,
+            **framework_kwargs(args),
         )
     return make_context(model, cluster, getattr(args, "profile", None), setup)
 
