@@ -5,13 +5,37 @@ GEMM (m, n, k): m is tokens (micro-batch x sequence) or a weight dimension (weig
 gradients), n and k are hidden / tp, ffn / tp, vocab / tp or tokens: one axis covers
 them all, so the grid is a cube of powers of two. Attention: micro-batch x local heads,
 sequence, head size. Memory-bound ops: elements of the op's main tensor (the byte key
-each table is read by follows from it, as ``sim/costs.py`` counts bytes).
+each table is read by follows from it, as ``sim/costs.py`` counts bytes). In-step GEMMs:
+a real layer (hidden, heads, sequence, micro-batch) whose GEMMs lie inside the GEMM grid.
+
+Which memory-bound tables are measured follows the frameworks asked for: each framework's
+op list (``sim/costs.py``, ``sim/costs_torch.py``) names some ops the other never asks for.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from typing import Any
+
+FRAMEWORKS = ("megatron", "torch")
+# Memory-bound tables only one framework's op list asks for (the others serve both).
+FRAMEWORK_ONLY_OPS = {
+    "megatron": frozenset(
+        {"bias_dropout_add", "bias_dropout_add_bwd", "bias_gelu", "bias_gelu_bwd", "softmax",
+         "softmax_bwd", "optimizer"}
+    ),
+    "torch": frozenset({"gelu", "gelu_bwd", "bias_grad", "adam"}),
+}  # fmt: skip
+# Tables with their own size axis (parameters, not elements).
+PARAM_SIZED_OPS = frozenset({"optimizer", "adam"})
+
+
+def memory_ops_for(frameworks: tuple[str, ...]) -> tuple[str, ...]:
+    """The memory-bound tables (``sim/measured.py`` MEMORY_OPS) the frameworks need."""
+    from vtrain_opt.sim.measured import MEMORY_OPS
+
+    skip = set().union(*(FRAMEWORK_ONLY_OPS[f] for f in FRAMEWORKS if f not in frameworks))
+    return tuple(op for op in MEMORY_OPS if op not in skip)
 
 
 def _pow2(lo: int, hi: int, step: int = 1) -> tuple[int, ...]:
@@ -28,6 +52,7 @@ class Grid:
     attention_head_dim: tuple[int, ...]
     elements: tuple[int, ...]  # memory-bound ops: elements of the main tensor
     optimizer_params: tuple[int, ...]
+    step_layers: tuple[tuple[int, int, int, int], ...]  # (hidden, heads, seq, micro-batch)
     collective_bytes: tuple[int, ...]
     bandwidth_bytes: int  # one large copy, beyond the caches: the device memory bandwidth
     warmup: int  # untimed calls before timing (clocks, caches, cuBLAS heuristics)
@@ -35,22 +60,25 @@ class Grid:
     min_sample_s: float  # a sample repeats the op until it lasts this long (timer resolution)
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        def plain(v: Any) -> Any:
+            return [plain(x) for x in v] if isinstance(v, (tuple, list)) else v
 
-    def count(self, collectives: bool = False) -> int:
+        return {k: plain(v) for k, v in asdict(self).items()}
+
+    def count(self, frameworks: tuple[str, ...] = FRAMEWORKS) -> int:
         """Number of measurements (for the progress bar), collectives apart."""
-        from vtrain_opt.sim.measured import MEMORY_OPS
-
         attention = (
             len(self.attention_batch_heads) * len(self.attention_seq) * len(self.attention_head_dim)
         )
-        mem_ops = len(MEMORY_OPS) - 1  # the optimizer has its own sizes
+        ops = memory_ops_for(frameworks)
+        by_params = sum(op in PARAM_SIZED_OPS for op in ops)
         return (
             len(self.gemm) ** 3
             + 2 * attention
-            + mem_ops * len(self.elements)
-            + len(self.optimizer_params)
+            + (len(ops) - by_params) * len(self.elements)
+            + by_params * len(self.optimizer_params)
             + 1  # the bandwidth copy
+            + (2 * 4 * len(self.step_layers) if "torch" in frameworks else 0)  # bias GEMMs
         )
 
 
@@ -63,6 +91,7 @@ GRIDS: dict[tuple[str, bool], Grid] = {
         attention_head_dim=(64,),
         elements=_pow2(14, 20, 2),
         optimizer_params=_pow2(16, 22, 2),
+        step_layers=((128, 2, 256, 2), (256, 4, 128, 2)),
         collective_bytes=_pow2(12, 22, 5),
         bandwidth_bytes=2**27,
         warmup=1,
@@ -76,6 +105,7 @@ GRIDS: dict[tuple[str, bool], Grid] = {
         attention_head_dim=(64, 128),
         elements=_pow2(12, 24, 2),
         optimizer_params=_pow2(14, 26, 2),
+        step_layers=((512, 8, 512, 2), (1024, 16, 1024, 1)),
         collective_bytes=_pow2(10, 26, 2),
         bandwidth_bytes=2**28,
         warmup=1,
@@ -89,6 +119,7 @@ GRIDS: dict[tuple[str, bool], Grid] = {
         attention_head_dim=(64, 128),
         elements=_pow2(16, 26, 2),
         optimizer_params=(2**20, 2**24, 2**28, 2**30),
+        step_layers=((1024, 16, 2048, 2), (4096, 32, 2048, 2)),
         collective_bytes=_pow2(16, 28, 4),
         bandwidth_bytes=2**31,
         warmup=3,
@@ -104,6 +135,8 @@ GRIDS: dict[tuple[str, bool], Grid] = {
         attention_head_dim=(64, 128),
         elements=_pow2(12, 29),
         optimizer_params=_pow2(16, 30, 2),
+        # the shared Hopper runs' layers (GPT 350M, 1.3B, 6.7B)
+        step_layers=((1024, 16, 2048, 4), (2048, 16, 2048, 2), (4096, 32, 2048, 2)),
         collective_bytes=_pow2(10, 30, 2),
         bandwidth_bytes=2**31,
         warmup=5,

@@ -4,6 +4,13 @@ Each memory-bound op is measured on a tensor of E elements and filed under the b
 that ``sim/costs.py`` (or ``sim/step.py`` for the optimizer) counts for that shape
 (``sim_bytes_per_element``), so the simulator reads it back by the same key. The ``_bwd`` tables time the op's backward
 as autograd runs it (``torch.autograd.grad`` on the op's graph).
+
+Each framework's ops as it launches them: Megatron's fused bias-GELU and bias-dropout-add
+and its mixed-precision Adam (``optimizer``); plain PyTorch's GELU without a bias (the
+bias is in the GEMM's epilogue), the column sum of a Linear's output gradient into its
+bias gradient (``bias_grad``) and ``torch.optim.AdamW`` over parameters in the compute
+dtype (``adam``). nn.Linear with its bias is timed at the in-step layers' shapes as a note
+beside the ``gemm`` table (which times ``F.linear`` without one).
 """
 
 from __future__ import annotations
@@ -16,7 +23,8 @@ from typing import Any
 import numpy as np
 
 from vtrain_opt.profiler import kernels as K
-from vtrain_opt.profiler.grid import Grid
+from vtrain_opt.profiler import torch_model as TM
+from vtrain_opt.profiler.grid import FRAMEWORKS, Grid, memory_ops_for
 from vtrain_opt.profiler.timing import Timer, Timing
 from vtrain_opt.sim.measured import sim_bytes_per_element
 
@@ -57,7 +65,15 @@ def _is_oom(torch: Any, e: BaseException) -> bool:
 class OpBench:
     """Runs the op benchmarks of one device and dtype."""
 
-    def __init__(self, torch: Any, device: Any, dtype: str, grid: Grid, on_step: OnStep):
+    def __init__(
+        self,
+        torch: Any,
+        device: Any,
+        dtype: str,
+        grid: Grid,
+        on_step: OnStep,
+        frameworks: tuple[str, ...] = FRAMEWORKS,
+    ):
         import torch.nn.functional as F
 
         self.torch, self.F, self.device, self.grid = torch, F, device, grid
@@ -67,7 +83,9 @@ class OpBench:
         self.widths = WIDTHS[self.kind]
         self.timer = Timer(torch, device, grid.warmup, grid.repeats, grid.min_sample_s)
         self.on_step = on_step
+        self.frameworks = frameworks
         self.optimizer_impl = ""
+        self.adam_impl = ""
 
     # ---- helpers ------------------------------------------------------------------------------
     def _t(self, *shape: int, grad: bool = False, dtype: Any = None) -> Any:
@@ -107,6 +125,37 @@ class OpBench:
                 del a
         return _table(("m", "n", "k"), (g, g, g), cell, {"impl": "torch.nn.functional.linear"})
 
+    def gemm_bias(self) -> dict[str, Any]:
+        """nn.Linear as plain PyTorch launches it (``F.linear(x, w, b)``: the bias in the
+        GEMM's epilogue) against ``F.linear(x, w)``, at the Linears of the in-step layers."""
+        rows = []
+        for h, _, s, b in self.grid.step_layers:
+            tokens, f = b * s, 4 * h
+            for n, k in ((3 * h, h), (h, h), (f, h), (h, f)):
+                x = self._t(tokens, k)
+                w, bias = self._t(n, k, grad=True), self._t(n, grad=True)
+                what = f"gemm+bias {tokens}x{n}x{k}"
+                with_bias = self._time(lambda x=x, w=w, bias=bias: self.F.linear(x, w, bias), what)
+                plain = self._time(lambda x=x, w=w: self.F.linear(x, w), what)
+                if with_bias is not None and plain is not None:
+                    rows.append(
+                        {
+                            "m": tokens,
+                            "n": n,
+                            "k": k,
+                            "bias_s": with_bias.median_s,
+                            "no_bias_s": plain.median_s,
+                            "ratio": with_bias.median_s / plain.median_s,
+                        }
+                    )
+                del x, w, bias
+        ratios = [r["ratio"] for r in rows]
+        return {
+            "impl": "torch.nn.functional.linear(x, w, b) / torch.nn.functional.linear(x, w)",
+            "median_ratio": float(np.median(ratios)) if ratios else None,
+            "shapes": rows,
+        }
+
     def attention(self) -> tuple[dict[str, Any], dict[str, Any]]:
         gr = self.grid
         axes = (gr.attention_batch_heads, gr.attention_seq, gr.attention_head_dim)
@@ -143,7 +192,10 @@ class OpBench:
         tables: dict[str, dict[str, Any]] = {}
         elements = self.grid.elements
         factors = sim_bytes_per_element(self.dtype_name)
+        wanted = set(memory_ops_for(self.frameworks))
         for name, (build, width_key) in self._memory_builders().items():
+            if name not in wanted:
+                continue
             if self.kind == "cuda":
                 self.torch.cuda.empty_cache()  # each op's largest cell needs room
             fwd = Cell.empty((len(elements),))
@@ -153,7 +205,7 @@ class OpBench:
                 width = min(self.widths[width_key], e)
                 fwd_fn, bwd_fn = build(e // width, width)
                 fwd.put((i,), self._time(fwd_fn, f"{name} {e}"), str(e))
-                if bwd_fn is not None:
+                if bwd_fn is not None and f"{name}_bwd" in wanted:
                     has_bwd = True
                     bwd.put((i,), self._time(bwd_fn, f"{name}_bwd {e}"), str(e))
             for op, cell in ((name, fwd), (f"{name}_bwd", bwd) if has_bwd else (None, None)):
@@ -166,7 +218,10 @@ class OpBench:
                 }
                 keys = [factors[op] * e for e in elements]
                 tables[op] = _table(("nbytes",), (keys,), cell, info)
-        tables["optimizer"] = self.optimizer(factors["optimizer"])
+        if "optimizer" in wanted:
+            tables["optimizer"] = self.optimizer(factors["optimizer"])
+        if "adam" in wanted:
+            tables["adam"] = self.adam(factors["adam"])
         return tables
 
     def _memory_builders(self) -> dict[str, tuple[Callable[[int, int], tuple[Any, ...]], str]]:
@@ -196,6 +251,15 @@ class OpBench:
             # backward: the residual stream's gradient is the sum of the two branches'
             dy, db = t(r, w), t(r, w)
             return lambda: x + res, lambda: dy + db
+
+        def gelu(r: int, w: int) -> tuple[Any, ...]:
+            x = t(r, w, grad=True)
+            f = lambda: F.gelu(x, approximate="tanh")  # noqa: E731
+            return f, self._backward(f(), (x,))
+
+        def bias_grad(r: int, w: int) -> tuple[Any, ...]:
+            dy = t(r, w)  # a Linear's output gradient; autograd sums it over the tokens
+            return lambda: dy.sum(0), None
 
         def bias_gelu(r: int, w: int) -> tuple[Any, ...]:
             x, bias = t(r, w, grad=True), t(w, grad=True)
@@ -253,6 +317,8 @@ class OpBench:
             "bias_dropout_add": (bias_dropout_add, "hidden"),
             "residual_add": (residual_add, "hidden"),
             "bias_gelu": (bias_gelu, "ffn"),
+            "gelu": (gelu, "ffn"),
+            "bias_grad": (bias_grad, "hidden"),
             "swiglu": (swiglu, "ffn"),
             "rotary": (rotary, "hidden"),
             "softmax": (softmax, "seq"),
@@ -282,6 +348,26 @@ class OpBench:
             "elements": list(sizes),
             "bytes_per_element": bytes_per_param,
             "impl": f"AdamW ({self.optimizer_impl}), fp32 master weights and states",
+        }
+        return _table(("nbytes",), ([p * bytes_per_param for p in sizes],), cell, info)
+
+    def adam(self, bytes_per_param: float) -> dict[str, Any]:
+        """``torch.optim.AdamW`` (fused where available, else foreach) stepping P parameters
+        in the compute dtype, states in it too (no master copy), filed under the bytes
+        ``sim/costs_torch.py`` counts for P parameters."""
+        sizes = self.grid.optimizer_params
+        cell = Cell.empty((len(sizes),))
+        for i, p in enumerate(sizes):
+            param = self._t(p, grad=True)
+            param.grad = self._t(p)
+            opt, self.adam_impl = TM.adamw(self.torch, [param])
+            cell.put((i,), self._time(opt.step, f"adam {p}"), str(p))
+            del param, opt
+        info = {
+            "elements": list(sizes),
+            "bytes_per_element": bytes_per_param,
+            "impl": f"torch.optim.AdamW ({self.adam_impl}), parameters and states in "
+            f"{self.dtype_name}",
         }
         return _table(("nbytes",), ([p * bytes_per_param for p in sizes],), cell, info)
 
@@ -322,15 +408,25 @@ def _table(
 
 
 def measure_ops(
-    torch: Any, device: Any, dtype: str, grid: Grid, on_step: OnStep
+    torch: Any,
+    device: Any,
+    dtype: str,
+    grid: Grid,
+    on_step: OnStep,
+    frameworks: tuple[str, ...] = FRAMEWORKS,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """All op tables of one dtype, and notes on how they were measured."""
-    bench = OpBench(torch, device, dtype, grid, on_step)
+    """All op tables of one dtype that the frameworks need, and notes on how they were
+    measured."""
+    bench = OpBench(torch, device, dtype, grid, on_step, frameworks)
     copy = bandwidth(bench)
     tables: dict[str, Any] = {"gemm": bench.gemm()}
     tables["attention_fwd"], tables["attention_bwd"] = bench.attention()
     tables.update(bench.memory_ops())
-    notes = {
+    notes: dict[str, Any] = {"frameworks": list(frameworks)}
+    if "torch" in frameworks:
+        notes["gemm_bias"] = bench.gemm_bias()
+        notes["adam"] = bench.adam_impl
+    notes |= {
         "optimizer": bench.optimizer_impl,
         "timing": f"{bench.timer.clock_name} around back-to-back calls after warm-up; median "
         f"of {grid.repeats} samples, spread = relative interquartile range",
