@@ -1,5 +1,7 @@
 """``profile``: measure this machine's device with torch and write a measured profile;
-``--check`` compares a real model's step time with the simulator's prediction."""
+``--check`` compares a real model's step time with the simulator's prediction.
+``--framework`` picks whose op list is measured (Megatron's fused kernels, plain PyTorch
+modules, or both) and which self-check runs."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from vtrain_opt.commands.common import add_json_arg, positive_int, print_json
 from vtrain_opt.console import console
 from vtrain_opt.io import write_json_atomic
 from vtrain_opt.profiles import Profile, load_profile
-from vtrain_opt.spec.setup import DTYPES
+from vtrain_opt.spec.setup import DTYPES, FRAMEWORKS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -23,8 +25,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="measure this machine's device (torch) and write a measured profile",
         description="Measure every op the simulator times (GEMMs, attention, norms, "
         "activations, softmax, dropout, embedding, cross-entropy, the optimizer, memory "
-        "bandwidth and, with several devices, collectives) on this machine's device, and "
-        "write a measured profile that `simulate --profile` and `search --profile` read. "
+        "bandwidth and, with several devices, collectives) on this machine's device, as "
+        "each framework launches them; the host's dispatch cost per layer of a plain PyTorch "
+        "model (torch_host_layer_s); and the GEMMs inside a real layer's training step "
+        "against the isolated GEMM table (step_gemm_scale). Writes a measured profile that "
+        "`simulate --profile` and `search --profile` read. "
         "Needs torch: pip install 'vtrain_opt[profile]'.",
     )
     p.add_argument(
@@ -32,6 +37,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--dtype", choices=DTYPES, help="compute dtype (default: bf16 on cuda, fp32 on cpu)"
+    )
+    p.add_argument(
+        "--framework",
+        choices=("both", *FRAMEWORKS),
+        default="both",
+        help="whose op list to measure and check: megatron (fused bias-GELU, "
+        "bias-dropout-add, mixed-precision Adam; the self-check model built from the "
+        "profiled kernels), torch (plain PyTorch modules: GELU, the Linear's bias gradient, "
+        "AdamW in the compute dtype, host dispatch, in-step GEMMs; the self-check model "
+        "written with standard modules), or both (default)",
     )
     p.add_argument(
         "--quick",
@@ -68,6 +83,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--layers", type=positive_int, metavar="N", help="check model layers")
     g.add_argument("--seq-len", type=positive_int, metavar="N", help="check model sequence length")
     g.add_argument("--micro-batch", type=positive_int, metavar="N", help="check micro-batch")
+    g.add_argument(
+        "--accumulation",
+        type=positive_int,
+        metavar="N",
+        help="micro-batches per iteration in the standard-module check (default 2)",
+    )
     g.add_argument("--vocab", type=positive_int, metavar="N", help="check model vocabulary")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     add_json_arg(p)
@@ -122,6 +143,7 @@ def _shape(args: argparse.Namespace, kind: str) -> Any:
         "seq_length": args.seq_len,
         "micro_batch": args.micro_batch,
         "vocab_size": args.vocab,
+        "accumulation": args.accumulation,
     }
     shape = replace(DEFAULT_SHAPES[kind], **{k: v for k, v in changes.items() if v is not None})
     shape.model()  # validates (heads divide hidden, ...)
@@ -166,11 +188,12 @@ def run(args: argparse.Namespace) -> int:
     shape = _shape(args, kind) if args.check else None
     info = describe(torch, device)
     con = console(stderr=True)
-    report: dict[str, Any] = {"device": info["name"], "dtype": dtype}
+    frameworks = _frameworks(args)
+    report: dict[str, Any] = {"device": info["name"], "dtype": dtype, "frameworks": frameworks}
 
     if checked is None:
         assert out is not None
-        profile = _measure(args, torch, device, kind, dtype, info, out)
+        profile = _measure(args, torch, device, kind, dtype, info, out, frameworks)
         write_json_atomic(out, profile.to_json_dict())
         report.update(_measure_report(profile, dtype, out))
         if not args.json:
@@ -195,7 +218,7 @@ def run(args: argparse.Namespace) -> int:
 
         if not args.no_progress and not args.json:
             con.print("self-check: timing a real layer and model ...")
-        result = self_check(torch, device, dtype, profile, shape)
+        result = self_check(torch, device, dtype, profile, shape, frameworks=frameworks)
         result["device"] = info["name"]
         report["check"] = result
         if out is not None:  # keep the check with the profile it judged
@@ -208,6 +231,10 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _frameworks(args: argparse.Namespace) -> tuple[str, ...]:
+    return FRAMEWORKS if args.framework == "both" else (args.framework,)
+
+
 def _measure(
     args: argparse.Namespace,
     torch: Any,
@@ -216,6 +243,7 @@ def _measure(
     dtype: str,
     info: dict[str, Any],
     out: Path,
+    frameworks: tuple[str, ...],
 ) -> Profile:
     from vtrain_opt.profiler.collectives import group_sizes, measure_collectives
     from vtrain_opt.profiler.grid import grid_for
@@ -230,12 +258,17 @@ def _measure(
     grid = grid_for(kind, args.quick)
     start = time.perf_counter()
     with _progress(not args.no_progress) as bar:
-        task = bar.add_task(f"{kind} {dtype} ops", total=grid.count())
+        steps = len(frameworks) + len(grid.step_layers)  # host dispatch, in-step GEMMs
+        task = bar.add_task(f"{kind} {dtype} ops", total=grid.count(frameworks) + steps)
 
         def step(what: str) -> None:
             bar.update(task, advance=1, description=what[:34])
 
-        tables, notes = measure_ops(torch, device, dtype, grid, step)
+        tables, notes = measure_ops(torch, device, dtype, grid, step, frameworks)
+        host = _measure_host(torch, device, dtype, frameworks, step)
+        instep_framework = "torch" if "torch" in frameworks else "megatron"
+        bar.update(task, description="in-step GEMMs (torch.profiler)")
+        instep = _measure_instep(torch, device, dtype, grid, instep_framework, step)
         collectives = None
         if world >= 2:
             bar.update(task, description=f"collectives x{world} processes")
@@ -245,7 +278,7 @@ def _measure(
                 "processes": world,
                 "groups": group_sizes(world),
             }
-    return build_profile(
+    profile = build_profile(
         name=args.name or out.stem,
         info=info,
         tables={dtype: tables},
@@ -256,12 +289,62 @@ def _measure(
         elapsed_s=time.perf_counter() - start,
         command="python -m vtrain_opt profile " + shlex.join(_argv(args)),
     )
+    return _with_host_and_instep(profile, info, dtype, host, instep_framework, instep)
+
+
+def _measure_host(
+    torch: Any, device: Any, dtype: str, frameworks: tuple[str, ...], step: Any
+) -> dict[str, Any]:
+    from vtrain_opt.profiler.host import measure_host
+
+    out = {}
+    for framework in frameworks:
+        out[framework] = measure_host(torch, device, dtype, framework)
+        step(f"host dispatch ({framework})")
+    return out
+
+
+def _measure_instep(
+    torch: Any, device: Any, dtype: str, grid: Any, framework: str, step: Any
+) -> list[dict[str, Any]]:
+    from vtrain_opt.profiler.instep import measure_step_gemms
+
+    out = []
+    for shape in grid.step_layers:
+        out += measure_step_gemms(torch, device, dtype, (shape,), framework)
+        step(f"in-step GEMMs h={shape[0]}")
+    return out
+
+
+def _with_host_and_instep(
+    profile: Profile,
+    info: dict[str, Any],
+    dtype: str,
+    host: dict[str, Any],
+    framework: str,
+    instep: list[dict[str, Any]],
+) -> Profile:
+    """The built profile with the host dispatch cost and the in-step GEMM scale measured."""
+    from vtrain_opt.profiler.device import host_cpu
+    from vtrain_opt.profiler.host import host_source
+    from vtrain_opt.profiler.instep import gemm_scale
+    from vtrain_opt.profiler.writer import with_measured
+    from vtrain_opt.spec.hardware import cluster_for_profile
+
+    cluster = cluster_for_profile(profile)
+    scale, source, details = gemm_scale(profile, cluster, dtype, framework, instep)
+    values = {"step_gemm_scale": (scale, source)}
+    if "torch" in host:
+        r = host["torch"]
+        values["torch_host_layer_s"] = (r["fwd_s"], host_source(r, host_cpu(), info["kind"]))
+    notes = {"host_dispatch": {"host": host_cpu(), **host}, "in_step_gemm": details}
+    return with_measured(profile, values, notes)
 
 
 def _argv(args: argparse.Namespace) -> list[str]:
     """The profile command's options, as a user would type them (for the provenance)."""
     out = []
-    for key in ("device", "dtype", "out", "name", "world_size", "threads"):
+    for key in ("device", "dtype", "framework", "out", "name", "world_size", "threads"):
         value = getattr(args, key, None)
         if value is not None:
             out += [f"--{key.replace('_', '-')}", str(value)]
@@ -285,6 +368,10 @@ def _measure_report(profile: Profile, dtype: str, out: Path) -> dict[str, Any]:
         "tables": {op: _points(t) for op, t in profile.tables[dtype].items()},
         "figures": profile.device.get("measured", {}).get(dtype, {}),
         "params": {k: profile.params[k] for k in sorted(profile.params)},
+        "measured_params": {
+            k: {"value": profile.params[k], "source": profile.sources.get(k, "")}
+            for k in ("torch_host_layer_s", "step_gemm_scale")
+        },
         "comparison": {
             "against": against.id
             + ("" if against is not profile else " (its own fitted analytical parameters)"),
@@ -316,6 +403,8 @@ def _print_measure(report: dict[str, Any]) -> None:
             f"{f['copy_large_bytes_per_s'] / 1e9:.3g} GB/s (large copy; "
             f"{f['copy_best_bytes_per_s'] / 1e9:.3g} GB/s at best, in cache)"
         )
+    for key, m in report["measured_params"].items():
+        con.print(f"{key} = {m['value']:.4g}: {m['source']}")
     comp = report["comparison"]
     table = Table(title=f"measured / analytical ({comp['against']})", title_justify="left")
     for col in ("op", "median", "min", "max", "points"):
@@ -329,17 +418,22 @@ def _print_measure(report: dict[str, Any]) -> None:
 
 def _print_check(result: dict[str, Any]) -> None:
     con = console()
+    shape = result["shape"]
     con.print(
-        f"self-check on {result['device']} ({result['dtype']}), {result['plan']}, "
-        f"model {result['shape']['family']} h={result['shape']['hidden_size']} "
-        f"heads={result['shape']['num_attention_heads']} layers={result['shape']['num_layers']} "
-        f"seq={result['shape']['seq_length']}:"
+        f"self-check on {result['device']} ({result['dtype']}), model {shape['family']} "
+        f"h={shape['hidden_size']} heads={shape['num_attention_heads']} "
+        f"layers={shape['num_layers']} seq={shape['seq_length']}:"
     )
-    for what in ("layer", "model"):
-        r = result[what]
-        con.print(
-            f"  {what:<6} measured {r['measured_s'] * 1e3:9.3f} ms   predicted "
-            f"{r['predicted_s'] * 1e3:9.3f} ms   error {r['error']:+.1%}"
-        )
-    if result.get("coverage"):
-        con.print("  " + result["coverage"]["summary"])
+    parts = [result]
+    if result.get("megatron_kernels"):
+        parts.append(result["megatron_kernels"])
+    for part in parts:
+        con.print(f" {part['framework']}: {part['implementation']}; {part['plan']}")
+        for what in ("layer", "model"):
+            r = part[what]
+            con.print(
+                f"  {what:<6} measured {r['measured_s'] * 1e3:9.3f} ms   predicted "
+                f"{r['predicted_s'] * 1e3:9.3f} ms   error {r['error']:+.1%}"
+            )
+        if part.get("coverage"):
+            con.print("  " + part["coverage"]["summary"])

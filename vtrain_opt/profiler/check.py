@@ -2,8 +2,16 @@
 (forward + backward + optimizer step), and compare with what the simulator predicts
 from the measured profile for the same single-device plan.
 
-The prediction runs the profile with its framework overheads set to 0: the check's
-training loop is plain torch, not Megatron, so only the op model is being judged.
+``torch`` (the independent check): a model written with standard modules
+(``torch_model.py``: nn.Linear with bias, nn.LayerNorm, SDPA, GELU, fused AdamW on
+parameters in the compute dtype; the shared Hopper runs' implementation), timed as whole
+training iterations (``accumulation`` micro-batches, the optimizer step; synchronized,
+median of a few), against ``simulate`` with ``Setup(framework='torch', dropout=0,
+master_weights='none')`` and the profile as it is (host dispatch, in-step GEMM scale).
+
+``megatron``: a model built from the very kernels the profiler timed (``model.py``),
+against the Megatron op list with the profile's framework overheads set to 0 (the loop
+is plain torch). It agrees by construction and mostly checks the op sequence.
 """
 
 from __future__ import annotations
@@ -12,10 +20,12 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from vtrain_opt.profiler import kernels as K
+from vtrain_opt.profiler import torch_model as TM
 from vtrain_opt.profiler.model import build
 from vtrain_opt.profiler.timing import Timer
 from vtrain_opt.profiles import Profile
 from vtrain_opt.sim.costs import layer_costs
+from vtrain_opt.sim.costs_torch import torch_layer_costs, torch_optimizer_s
 from vtrain_opt.sim.measured import measured_coverage
 from vtrain_opt.sim.step import make_context, simulate_arrays
 from vtrain_opt.spec.hardware import cluster_for_profile
@@ -26,15 +36,17 @@ from vtrain_opt.spec.setup import Setup
 
 @dataclass(frozen=True)
 class CheckShape:
-    """The model the check builds (Megatron's names)."""
+    """The model the check builds (Megatron's names); ``accumulation`` micro-batches per
+    iteration in the standard-module check."""
 
     family: str = "gpt"
-    hidden_size: int = 256
-    num_attention_heads: int = 4
+    hidden_size: int = 128
+    num_attention_heads: int = 2
     num_layers: int = 2
     seq_length: int = 256
     micro_batch: int = 2
     vocab_size: int = 1000
+    accumulation: int = 2
 
     def model(self) -> ModelSpec:
         return ModelSpec(
@@ -48,18 +60,20 @@ class CheckShape:
         )
 
 
-# Defaults: inside the quick grid of each device kind (so every op is read from a table).
+# Defaults: inside the quick grid of each device kind (so every op is read from a table;
+# on a GPU the accumulation of a micro-batch's gradients is beyond the quick grid).
 DEFAULT_SHAPES = {
     "cpu": CheckShape(),
     "cuda": CheckShape(
-        hidden_size=4096,
-        num_attention_heads=32,
+        hidden_size=2048,
+        num_attention_heads=16,
         num_layers=4,
         seq_length=2048,
         micro_batch=2,
         vocab_size=16000,
     ),
 }
+TORCH_SETUP = {"framework": "torch", "dropout": 0.0, "master_weights": "none"}
 
 
 def predict(profile: Profile, shape: CheckShape, dtype: str) -> tuple[float, float, dict[str, Any]]:
@@ -124,6 +138,53 @@ def measure(
     return layer_s, model_s, model_opt.impl
 
 
+def predict_torch(
+    profile: Profile, shape: CheckShape, dtype: str
+) -> tuple[float, float, dict[str, Any]]:
+    """Predicted seconds of (one layer's step, a whole iteration) of the standard-module
+    model: the torch op list, the profile as it is."""
+    spec = shape.model()
+    setup = Setup(dtype=dtype, attention="flash", **TORCH_SETUP)
+    ctx = make_context(spec, cluster_for_profile(profile), profile, setup)
+    ops = ctx.ops
+    lc = torch_layer_costs(spec, ops, [shape.micro_batch], [0])
+    stalls = lc.host_stall_fwd_s + lc.host_stall_bwd_s
+    optimizer = torch_optimizer_s(ops, spec.layer_params())
+    layer_s = float((lc.fwd_compute_s + lc.bwd_compute_s + stalls + optimizer)[0])
+    b = shape.micro_batch
+    plan = ParallelPlan(tp=1, pp=1, dp=1, micro_batch=b, global_batch=b * shape.accumulation)
+    out = simulate_arrays(ctx, PlanBatch.from_plans([plan]))
+    return layer_s, float(out["iteration_time_s"][0]), measured_coverage(ops) or {}
+
+
+def measure_torch(
+    torch: Any, device: Any, dtype: str, shape: CheckShape, warmup: int = 2, repeats: int = 5
+) -> tuple[float, float, str]:
+    """Measured seconds of (one standard-module layer's forward + backward + AdamW step, a
+    whole training iteration of the model), and the AdamW implementation."""
+    spec = shape.model()
+    tdtype = K.torch_dtype(torch, dtype)
+    b, s, h = shape.micro_batch, spec.seq_length, spec.hidden_size
+
+    layer = TM.build_layer(torch, spec, device, tdtype)
+    opt, _ = TM.adamw(torch, list(layer.parameters()))
+    x = torch.randn(b, s, h, device=device, dtype=tdtype, requires_grad=True)
+    dy = torch.randn(b, s, h, device=device, dtype=tdtype)
+
+    def layer_step() -> None:
+        layer(x).backward(dy)
+        x.grad = None
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    layer_s = TM.median(TM.time_calls(torch, device, layer_step, warmup, repeats))
+    model = TM.build_model(torch, spec, device, tdtype)
+    model_opt, impl = TM.adamw(torch, list(model.parameters()))
+    step = TM.training_iteration(torch, model, model_opt, spec, b, shape.accumulation, device)
+    model_s = TM.median(TM.time_calls(torch, device, step, warmup, repeats))
+    return layer_s, model_s, impl
+
+
 def self_check(
     torch: Any,
     device: Any,
@@ -131,23 +192,59 @@ def self_check(
     profile: Profile,
     shape: CheckShape,
     repeats: int = 10,
+    frameworks: tuple[str, ...] = ("megatron", "torch"),
 ) -> dict[str, Any]:
-    """Measure, predict, compare. Errors are (predicted - measured) / measured."""
-    layer_pred, model_pred, coverage = predict(profile, shape, dtype)
-    layer_meas, model_meas, impl = measure(torch, device, dtype, shape, repeats=repeats)
+    """Measure, predict, compare. Errors are (predicted - measured) / measured. With the
+    torch framework the standard-module check is the result and the Megatron-kernel
+    check, if asked too, sits under ``megatron_kernels``."""
     spec = shape.model()
-    return {
+    base: dict[str, Any] = {
         "profile": profile.id,
         "dtype": dtype,
         "shape": {**asdict(shape), "params": spec.num_params()},
-        "plan": f"one device: tp=pp=dp=1, micro-batch {shape.micro_batch}, no recompute",
+    }
+    megatron = None
+    if "megatron" in frameworks:
+        layer_pred, model_pred, coverage = predict(profile, shape, dtype)
+        layer_meas, model_meas, impl = measure(torch, device, dtype, shape, repeats=repeats)
+        megatron = {
+            "framework": "megatron",
+            "implementation": "the profiler's Megatron-style kernels (kernels.py, model.py)",
+            "plan": f"one device: tp=pp=dp=1, micro-batch {shape.micro_batch}, no recompute",
+            "layer": _row(layer_meas, layer_pred),
+            "model": _row(model_meas, model_pred),
+            "optimizer": impl,
+            "repeats": repeats,
+            "coverage": coverage,
+            "note": "prediction with the profile's framework overheads set to 0 (plain torch "
+            "loop); the model is built from the kernels the profile timed",
+        }
+    if "torch" not in frameworks:
+        assert megatron is not None
+        return {**base, **megatron}
+    layer_pred, model_pred, coverage = predict_torch(profile, shape, dtype)
+    torch_repeats = max(3, min(repeats, 5))
+    layer_meas, model_meas, impl = measure_torch(torch, device, dtype, shape, repeats=torch_repeats)
+    out = {
+        **base,
+        "framework": "torch",
+        "implementation": "standard modules: nn.Embedding, nn.LayerNorm, nn.Linear with bias, "
+        "SDPA (causal), GELU (tanh), tied head, fp32 cross-entropy, AdamW on parameters in "
+        f"{dtype}; no dropout",
+        "plan": f"one device: tp=pp=dp=1, micro-batch {shape.micro_batch}, "
+        f"{shape.accumulation} micro-batches per iteration, no recompute",
+        "setup": "framework torch, dropout 0, master weights none",
         "layer": _row(layer_meas, layer_pred),
         "model": _row(model_meas, model_pred),
         "optimizer": impl,
-        "repeats": repeats,
+        "repeats": torch_repeats,
         "coverage": coverage,
-        "note": "prediction with the profile's framework overheads set to 0 (plain torch loop)",
+        "note": "whole training iterations (wall clock, synchronized, median) against "
+        "simulate with the profile as it is",
     }
+    if megatron is not None:
+        out["megatron_kernels"] = megatron
+    return out
 
 
 def _row(measured_s: float, predicted_s: float) -> dict[str, float]:

@@ -65,6 +65,11 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine() or "cpu"
 
 
+def host_cpu() -> str:
+    """The host's processor, for the sources of host-side measurements."""
+    return f"{_cpu_name()}, {os.cpu_count()} logical CPUs, host {platform.node()}"
+
+
 def _total_memory_bytes() -> float:
     try:
         return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))

@@ -10,6 +10,7 @@ the best measured copy, and the profile says so.
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -37,6 +38,15 @@ _DEFAULTS: dict[str, tuple[float, str]] = {
         "0: on a CPU the measured op times already include the host's dispatch; elsewhere "
         "not measured",
     ),
+}
+# host_overlap of a device outside the catalog, by kind
+_HOST_OVERLAP: dict[str, tuple[str, str]] = {
+    "cpu": (
+        "upper",
+        "the upper bound: on a CPU the op tables already include the host's dispatch (the "
+        "same thread runs both), so a pass takes the longer of the two, not their sum",
+    ),
+    "cuda": ("a100-80gb", "not measured: the value fitted for the shipped a100-80gb profile"),
 }
 
 
@@ -167,6 +177,10 @@ def build_profile(
         for key, (value, why) in _DEFAULTS.items():
             if key in PARAM_DEFS:
                 params[key], sources[key] = value, why
+        how, why = _HOST_OVERLAP["cpu" if info["kind"] == "cpu" else "cuda"]
+        d = PARAM_DEFS["host_overlap"]
+        params["host_overlap"] = d.upper if how == "upper" else load_profile(how).host_overlap
+        sources["host_overlap"] = why
         if coll:
             params["nvlink_efficiency"] = 1.0
             sources["nvlink_efficiency"] = "1: the link bandwidth is the measured bus bandwidth"
@@ -257,3 +271,18 @@ def build_profile(
         tables=tables,
         device=device,
     )
+
+
+def with_measured(
+    profile: Profile, values: dict[str, tuple[float, str]], notes: dict[str, Any]
+) -> Profile:
+    """The profile with parameters measured after its tables (host dispatch, in-step GEMM
+    scale), each clipped to its bounds and given its source, and their notes in the
+    provenance."""
+    params, sources = dict(profile.params), dict(profile.sources)
+    for key, (value, source) in values.items():
+        params[key] = _clip(key, value)
+        clipped = "" if params[key] == value else f" (clipped from {value:.3g})"
+        sources[key] = source + clipped
+    provenance = {**profile.provenance, **notes}
+    return replace(profile, params=params, sources=sources, provenance=provenance)
