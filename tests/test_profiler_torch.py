@@ -191,3 +191,18 @@ def test_bad_framework_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "--framework" in err and len(err.splitlines()) == 1
     assert not out.exists()
+
+
+def test_gpu_session_script_parses():
+    """The prepared GPU session (benchmarks/gpu_session.sh) is valid bash; its Python parts
+    (profile, profiler.steps) are the ones tested above."""
+    import shutil
+    import subprocess
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks/gpu_session.sh"
+    bash = shutil.which("bash")
+    if bash is None:
+        pytest.skip("no bash")
+    subprocess.run([bash, "-n", str(script)], check=True)
+    text = script.read_text()
+    assert "vtrain_opt profile --device" in text and "vtrain_opt.profiler.steps" in text
