@@ -218,6 +218,7 @@ def run(args: argparse.Namespace) -> int:
 
         if not args.no_progress and not args.json:
             con.print("self-check: timing a real layer and model ...")
+        assert shape is not None
         result = self_check(torch, device, dtype, profile, shape, frameworks=frameworks)
         result["device"] = info["name"]
         report["check"] = result

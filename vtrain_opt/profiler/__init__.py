@@ -3,10 +3,12 @@ machine's device, and write a measured profile (``python -m vtrain_opt profile``
 
 torch is optional (``pip install vtrain_opt[profile]``) and imported only here, lazily:
 ``grid.py`` (the shapes), ``timing.py`` (warm-up, repeats, median and spread),
-``kernels.py`` (the torch ops, shared by the benchmarks and the self-check model),
-``ops.py`` (the op benchmarks), ``collectives.py`` (torch.distributed collectives),
-``device.py`` (what the device is), ``writer.py`` (the profile), ``model.py`` and
-``check.py`` (the self-check against a real model).
+``kernels.py`` (Megatron-style torch ops, shared by the benchmarks and ``model.py``),
+``torch_model.py`` (a plain PyTorch GPT of standard modules), ``ops.py`` (the op
+benchmarks), ``collectives.py`` (torch.distributed collectives), ``host.py`` (host
+dispatch per layer), ``instep.py`` (GEMMs inside a real step: ``step_gemm_scale``),
+``device.py`` (what the device is), ``writer.py`` (the profile), ``check.py`` (the
+self-check against real models), ``steps.py`` (real training iterations as a CSV).
 """
 
 from __future__ import annotations

@@ -19,6 +19,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
+
 from vtrain_opt.profiler import kernels as K
 from vtrain_opt.profiler import torch_model as TM
 from vtrain_opt.profiler.model import build
@@ -73,7 +75,6 @@ DEFAULT_SHAPES = {
         vocab_size=16000,
     ),
 }
-TORCH_SETUP = {"framework": "torch", "dropout": 0.0, "master_weights": "none"}
 
 
 def predict(profile: Profile, shape: CheckShape, dtype: str) -> tuple[float, float, dict[str, Any]]:
@@ -85,7 +86,7 @@ def predict(profile: Profile, shape: CheckShape, dtype: str) -> tuple[float, flo
     ctx = make_context(spec, cluster, quiet, Setup(dtype=dtype, attention=attention))
     ops, setup = ctx.ops, ctx.setup
     one = [shape.micro_batch]
-    lc = layer_costs(spec, ops, one, [1], [False], [0])
+    lc = layer_costs(spec, ops, np.array(one), np.array([1]), np.array([False]), np.array([0]))
     per_param = 3 * setup.grad_bytes + 2 * setup.optimizer_bytes + setup.weight_bytes
     optimizer = ops.memory_s(spec.layer_params() * per_param, 4, "optimizer")
     stalls = sum(getattr(lc, k, 0.0) for k in ("host_stall_fwd_s", "host_stall_bwd_s"))
@@ -144,12 +145,14 @@ def predict_torch(
     """Predicted seconds of (one layer's step, a whole iteration) of the standard-module
     model: the torch op list, the profile as it is."""
     spec = shape.model()
-    setup = Setup(dtype=dtype, attention="flash", **TORCH_SETUP)
+    setup = Setup(
+        dtype=dtype, attention="flash", framework="torch", dropout=0.0, master_weights="none"
+    )
     ctx = make_context(spec, cluster_for_profile(profile), profile, setup)
     ops = ctx.ops
-    lc = torch_layer_costs(spec, ops, [shape.micro_batch], [0])
+    lc = torch_layer_costs(spec, ops, np.array([shape.micro_batch]), np.array([0]))
     stalls = lc.host_stall_fwd_s + lc.host_stall_bwd_s
-    optimizer = torch_optimizer_s(ops, spec.layer_params())
+    optimizer = torch_optimizer_s(ops, np.array([float(spec.layer_params())]))
     layer_s = float((lc.fwd_compute_s + lc.bwd_compute_s + stalls + optimizer)[0])
     b = shape.micro_batch
     plan = ParallelPlan(tp=1, pp=1, dp=1, micro_batch=b, global_batch=b * shape.accumulation)

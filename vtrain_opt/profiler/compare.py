@@ -15,7 +15,7 @@ from vtrain_opt.spec.hardware import ClusterSpec
 from vtrain_opt.spec.setup import Setup
 
 # kernels per op as sim/costs.py and sim/step.py pass them to memory_s
-_KERNELS = {"cross_entropy": 5, "optimizer": 4, "embedding": 1}
+_KERNELS = {"cross_entropy": 5, "optimizer": 4, "adam": 4, "embedding": 1}
 
 
 def compare(

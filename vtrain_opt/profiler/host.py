@@ -46,7 +46,15 @@ def measure_host(
     torch: Any, device: Any, dtype: str, framework: str, repeats: int = 20, warmup: int = 3
 ) -> dict[str, Any]:
     """Seconds per layer: forward and backward dispatch, and the same synchronized."""
-    spec = ModelSpec(family="gpt", num_layers=LAYERS, name="host-dispatch", **TINY)
+    spec = ModelSpec(
+        family="gpt",
+        num_layers=LAYERS,
+        hidden_size=TINY["hidden_size"],
+        num_attention_heads=TINY["num_attention_heads"],
+        seq_length=TINY["seq_length"],
+        vocab_size=TINY["vocab_size"],
+        name="host-dispatch",
+    )
     tdtype = K.torch_dtype(torch, dtype)
     stack = _stack(torch, framework, spec, device, tdtype)
     b, s, h = 1, spec.seq_length, spec.hidden_size

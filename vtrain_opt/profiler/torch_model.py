@@ -59,8 +59,10 @@ def build_layer(torch: Any, spec: ModelSpec, device: Any, dtype: Any) -> Any:
                 cos, sin = (t[:s] for t in self.rope)
                 q, k = _rotary(torch, q, cos, sin), _rotary(torch, k, cos, sin)
             q, k, v = (t.transpose(1, 2) for t in (q, k, v))
-            gqa = {"enable_gqa": True} if kvh != h else {}
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, **gqa)
+            if kvh != h:  # grouped-query attention
+                y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+            else:
+                y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
             x = x + self.c_proj(y.transpose(1, 2).contiguous().view(b, s, h))
             u = self.c_fc(self.ln_2(x))
             if gpt:
