@@ -88,6 +88,42 @@ def test_optuna_resumes_in_its_folder(capsys, tmp_path):
     assert second["study_name"] == first["study_name"] and second["trials"] == 32
 
 
+def test_second_search_on_a_journal_is_refused(capsys, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    journal = tmp_path / "study.journal"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from vtrain_opt.search.optuna_search import journal_lock\n"
+            "with journal_lock(sys.argv[1], 'x'):\n"
+            "    print('locked', flush=True); sys.stdin.read()",
+            str(journal),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        argv = [*SMALL, "--strategy", "optuna", "--trials", "8", "--storage", str(journal)]
+        code = main([*argv, "--out", str(tmp_path / "run")])
+        out, err = capsys.readouterr()
+        assert code == 2 and not out
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+        assert f"in use by another search (pid {holder.pid} on " in err
+        assert "study.journal.search.lock" in err
+        assert not (tmp_path / "run").exists() and not journal.exists()  # nothing written
+    finally:
+        holder.communicate("")
+    assert main([*argv, "--out", str(tmp_path / "run"), "--json"]) == 0  # free again
+    capsys.readouterr()
+
+
 def test_space_file_with_overrides(capsys, tmp_path):
     code, data, err = _json(
         capsys,

@@ -203,5 +203,61 @@ def test_rdb_storage(space, tmp_path):
     _run(space, objective="time", trials=16, storage=url)
     got = _run(space, objective="time", trials=32, storage=url)
     assert got.trials == 32
-    with pytest.raises(ValueError, match="cannot open the database"):
+    with pytest.raises(ValueError, match="unknown database scheme 'nosuchdb'"):
         _run(space, storage="nosuchdb://x/y")
+
+
+def test_postgres_url_needs_the_driver(space, monkeypatch):
+    pytest.importorskip("sqlalchemy")
+    import importlib.util
+
+    import vtrain_opt.search.optuna_search as mod
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        mod.importlib.util, "find_spec", lambda n, *a: None if n == "psycopg" else real(n, *a)
+    )
+    with pytest.raises(ValueError, match=r"psycopg driver: pip install 'vtrain_opt\[postgres\]'"):
+        _run(space, storage="postgresql://u:pw@127.0.0.1:1/db")
+
+
+def test_storage_urls():
+    from vtrain_opt.search.optuna_search import redact, storage_url
+
+    assert storage_url("postgresql://u@h/db") == "postgresql+psycopg://u@h/db"
+    assert storage_url("postgres://u@h/db") == "postgresql+psycopg://u@h/db"
+    assert storage_url("postgresql+psycopg2://u@h/db") == "postgresql+psycopg2://u@h/db"
+    assert storage_url("sqlite:///a.db") == "sqlite:///a.db"
+    assert redact("postgresql://u:p%40ss@h:5432/db") == "postgresql://u:***@h:5432/db"
+    assert redact("--storage=postgresql://u@h/db") == "--storage=postgresql://u@h/db"
+    assert redact("study.journal") == "study.journal"
+
+
+def test_journal_takes_one_search(space, tmp_path):
+    from vtrain_opt.search.optuna_search import journal_lock
+
+    storage = str(tmp_path / "study.journal")
+    _run(space, objective="time", trials=8, storage=storage)
+    before = (tmp_path / "study.journal").read_bytes()
+    refused = pytest.raises(ValueError, match=r"is in use by another search \(pid \d+ on ")
+    with journal_lock(storage, "held"), refused:  # another search's lock (a second open file)
+        _run(space, objective="time", trials=16, storage=storage)
+    assert (tmp_path / "study.journal").read_bytes() == before  # nothing written
+    assert _run(space, objective="time", trials=16, storage=storage).trials == 16
+
+
+def test_a_named_study_refuses_other_inputs(space, tmp_path):
+    storage = str(tmp_path / "study.journal")
+    _run(space, objective="time", trials=8, storage=storage, study_name="shared", seed=1)
+    joined = _run(space, objective="time", trials=16, storage=storage, study_name="shared", seed=2)
+    assert joined.trials == 16  # another seed joins the same study
+    with pytest.raises(ValueError, match="'shared' holds the trials of a search with other inputs"):
+        search(
+            space,
+            2 * TOKENS,
+            strategy="optuna",
+            objective="time",
+            trials=24,
+            storage=storage,
+            study_name="shared",
+        )

@@ -144,8 +144,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument(
         "--storage",
         metavar="PATH|URL",
-        help="Optuna storage: a journal file (default: OUT/study.journal) or an RDB URL "
-        "(sqlite:///study.db, postgresql://...); the same command continues its study",
+        help="Optuna storage: a journal file (default: OUT/study.journal; one search at a time) "
+        "or an RDB URL (sqlite:///study.db, postgresql://USER@HOST/DB: several searches at "
+        "once); the same command continues its study",
+    )
+    s.add_argument(
+        "--study-name",
+        metavar="NAME",
+        help="the study in --storage (default: a hash of the inputs, sampler and seed); "
+        "searches on several machines join one study by giving the same --storage and name",
     )
     r = p.add_argument_group("where it runs")
     r.add_argument(
@@ -342,7 +349,7 @@ def run(args: argparse.Namespace) -> int:
     out_dir = Path(args.out) if args.out else None
     storage = args.storage
     if strategy == "optuna" and storage is None:
-        name = default_study_name(
+        name = args.study_name or default_study_name(
             narrowed,
             tokens,
             limits,
@@ -375,6 +382,7 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed,
             batch_size=args.batch_size,
             storage=storage,
+            study_name=args.study_name,
             progress=tick,
             inner=args.inner,
         )

@@ -141,7 +141,7 @@ def search(
             part = run_exhaustive(space, tokens, limits, backend, progress, top_k, keep_all_max)
             size: int | None = part.evaluated
         else:
-            from vtrain_opt.search.optuna_search import DEFAULT_INNER, run_optuna
+            from vtrain_opt.search.optuna_search import DEFAULT_INNER, redact, run_optuna
 
             run = run_optuna(
                 space,
@@ -166,7 +166,7 @@ def search(
                 "sampler": sampler,
                 "seed": seed,
                 "study_name": run.study_name,
-                "storage": storage,
+                "storage": redact(storage) if storage else storage,  # no password in results
                 "history": run.history,
             }
         backend_name, n_workers = backend.name, backend.workers

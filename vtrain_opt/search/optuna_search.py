@@ -20,16 +20,30 @@ Studies live in an Optuna storage: a journal file (resumable: running the same s
 again continues it up to ``trials``) or an RDB URL. Interrupts are held back while a
 batch is told, and trials left running by a killed run are marked failed on resume, so a
 study is never left half-told.
+
+A journal file takes one search at a time (an exclusive lock next to it, held for the
+run). An RDB study (PostgreSQL for several machines) takes several drivers at once,
+Optuna's distributed mode: each counts the study's finished trials, asks only what is
+missing to reach ``trials`` (a trial beyond them, asked in a race, is failed unevaluated),
+waits for the others' trials in flight, and collects every finished trial of the study
+in its results. Each driver records a heartbeat for the trials it holds; the running
+trials of a driver that died are failed once their heartbeat is older than the grace
+period, and asked again.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.util
 import itertools
 import json
+import os
+import re
 import signal
+import socket
 import threading
+import time
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -64,6 +78,18 @@ DEFAULT_INNER = tuple(INNER_DIMS)
 _KEY_COLS = ("gpu", "gb", "tp", "pp", "dp", "mb", "recompute", "sp", "vpp", "zero", "dp_overlap")
 
 Progress = Callable[[int, int], None]
+
+# RDB studies: a driver records a heartbeat for each trial it holds every
+# HEARTBEAT_INTERVAL_S; another driver fails a running trial whose heartbeat is older than
+# HEARTBEAT_GRACE_S (its driver died) and asks it again. A driver whose trials are all
+# told waits for the others' trials in flight, looking every WAIT_POLL_S.
+HEARTBEAT_INTERVAL_S = 10
+HEARTBEAT_GRACE_S = 60
+WAIT_POLL_S = 0.5
+# Seconds to connect to a PostgreSQL server before giving up (unless the URL sets it).
+CONNECT_TIMEOUT_S = 10
+DRIVER_ATTR = "vtrain_opt.driver"  # trial user attribute: host:pid of the driver that asked it
+INPUTS_ATTR = "vtrain_opt.inputs"  # study user attribute: the digest of the search's inputs
 
 
 @dataclass
@@ -109,18 +135,47 @@ def default_study_name(
     return f"{space.name or space.model.name}-{objective}-{sampler}-s{seed}-{digest}"
 
 
+def inputs_digest(
+    space: SearchSpace,
+    tokens: float,
+    limits: Limits,
+    objective: str,
+    inner: tuple[str, ...] = DEFAULT_INNER,
+) -> str:
+    """What a study's trial values depend on: drivers joining one study by name must agree
+    on it (they may differ in sampler and seed)."""
+    ident = json.dumps(
+        [space.to_dict(), tokens, limits.to_dict(), objective, sorted(inner)],
+        sort_keys=True,
+        default=str,
+    )
+    return hashlib.sha256(ident.encode()).hexdigest()[:16]
+
+
+def is_url(storage: str | None) -> bool:
+    return storage is not None and "://" in storage
+
+
+def redact(text: str) -> str:
+    """``text`` with the password of any URL in it shown as ***."""
+    return re.sub(r"(://[^/@\s:]*:)[^@/\s]+@", r"\1***@", text)
+
+
+def storage_url(storage: str) -> str:
+    """The SQLAlchemy URL of ``--storage``: a plain ``postgresql://`` (or ``postgres://``)
+    URL is read with psycopg 3, the driver of the ``[postgres]`` extra."""
+    scheme, _, rest = storage.partition("://")
+    if scheme.lower() in ("postgresql", "postgres"):
+        return f"postgresql+psycopg://{rest}"
+    return storage
+
+
 def open_storage(storage: str | None) -> Any:
     """None: in memory. An URL (sqlite:///f.db, postgresql://...): RDB. Else a journal file."""
-    import optuna
-
     if storage is None:
         return None
-    if "://" in storage:
-        try:
-            return optuna.storages.RDBStorage(storage)
-        except Exception as e:  # bad URL, missing driver, unreachable server
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ValueError(f"--storage {storage!r}: cannot open the database: {first}") from None
+    if is_url(storage):
+        return _open_rdb(storage)
     path = Path(storage)
     if path.is_dir():
         raise ValueError(f"--storage {storage!r} is a folder; give a journal file path")
@@ -129,6 +184,91 @@ def open_storage(storage: str | None) -> Any:
     from optuna.storages.journal import JournalFileBackend, JournalStorage
 
     return JournalStorage(JournalFileBackend(str(path)))
+
+
+def _open_rdb(storage: str) -> Any:
+    """An RDB storage with heartbeats; any failure (unknown scheme, missing driver, server
+    unreachable, login refused) is one ValueError line, with the URL's password hidden."""
+    import optuna
+    import sqlalchemy
+
+    url, shown = storage_url(storage), redact(storage)
+    try:
+        parsed = sqlalchemy.engine.make_url(url)
+        parsed.get_dialect()
+    except Exception:  # not an URL, or a scheme SQLAlchemy does not know
+        scheme = storage.partition("://")[0]
+        raise ValueError(
+            f"--storage {shown!r}: unknown database scheme {scheme!r}; give a journal file, "
+            "sqlite:///FILE or postgresql://USER@HOST[:PORT]/DB"
+        ) from None
+    engine_kwargs: dict[str, Any] = {"pool_pre_ping": True}  # a night-long run outlives idle links
+    if parsed.get_backend_name() == "postgresql":
+        if parsed.get_driver_name() == "psycopg" and importlib.util.find_spec("psycopg") is None:
+            raise ValueError(
+                f"--storage {shown!r}: PostgreSQL needs the psycopg driver: "
+                "pip install 'vtrain_opt[postgres]'"
+            )
+        if "connect_timeout" not in parsed.query:
+            engine_kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_S}
+    attempts = 5
+    for attempt in range(attempts):
+        try:
+            with warnings.catch_warnings():  # heartbeat_interval is marked experimental
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(
+                    url,
+                    engine_kwargs=engine_kwargs,
+                    heartbeat_interval=HEARTBEAT_INTERVAL_S,
+                    grace_period=HEARTBEAT_GRACE_S,
+                )
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as e:
+            # drivers creating the tables of a new database at once: all but one collide
+            if attempt + 1 < attempts:
+                time.sleep(0.2 * (attempt + 1))
+                continue
+            error: Exception = e
+        except Exception as e:  # missing driver, unreachable server, login refused
+            error = e
+            break
+    text = str(getattr(error, "orig", None) or error).strip()
+    first = redact(text.splitlines()[0]) if text else type(error).__name__
+    raise ValueError(f"--storage {shown!r}: cannot open the database: {first}") from None
+
+
+@contextlib.contextmanager
+def journal_lock(storage: str | None, study_name: str) -> Iterator[None]:
+    """A journal file takes one search at a time: an exclusive lock on ``JOURNAL.search.lock``,
+    held for the run. A second search on it stops with one line naming the study, the lock
+    and the search that holds it. RDB URLs and in-memory studies take no lock."""
+    if storage is None or is_url(storage):
+        yield
+        return
+    try:
+        import fcntl
+    except ImportError:  # no flock on this platform: unguarded, as before
+        yield
+        return
+    journal = Path(storage)
+    lock = journal.with_name(journal.name + ".search.lock")  # Optuna's own is JOURNAL.lock
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 256, 0).decode(errors="replace").strip()
+            raise ValueError(
+                f"--storage {storage}: study {study_name!r} is in use by another search "
+                f"({holder or 'process unknown'}; lock {lock}); a journal file takes one search "
+                "at a time: wait for it to finish, or keep the study in PostgreSQL "
+                "(--storage postgresql://...) to run several at once"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def _drop_torn_tail(path: Path) -> None:
@@ -339,7 +479,11 @@ def run_optuna(
     top_k: int = TOP_K,
     inner: tuple[str, ...] = DEFAULT_INNER,
 ) -> OptunaRun:
-    """Run (or continue) a study until it holds ``trials`` finished trials."""
+    """Run (or continue) a study until it holds ``trials`` finished trials.
+
+    Several drivers may run on one RDB study at once: together they reach ``trials``,
+    and each one's results hold every finished trial of the study.
+    """
     import optuna
 
     if trials < 1:
@@ -349,20 +493,75 @@ def run_optuna(
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     name = study_name or default_study_name(space, tokens, limits, objective, sampler, seed, inner)
     directions: list[Any] = ["minimize", "minimize"] if objective == "pareto" else ["minimize"]
-    study = optuna.create_study(
-        study_name=name,
-        storage=open_storage(storage),
-        sampler=make_sampler(sampler, seed),
-        directions=directions,
-        load_if_exists=True,
-    )
-    if [d.name.lower() for d in study.directions] != directions:
-        raise ValueError(f"study {name!r} exists with other objectives; choose another --storage")
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(journal_lock(storage, name))
+        store = open_storage(storage)
+        study = optuna.create_study(
+            study_name=name,
+            storage=store,
+            sampler=make_sampler(sampler, seed),
+            directions=directions,
+            load_if_exists=True,
+        )
+        if [d.name.lower() for d in study.directions] != directions:
+            raise ValueError(
+                f"study {name!r} exists with other objectives; choose another --storage"
+            )
+        digest = inputs_digest(space, tokens, limits, objective, inner)
+        known = study.user_attrs.get(INPUTS_ATTR)
+        if known is None:
+            study.set_user_attr(INPUTS_ATTR, digest)
+        elif known != digest:
+            raise ValueError(
+                f"study {name!r} holds the trials of a search with other inputs (space, tokens, "
+                "limits, objective or inner dimensions); choose another --study-name"
+            )
+        heartbeat = stack.enter_context(_Heartbeat(store))
+        return _drive(
+            study,
+            space,
+            tokens,
+            limits,
+            objective,
+            backend,
+            trials=trials,
+            batch_size=batch_size,
+            shared=is_url(storage),
+            heartbeat=heartbeat,
+            progress=progress,
+            top_k=top_k,
+            inner=inner,
+        )
+
+
+def _drive(
+    study: Any,
+    space: SearchSpace,
+    tokens: float,
+    limits: Limits,
+    objective: str,
+    backend: Backend,
+    *,
+    trials: int,
+    batch_size: int,
+    shared: bool,
+    heartbeat: _Heartbeat,
+    progress: Progress | None,
+    top_k: int,
+    inner: tuple[str, ...],
+) -> OptunaRun:
+    """Ask, evaluate and tell batches until the study holds ``trials`` finished trials."""
+    import optuna
+
+    running, fail = optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.FAIL
+    gone = optuna.exceptions.UpdateFinishedTrialError  # failed meanwhile by another driver
+    finished_states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     params = ParamSpace(space, inner)
-    shared = backend.put(space)
+    shared_space = backend.put(space)
     cache: dict[Key | None, tuple[bool, int]] = {None: (False, -1)}  # -> (in space, row)
     frames: list[pd.DataFrame] = []
     constraint_rows: list[dict[str, np.ndarray]] = []
+    driver = f"{socket.gethostname()}:{os.getpid()}"
 
     def lookup(keys: list[Key | None]) -> None:
         """Evaluate the trial keys not seen yet: one vectorized call per GPU type."""
@@ -373,7 +572,7 @@ def run_optuna(
         flat = sorted({p for ps in plans.values() for p in ps})
         arr = np.array(flat, dtype=np.int64)
         groups = [(int(g), arr[arr[:, 0] == g]) for g in np.unique(arr[:, 0])]
-        calls = [(shared, g, sub, tokens, limits) for g, sub in groups]
+        calls = [(shared_space, g, sub, tokens, limits) for g, sub in groups]
         row_of: dict[Key, int] = {}
         offset = sum(len(f) for f in frames)
         for (_, sub), (member, df, cons) in zip(
@@ -390,24 +589,50 @@ def run_optuna(
             found = [row_of[p] for p in candidates if p in row_of]
             cache[key] = (True, _best(found, all_rows, cons_all)) if found else (False, -1)
 
-    # Resume: trials a killed run left running are failed; finished ones are re-evaluated
-    # (one vectorized call) so their plans appear in the results.
-    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        study.tell(t.number, state=optuna.trial.TrialState.FAIL)
-    finished_states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    # Resume. Trials left running by a killed run are failed: with a journal (one writer)
+    # every running trial; in a shared RDB study only those of a driver that died. The
+    # finished ones are re-evaluated (one vectorized call) so their plans are in the results.
+    if shared:
+        _fail_stale(study)
+    else:
+        for t in study.get_trials(deepcopy=False, states=(running,)):
+            study.tell(t.number, state=fail)
     previous = study.get_trials(deepcopy=False, states=finished_states)
     lookup([params.resolve(t.params) for t in previous])
     evaluated_at = {t.number: _rows(frames) for t in previous}  # plans simulated so far
-    done = len(previous)
-    if progress:
-        progress(done, trials)
+    reported = -1
 
-    while done < trials:
+    while True:
+        if shared:
+            _fail_stale(study)
+        now = study.get_trials(deepcopy=False, states=(*finished_states, running))
+        done = sum(t.state != running for t in now)
+        if progress and done != reported:
+            progress(done, trials)
+            reported = done
+        if done >= trials:
+            break
+        # this driver's trials are all told: the running ones are other drivers'
+        want = min(batch_size, trials - len(now))
+        if want <= 0:
+            time.sleep(WAIT_POLL_S)
+            continue
         asked: list[Any] = []
         try:
-            for _ in range(min(batch_size, trials - done)):
-                asked.append(study.ask())
-            keys = [params.suggest(t) for t in asked]
+            for _ in range(want):
+                asked.append(_ask(study))
+                heartbeat.hold(asked[-1])
+                if shared:
+                    with contextlib.suppress(gone):
+                        asked[-1].set_user_attr(DRIVER_ATTR, driver)
+            if shared:
+                asked = _drop_surplus(study, asked, trials)
+            keys: list[Key | None] = []
+            for trial in list(asked):
+                try:
+                    keys.append(params.suggest(trial))
+                except gone:  # this driver stalled past the grace period: not its trial now
+                    asked.remove(trial)
             lookup(keys)
             all_rows = _concat(frames)
             cons = _concat_constraints(constraint_rows)
@@ -420,20 +645,112 @@ def run_optuna(
             with _interrupts_held():
                 for trial in asked:  # asked but not told: not counted, re-asked on resume
                     with contextlib.suppress(Exception):  # skip any told before the error
-                        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                        study.tell(trial, state=fail)
             raise
-        done += len(keys)
-        if progress:
-            progress(done, trials)
+        finally:
+            heartbeat.release()
+
+    # Trials told by other drivers of the study: their plans join the results too.
+    final = study.get_trials(deepcopy=False, states=finished_states)
+    others = [t for t in final if t.number not in evaluated_at]
+    lookup([params.resolve(t.params) for t in others])
+    evaluated_at.update({t.number: _rows(frames) for t in others})
 
     evaluated = _concat(frames)
     history = _history(study, params, evaluated_at)
     return OptunaRun(
         partial=reduce_rows(evaluated, top_k) if len(evaluated) else reduce_rows(pd.DataFrame()),
-        trials=done,
-        study_name=name,
+        trials=len(final),
+        study_name=study.study_name,
         history=history,
     )
+
+
+def _ask(study: Any) -> Any:
+    with warnings.catch_warnings():  # "heartbeat ... supposed to be used with Study.optimize"
+        warnings.filterwarnings("ignore", message=".*[Hh]eartbeat", category=UserWarning)
+        return study.ask()
+
+
+def _drop_surplus(study: Any, asked: list[Any], trials: int) -> list[Any]:
+    """Drivers asking at the same moment may together ask more than ``trials``: a trial is
+    kept when it is among the first ``trials`` of the study (by number) that are finished
+    or running; the rest are failed before anything is evaluated. A trial once kept stays
+    kept (trials only leave the count by failing), so drivers agree without talking."""
+    import optuna
+
+    states = (
+        optuna.trial.TrialState.COMPLETE,
+        optuna.trial.TrialState.PRUNED,
+        optuna.trial.TrialState.RUNNING,
+    )
+    live = sorted(t.number for t in study.get_trials(deepcopy=False, states=states))
+    keep = set(live[:trials])
+    for t in asked:
+        if t.number not in keep:
+            study.tell(t, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
+    return [t for t in asked if t.number in keep]
+
+
+def _fail_stale(study: Any) -> None:
+    """Fail the running trials of drivers that died: those whose heartbeat is older than
+    the grace period, and those that never got one (no driver mark) that old."""
+    import datetime as _dt
+
+    import optuna
+
+    with warnings.catch_warnings():  # fail_stale_trials is marked experimental
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+    cutoff = _dt.datetime.now() - _dt.timedelta(seconds=HEARTBEAT_GRACE_S)
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        if DRIVER_ATTR not in t.user_attrs and t.datetime_start and t.datetime_start < cutoff:
+            study.tell(t.number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
+
+
+class _Heartbeat:
+    """Records a heartbeat for each trial this driver holds, at once and then every
+    ``HEARTBEAT_INTERVAL_S`` from a thread (RDB storages; a no-op for the others)."""
+
+    def __init__(self, storage: Any) -> None:
+        interval = getattr(storage, "get_heartbeat_interval", lambda: None)()
+        self.storage: Any = storage if interval else None
+        self.interval = interval or 0
+        self.held: set[int] = set()
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.thread: threading.Thread | None = None
+
+    def __enter__(self) -> _Heartbeat:
+        if self.storage is not None:
+            self.thread = threading.Thread(target=self._beat, name="optuna-heartbeat", daemon=True)
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        if self.thread is not None:
+            self.thread.join()
+
+    def hold(self, trial: Any) -> None:
+        if self.storage is None:
+            return
+        trial_id = trial._trial_id  # the storage's id (Optuna's own heartbeat thread uses it)
+        self.storage.record_heartbeat(trial_id)
+        with self.lock:
+            self.held.add(trial_id)
+
+    def release(self) -> None:
+        with self.lock:
+            self.held.clear()
+
+    def _beat(self) -> None:
+        while not self.stop.wait(self.interval):
+            with self.lock:
+                ids = sorted(self.held)
+            for trial_id in ids:
+                with contextlib.suppress(Exception):  # a lost link: the next beat retries
+                    self.storage.record_heartbeat(trial_id)
 
 
 def _tell(
@@ -447,14 +764,17 @@ def _tell(
     import optuna
 
     inside, i = hit
-    if not inside:
-        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-        return
-    for name in sorted(cons):
-        trial.set_constraint(name, float(cons[name][i]))
-    t, c = float(all_rows[TIME].iat[i]), float(all_rows[COST].iat[i])
-    values = {"time": [t], "cost": [c], "pareto": [t, c]}[objective]
-    study.tell(trial, values)
+    try:
+        if not inside:
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED, skip_if_finished=True)
+            return
+        for name in sorted(cons):
+            trial.set_constraint(name, float(cons[name][i]))
+        t, c = float(all_rows[TIME].iat[i]), float(all_rows[COST].iat[i])
+        values = {"time": [t], "cost": [c], "pareto": [t, c]}[objective]
+        study.tell(trial, values, skip_if_finished=True)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        pass  # failed by another driver while this one stalled: not counted, asked again
 
 
 def _history(study: Any, params: ParamSpace, evaluated_at: dict[int, int]) -> pd.DataFrame:

@@ -18,6 +18,7 @@ import pandas as pd
 from vtrain_opt import __version__
 from vtrain_opt.io import write_json_atomic, write_with
 from vtrain_opt.search.engine import SearchResult
+from vtrain_opt.search.optuna_search import redact
 
 RESULTS_FORMAT = "vtrain_opt.search/1"
 
@@ -58,7 +59,7 @@ def describe(
         "format": RESULTS_FORMAT,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "vtrain_opt_version": __version__,
-        "command": command,
+        "command": [redact(a) for a in command] if command else command,  # no password
         "objective": result.objective,
         "strategy": result.strategy,
         "sampler": result.sampler,
