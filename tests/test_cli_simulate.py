@@ -177,6 +177,7 @@ def test_catalog_lists_models_gpus_and_profiles(capsys):
     assert {"gpt3-175b", "llama3-405b", "megatron-1t"} <= {m["name"] for m in d["models"]}
     assert {g["name"] for g in d["gpus"]} >= {"v100-32gb", "a100-80gb", "h100-sxm", "h200", "b200"}
     kinds = {p["name"]: p["kind"] for p in d["profiles"]}
-    assert kinds["a100-80gb"] == "calibrated" and kinds["h100-sxm"] == "derived"
+    assert kinds["a100-80gb"] == "calibrated" and kinds["b200"] == "derived"
+    assert kinds["h100-sxm"] == "calibrated" and kinds["h200-measured"] == "measured"
     assert main(["catalog"]) == 0
     assert "Models" in capsys.readouterr().out
