@@ -5,8 +5,8 @@ grid; the device time of its GEMM kernels (on a CPU, the CPU time of the GEMM op
 summed per step and compared with what the simulator's op model answers for that layer's
 GEMMs from the just-measured tables. The GEMMs are the aten ops that launch them
 (``aten::mm``, ``aten::addmm`` with the bias epilogue, ...): a kernel's device time is
-attributed to the op that launched it, so the mapping does not depend on cuBLAS's kernel
-names. On a CPU running torch on one thread, the profiler's wall-clock times are scaled
+attributed to the op that launched it (the ops' rows are summed, not the kernels' own),
+so the mapping does not depend on cuBLAS's kernel names. On a CPU running torch on one thread, the profiler's wall-clock times are scaled
 by the thread's share of the core over the round (its CPU time / wall time), as the
 tables are timed by CPU time. The layer is the framework's: the standard-module layer (``torch_model.py``) for
 ``torch``, the Megatron-style kernels (``model.py``) for ``megatron`` alone.
@@ -65,10 +65,10 @@ def measure_step_gemms(
     """Per shape (hidden, heads, seq, micro-batch): GEMM time per forward + backward of one
     layer, as the profiler sees it inside the step (the round of ``steps`` steps with the
     least), and the time of all its ops in that round."""
-    from torch.profiler import ProfilerActivity, profile
-
     # Kineto logs each start and stop on stderr at its default level; keep a user's choice
     os.environ.setdefault("KINETO_LOG_LEVEL", "6")
+    from torch.profiler import ProfilerActivity, profile
+
     cuda = device.type == "cuda"
     thread_clock = TM.clock(torch, device) is time.thread_time
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
@@ -109,6 +109,8 @@ def measure_step_gemms(
             gemm_us = all_us = 0.0
             calls = 0
             for evt in prof.key_averages():
+                if not str(getattr(evt, "device_type", "CPU")).endswith("CPU"):
+                    continue  # a kernel's own row: its time is already its launching op's
                 t = _self_time_us(evt, cuda) * share
                 all_us += t
                 if evt.key in GEMM_OPS:
