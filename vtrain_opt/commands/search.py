@@ -22,6 +22,12 @@ from vtrain_opt.commands.common import (
     price,
     print_json,
 )
+from vtrain_opt.commands.framework_args import (
+    add_framework_args,
+    check_torch_plan,
+    framework_given,
+    framework_kwargs,
+)
 from vtrain_opt.profiles import load_profile
 from vtrain_opt.search.engine import AUTO_EXHAUSTIVE_MAX, OBJECTIVES, STRATEGIES, narrow, search
 from vtrain_opt.search.exhaustive import raw_size
@@ -111,6 +117,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--profile", metavar="NAME|FILE", help="device profile")
     c.add_argument("--dtype", choices=DTYPES, help="compute dtype (default: bf16 if supported)")
     c.add_argument("--attention", choices=ATTENTION_KERNELS, help="attention kernel")
+    add_framework_args(c)
 
     lim = p.add_argument_group("budget and limits")
     lim.add_argument(
@@ -283,7 +290,14 @@ def build_space(args: argparse.Namespace) -> SearchSpace:
         "dp_overlap": _switch(args.dp_overlap),
     }
     setup = None
-    if args.dtype or args.attention:
+    check_torch_plan(
+        args.framework,
+        tp=args.tp,
+        pp=args.pp,
+        vpp=args.vpp,
+        sequence_parallel=args.sequence_parallel,
+    )
+    if args.dtype or args.attention or framework_given(args):
         # the flag not given takes what every candidate GPU supports (as make_context does)
         names = (
             [g.name for g in gpus]
@@ -296,6 +310,7 @@ def build_space(args: argparse.Namespace) -> SearchSpace:
         setup = Setup(
             dtype=args.dtype or ("bf16" if bf16 else "fp16"),
             attention=args.attention or ("flash" if flash else "unfused"),
+            **framework_kwargs(args),
         )
     if args.space:
         space = load_space(args.space)
