@@ -206,3 +206,11 @@ def test_gpu_session_script_parses():
     subprocess.run([bash, "-n", str(script)], check=True)
     text = script.read_text()
     assert "vtrain_opt profile --device" in text and "vtrain_opt.profiler.steps" in text
+
+
+def test_steps_default_order_covers_every_model_first():
+    from vtrain_opt.profiler import steps
+
+    order = steps.spread(steps.HOPPER_CONFIGS)
+    assert sorted(map(str, order)) == sorted(map(str, steps.HOPPER_CONFIGS))
+    assert [c["name"] for c in order[:4]] == ["gpt-350m", "gpt-1.3b", "gpt-2.7b", "gpt-6.7b"]

@@ -12,7 +12,8 @@ iteration = ``accumulation`` micro-batches of forward + backward, the optimizer 
 ``zero_grad``; ``recompute`` full = ``torch.utils.checkpoint`` around each layer. Rows are
 written as they are measured (a run cut short keeps what it measured); a configuration
 that runs out of memory gets empty times. ``--budget-s`` skips the configurations left
-once that many seconds have passed.
+once that many seconds have passed (the default set runs the first configuration of each
+model first).
 """
 
 from __future__ import annotations
@@ -74,6 +75,17 @@ HOPPER_CONFIGS = tuple(
     }
     for name, mb, acc, rc in _HOPPER_RUNS
 )
+
+
+def spread(configs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The first configuration of each model, then the others: a run cut short by its
+    budget still covers every model size."""
+    seen: set[str] = set()
+    first, rest = [], []
+    for cfg in configs:
+        (rest if cfg["name"] in seen else first).append(cfg)
+        seen.add(cfg["name"])
+    return first + rest
 
 
 def read_configs(path: str) -> list[dict[str, Any]]:
@@ -226,7 +238,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.warmup < 0 or args.repeats < 1:
             raise ValueError("--warmup must be >= 0 and --repeats >= 1")
-        configs = read_configs(args.configs) if args.configs else list(HOPPER_CONFIGS)
+        configs = read_configs(args.configs) if args.configs else spread(HOPPER_CONFIGS)
         run(Path(args.out), configs, args.device, args.dtype, args.warmup, args.repeats,
             args.budget_s)  # fmt: skip
     except ValueError as e:
