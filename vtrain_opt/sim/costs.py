@@ -133,6 +133,7 @@ def layer_costs(
     tokens = b * s
     tokens_rep = np.where(sp, tokens / t, tokens)  # tokens of the norm/dropout/residual ops
     local_heads = model.num_attention_heads / t
+    dropout = ops.setup.dropout_p(model) > 0
 
     # ---- GEMMs: (M, N, K) of Y = X W for QKV, output projection, MLP up and down -------------
     qkv_n = (h + 2 * kvh) / t
@@ -153,7 +154,6 @@ def layer_costs(
     else:
         scores_bytes = bh * s * s * a_bytes
         elems = bh * s * s
-        dropout = ops.setup.dropout_p(model) > 0
         # Megatron's fused scale-mask-softmax kernel runs only when b * heads/tp is a multiple
         # of 4 (and 16 < s <= 4096); otherwise PyTorch's path upcasts to fp32 and runs scale,
         # mask-fill, softmax and casts as separate kernels: about 37 (forward) and 41
@@ -190,8 +190,8 @@ def layer_costs(
     rep = tokens_rep * h * a_bytes  # one replicated activation tensor
     norm = "layernorm" if model.has_bias else "rmsnorm"
     mem_ops: list[tuple[str, np.ndarray, int]] = [(norm, 2 * rep, 2)]  # (op, fwd bytes, count)
-    dropout_mask = tokens_rep * h if ops.setup.dropout_p(model) > 0 else 0.0  # 1-byte mask
-    if model.has_bias or ops.setup.dropout_p(model) > 0:
+    dropout_mask = tokens_rep * h if dropout else 0.0  # 1-byte mask
+    if model.has_bias or dropout:
         mem_ops.append(("bias_dropout_add", 3 * rep + dropout_mask, 2))
     else:
         mem_ops.append(("residual_add", 3 * rep, 2))
@@ -290,18 +290,7 @@ def edge_costs(
     # Head: final norm, logits GEMM over the local vocabulary shard, vocab-parallel
     # cross-entropy in fp32 (max, exp-sum, target logit: three small all-reduces).
     tokens_rep = np.where(sp, tokens / t, tokens)
-    norm_op = "layernorm" if model.has_bias else "rmsnorm"
-    norm_fwd = ops.memory_s(2 * tokens_rep * h * a_bytes, 1, norm_op)
-    norm_bwd = ops.memory_s(4 * tokens_rep * h * a_bytes, 2, f"{norm_op}_bwd")
-    logits_fwd = ops.gemm_s(tokens, vocab_local, h)
-    logits_bwd = ops.gemm_s(tokens, h, vocab_local) + ops.gemm_s(h, vocab_local, tokens)
-    elems = tokens * vocab_local
-    # Megatron's vocab-parallel cross-entropy in fp32, per logit: cast (read A, write 4), max
-    # (read 4), subtract, exp and normalize in place (read 4 + write 4 each), sum (read 4):
-    # the softmax is kept for the backward, which copies it, subtracts the target, scales
-    # by the loss gradient (read 4 + write 4 each) and casts back (read 4, write A).
-    ce_fwd = ops.memory_s(elems * (a_bytes + 36.0), 6, "cross_entropy")
-    ce_bwd = ops.memory_s(elems * (28.0 + a_bytes), 4, "cross_entropy_bwd")
+    head_fwd, head_bwd = head_compute_s(model, ops, tokens, tokens_rep, vocab_local)
     small = ops.collective_s("all_reduce", tokens * 4.0, t, per_node)
     head_fwd_comm = np.where(sp, ag, 0.0) + 3 * small
     head_bwd_comm = np.where(sp, rs, ar)
@@ -310,11 +299,39 @@ def edge_costs(
         embed_fwd_comm_s=emb_fwd_comm,
         embed_bwd_compute_s=emb_bwd * compute_scale,
         embed_bwd_comm_s=emb_bwd_comm,
-        head_fwd_compute_s=(norm_fwd + logits_fwd + ce_fwd) * compute_scale,
+        head_fwd_compute_s=head_fwd * compute_scale,
         head_fwd_comm_s=head_fwd_comm,
-        head_bwd_compute_s=(norm_bwd + logits_bwd + ce_bwd) * compute_scale,
+        head_bwd_compute_s=head_bwd * compute_scale,
         head_bwd_comm_s=head_bwd_comm,
     )
+
+
+def head_compute_s(
+    model: ModelSpec,
+    ops: OpModel,
+    tokens: np.ndarray,
+    tokens_norm: np.ndarray,
+    vocab_local: np.ndarray | float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The last stage's extra GPU work per micro-batch, forward and backward: the final norm
+    (over ``tokens_norm`` tokens: a 1/tp shard with sequence parallelism), the logits GEMM
+    over ``vocab_local`` columns and the cross-entropy on the logits cast to fp32."""
+    h = float(model.hidden_size)
+    a_bytes = float(ops.setup.act_bytes)
+    norm_op = "layernorm" if model.has_bias else "rmsnorm"
+    norm_fwd = ops.memory_s(2 * tokens_norm * h * a_bytes, 1, norm_op)
+    norm_bwd = ops.memory_s(4 * tokens_norm * h * a_bytes, 2, f"{norm_op}_bwd")
+    logits_fwd = ops.gemm_s(tokens, vocab_local, h)
+    logits_bwd = ops.gemm_s(tokens, h, vocab_local) + ops.gemm_s(h, vocab_local, tokens)
+    elems = tokens * vocab_local
+    # The cross-entropy in fp32, per logit: cast (read A, write 4), max (read 4), subtract,
+    # exp and normalize in place (read 4 + write 4 each), sum (read 4): the softmax is kept
+    # for the backward, which copies it, subtracts the target, scales by the loss gradient
+    # (read 4 + write 4 each) and casts back (read 4, write A). Megatron's vocab-parallel
+    # kernel and F.cross_entropy(logits.float()) move the same bytes.
+    ce_fwd = ops.memory_s(elems * (a_bytes + 36.0), 6, "cross_entropy")
+    ce_bwd = ops.memory_s(elems * (28.0 + a_bytes), 4, "cross_entropy_bwd")
+    return norm_fwd + logits_fwd + ce_fwd, norm_bwd + logits_bwd + ce_bwd
 
 
 def p2p_costs(

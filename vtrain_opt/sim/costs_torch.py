@@ -34,6 +34,7 @@ from vtrain_opt.sim.costs import (
     RECOMPUTE_SELECTIVE,
     EdgeCosts,
     LayerCosts,
+    head_compute_s,
     overlap,
 )
 from vtrain_opt.sim.ops import OpModel
@@ -142,36 +143,26 @@ def torch_edge_costs(
     a = float(ops.setup.act_bytes)
     tokens = b * s
     act = tokens * h * a
-    vocab = float(model.vocab_size)
 
     emb_fwd = ops.memory_s(2 * act, 1, "embedding")
     emb_bwd = ops.memory_s(tokens * h * (a + 8.0), 2, "embedding_bwd")
     if model.learned_positions:
         emb_fwd = emb_fwd + ops.memory_s(3 * act, 1, "residual_add")  # + wpe(pos)
-        emb_bwd = emb_bwd + ops.memory_s(2 * act, 1, "bias_grad")  # positions: sum over b
+        emb_bwd = emb_bwd + ops.memory_s(act, 1, "bias_grad")  # positions: sum over b
     if ops.setup.dropout_p(model) > 0:
         emb_fwd = emb_fwd + ops.memory_s(2 * act + tokens * h, 1, "dropout")
         emb_bwd = emb_bwd + ops.memory_s(2 * act + tokens * h, 1, "dropout_bwd")
 
-    norm = "layernorm" if model.has_bias else "rmsnorm"
-    norm_fwd = ops.memory_s(2 * act, 1, norm)
-    norm_bwd = ops.memory_s(4 * act, 2, f"{norm}_bwd")
-    logits_fwd = ops.gemm_s(tokens, vocab, h)
-    logits_bwd = ops.gemm_s(tokens, h, vocab) + ops.gemm_s(h, vocab, tokens)
-    elems = tokens * vocab
-    # F.cross_entropy(logits.float()): the fp32 cast, log-softmax and the loss, and their
-    # backward (the same kernels the profiler's cross_entropy tables time)
-    ce_fwd = ops.memory_s(elems * (a + 36.0), 6, "cross_entropy")
-    ce_bwd = ops.memory_s(elems * (28.0 + a), 4, "cross_entropy_bwd")
+    head_fwd, head_bwd = head_compute_s(model, ops, tokens, tokens, float(model.vocab_size))
     zero = np.zeros_like(tokens)
     return EdgeCosts(
         embed_fwd_compute_s=emb_fwd * compute_scale,
         embed_fwd_comm_s=zero,
         embed_bwd_compute_s=emb_bwd * compute_scale,
         embed_bwd_comm_s=zero,
-        head_fwd_compute_s=(norm_fwd + logits_fwd + ce_fwd) * compute_scale,
+        head_fwd_compute_s=head_fwd * compute_scale,
         head_fwd_comm_s=zero,
-        head_bwd_compute_s=(norm_bwd + logits_bwd + ce_bwd) * compute_scale,
+        head_bwd_compute_s=head_bwd * compute_scale,
         head_bwd_comm_s=zero,
     )
 

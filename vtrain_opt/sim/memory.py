@@ -98,7 +98,13 @@ def layer_activation_bytes(
     sbh = s * b * h
     heads = float(model.num_attention_heads)
     dropout = setup.dropout_p(model) > 0
-    replicated = (4 * a + 2) * sbh if dropout else 4 * a * sbh
+    if setup.torch:
+        # what autograd saves in a plain PyTorch layer (tp = 1): the inputs of both norms,
+        # of the QKV and MLP-up Linears and SDPA's own output (the projection's input, its
+        # transposed copy, is in the tensor-parallel part), dropout masks
+        replicated = (5 * a + (2 if dropout else 0)) * sbh
+    else:
+        replicated = (4 * a + 2) * sbh if dropout else 4 * a * sbh
     replicated = np.where(sp, replicated / t, replicated)
     tp_part = a * s * b * (2 * h + 2 * model.kv_hidden_size)
     tp_part = tp_part + (2 * a if not model.swiglu else 3 * a) * s * b * model.ffn
@@ -107,11 +113,6 @@ def layer_activation_bytes(
         scores = 4.0 * heads * s * b / t
     else:
         scores = ((2 * a + 1) if dropout else a) * heads * s * s * b / t
-    if setup.torch:
-        # what autograd saves in a plain PyTorch layer (tp = 1): the inputs of both norms,
-        # and of the four Linears, q/k/v and SDPA's own output (its transposed copy is the
-        # projection's input), the MLP's hidden activations, dropout masks
-        replicated = (5 * a + (2 if dropout else 0)) * sbh
     full_layer = replicated + tp_part + scores
     rc = np.asarray(recompute)
     layer_input = np.where(sp, a * sbh / t, a * sbh)
@@ -182,7 +183,8 @@ def memory_per_gpu(
 
     first_chunks = in_flight(p, v, num_microbatches, np.zeros_like(p))
     last_chunks = in_flight(p, v, num_microbatches, p - 1)
-    embed_act = np.where(sp, sbh / t, sbh) if setup.dropout_p(model) > 0 else 0.0  # embedding dropout mask
+    # the embedding's dropout mask
+    embed_act = np.where(sp, sbh / t, sbh) if setup.dropout_p(model) > 0 else 0.0
     # first stage: one embedding output per in-flight micro-batch (chunk 0 of each)
     first_act = (
         first_chunks * layers_per_chunk * stored + embed_act * np.ceil(first_chunks / v) + transient
