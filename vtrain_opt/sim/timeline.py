@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from vtrain_opt.io import write_json_atomic
-from vtrain_opt.sim.step import SimContext, plan_costs
+from vtrain_opt.sim.context import SimContext
+from vtrain_opt.sim.plan_costs import plan_costs
 from vtrain_opt.sim.taskgraph import TaskGraph
 from vtrain_opt.spec.plan import ParallelPlan, PlanBatch
 
