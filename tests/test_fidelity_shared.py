@@ -13,10 +13,10 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from vtrain_opt.calibrate import Predictor, RunSetup
 from vtrain_opt.cli import main
 from vtrain_opt.measurements import read_measurements
 from vtrain_opt.nccl import error_table, read_sweeps
+from vtrain_opt.predictor import Predictor, RunSetup
 from vtrain_opt.profiles import load_profile
 from vtrain_opt.spec.hardware import get_cluster
 from vtrain_opt.validation import validate

@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from vtrain_opt.calibrate import Predictor
 from vtrain_opt.consistency import contradictions
 from vtrain_opt.measurements import MeasurementSet
+from vtrain_opt.predictor import Predictor
 from vtrain_opt.profiles import Profile
 
 GROUPS = {

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from vtrain_opt.calibrate import RunSetup
 from vtrain_opt.commands.common import positive_float, positive_int
 from vtrain_opt.commands.framework_args import add_framework_args, framework_kwargs
+from vtrain_opt.predictor import RunSetup
 from vtrain_opt.spec.model import FAMILIES
 from vtrain_opt.spec.plan import RECOMPUTE_MODES
 from vtrain_opt.spec.setup import ATTENTION_KERNELS, DTYPES

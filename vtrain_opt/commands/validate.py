@@ -7,12 +7,12 @@ import argparse
 import pandas as pd
 from rich.table import Table
 
-from vtrain_opt.calibrate import Predictor
 from vtrain_opt.commands.common import add_json_arg, positive_int, print_json
 from vtrain_opt.commands.fidelity_args import add_measurement_args, run_setup
 from vtrain_opt.consistency import describe
 from vtrain_opt.console import console
 from vtrain_opt.measurements import read_measurements
+from vtrain_opt.predictor import Predictor
 from vtrain_opt.profiles import load_profile
 from vtrain_opt.validation import BY_KEYS, GROUPS, check_by_keys, scatter_plot, validate
 
