@@ -16,6 +16,7 @@ is plain torch). It agrees by construction and mostly checks the op sequence.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -114,15 +115,7 @@ def measure(
 
     layer = build(torch, spec, device, tdtype, whole=False)
     opt = K.MixedAdam(torch, list(layer.parameters()))
-    x = torch.randn(b, s, h, device=device, dtype=tdtype, requires_grad=True)
-    dy = torch.randn(b, s, h, device=device, dtype=tdtype)
-
-    def layer_step() -> None:
-        layer(x).backward(dy)
-        x.grad = None
-        opt.step()
-
-    layer_s = timer.time(layer_step).median_s
+    layer_s = timer.time(_layer_step(torch, layer, opt.step, (b, s, h), device, tdtype)).median_s
 
     model = build(torch, spec, device, tdtype, whole=True)
     model_opt = K.MixedAdam(torch, list(model.parameters()))
@@ -171,16 +164,13 @@ def measure_torch(
 
     layer = TM.build_layer(torch, spec, device, tdtype)
     opt, _ = TM.adamw(torch, list(layer.parameters()))
-    x = torch.randn(b, s, h, device=device, dtype=tdtype, requires_grad=True)
-    dy = torch.randn(b, s, h, device=device, dtype=tdtype)
 
-    def layer_step() -> None:
-        layer(x).backward(dy)
-        x.grad = None
+    def opt_step() -> None:
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    layer_s = TM.median(TM.time_calls(torch, device, layer_step, warmup, repeats))
+    step = _layer_step(torch, layer, opt_step, (b, s, h), device, tdtype)
+    layer_s = TM.median(TM.time_calls(torch, device, step, warmup, repeats))
     model = TM.build_model(torch, spec, device, tdtype)
     model_opt, impl = TM.adamw(torch, list(model.parameters()))
     step = TM.training_iteration(torch, model, model_opt, spec, b, shape.accumulation, device)
@@ -256,3 +246,24 @@ def _row(measured_s: float, predicted_s: float) -> dict[str, float]:
         "predicted_s": predicted_s,
         "error": (predicted_s - measured_s) / measured_s,
     }
+
+
+def _layer_step(
+    torch: Any,
+    layer: Any,
+    optimizer_step: Callable[[], None],
+    shape: tuple[int, int, int],
+    device: Any,
+    dtype: Any,
+) -> Callable[[], None]:
+    """One training step of a lone layer: forward on a fixed input of ``shape`` (b, s, h),
+    backward from a fixed output gradient, then ``optimizer_step``."""
+    x = torch.randn(*shape, device=device, dtype=dtype, requires_grad=True)
+    dy = torch.randn(*shape, device=device, dtype=dtype)
+
+    def step() -> None:
+        layer(x).backward(dy)
+        x.grad = None
+        optimizer_step()
+
+    return step
