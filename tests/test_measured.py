@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from op_spy import spy_on
 
 from vtrain_opt.cli import main
 from vtrain_opt.profiles import Profile, load_profile
@@ -270,17 +271,9 @@ def test_byte_count_matches_what_the_layer_cost_model_asks():
     from vtrain_opt.sim.costs import layer_costs
     from vtrain_opt.spec.model import get_model
 
-    asked: list[tuple[str, float]] = []
-
-    class Spy(MeasuredTables):
-        def override(self, op, analytical, *, dtype, **shape):
-            if "nbytes" in shape and "group" not in shape:
-                asked.append((op, float(np.ravel(shape["nbytes"])[0])))
-            return np.asarray(analytical, dtype=np.float64)
-
     base = load_profile("a100-80gb")
     ops = OpModel(base, get_cluster("a100-80gb"), Setup(dtype="bf16"))
-    ops.__dict__["measured"] = Spy({}, "spy")
+    asked = spy_on(ops)
     model = get_model("gpt3-175b")
     one = np.array([1])
     layer_costs(model, ops, one, one, np.array([False]), np.array([0]))

@@ -11,11 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from op_spy import spy_on
 
 from vtrain_opt.cli import main
 from vtrain_opt.profiler.grid import FRAMEWORK_ONLY_OPS, grid_for, memory_ops_for
 from vtrain_opt.profiles import load_profile
-from vtrain_opt.sim.measured import MEMORY_OPS, MeasuredTables, sim_bytes_per_element
+from vtrain_opt.sim.measured import MEMORY_OPS, sim_bytes_per_element
 from vtrain_opt.sim.ops import OpModel
 from vtrain_opt.spec.hardware import get_cluster
 from vtrain_opt.spec.model import ModelSpec
@@ -50,17 +51,9 @@ def test_torch_ops_bytes_per_element_follow_the_torch_cost_code():
 
     from vtrain_opt.sim.costs_torch import torch_layer_costs
 
-    asked: list[tuple[str, float]] = []
-
-    class Spy(MeasuredTables):
-        def override(self, op, analytical, *, dtype, **shape):
-            if "nbytes" in shape and "group" not in shape:
-                asked.append((op, float(np.ravel(shape["nbytes"])[0])))
-            return np.asarray(analytical, dtype=np.float64)
-
     setup = Setup(dtype="bf16", framework="torch", dropout=0.0, master_weights="none")
     ops = OpModel(load_profile("a100-80gb"), get_cluster("a100-80gb"), setup)
-    ops.__dict__["measured"] = Spy({}, "spy")
+    asked = spy_on(ops)
     model = ModelSpec(
         family="gpt", num_layers=2, hidden_size=512, num_attention_heads=8, vocab_size=1000,
         seq_length=256,
