@@ -1,17 +1,21 @@
 """Atomic file writing: write to a temporary name beside the target, then rename.
 
-An interrupted run never leaves a half-written results file behind.
+An interrupted run never leaves a half-written results file behind. ``jsonable`` makes the
+plain JSON values every results file and ``--json`` share.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 
 @contextmanager
@@ -41,9 +45,26 @@ def write_with(path: str | Path, writer: Callable[[Path], None]) -> None:
         writer(tmp)
 
 
-def _json_default(obj: Any) -> Any:
-    import numpy as np
+def jsonable(obj: Any) -> Any:
+    """Plain JSON types; NaN and infinities become null (JSON has no NaN), -0.0 is 0.0.
 
+    Here, not in the commands, so a study writes its results file as ``--json`` prints it."""
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return [jsonable(v) for v in obj.tolist()]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, float) and obj == 0.0:
+        return 0.0  # never -0.0
+    return obj
+
+
+def _json_default(obj: Any) -> Any:
     if isinstance(obj, np.generic):
         return obj.item()
     if isinstance(obj, np.ndarray):

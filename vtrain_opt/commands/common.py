@@ -8,13 +8,12 @@ import math
 import sys
 from typing import Any
 
-import numpy as np
-
 from vtrain_opt.commands.framework_args import (
     add_framework_args,
     framework_given,
     framework_kwargs,
 )
+from vtrain_opt.io import jsonable
 from vtrain_opt.profiles import load_profile
 from vtrain_opt.sim.step import SimContext, make_context
 from vtrain_opt.spec.hardware import ClusterSpec, cluster_for_profile, get_cluster, gpu_names
@@ -183,22 +182,5 @@ def resolve_context(args: argparse.Namespace, model: ModelSpec, cluster: Cluster
 
 
 # ---- output ---------------------------------------------------------------------------------
-def jsonable(obj: Any) -> Any:
-    """Plain JSON types; NaN and infinities become null (JSON has no NaN), -0.0 is 0.0."""
-    if isinstance(obj, dict):
-        return {str(k): jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return [jsonable(v) for v in obj.tolist()]
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, float) and obj == 0.0:
-        return 0.0  # never -0.0
-    return obj
-
-
 def print_json(obj: Any) -> None:
     sys.stdout.write(json.dumps(jsonable(obj), indent=2) + "\n")
