@@ -98,7 +98,7 @@ def test_second_search_on_a_journal_is_refused(capsys, tmp_path):
         [
             sys.executable,
             "-c",
-            "import sys; from vtrain_opt.search.optuna_search import journal_lock\n"
+            "import sys; from vtrain_opt.search.study_store import journal_lock\n"
             "with journal_lock(sys.argv[1], 'x'):\n"
             "    print('locked', flush=True); sys.stdin.read()",
             str(journal),

@@ -11,7 +11,7 @@ import pandas as pd  # noqa: E402
 
 from vtrain_opt import PlanBatch, get_cluster, get_model, simulate  # noqa: E402
 from vtrain_opt.search import Limits, SearchSpace, search  # noqa: E402
-from vtrain_opt.search.optuna_search import open_storage  # noqa: E402
+from vtrain_opt.search.study_store import open_storage  # noqa: E402
 
 TOKENS = 1e11
 GPU = "a100-40gb"
@@ -164,7 +164,7 @@ def test_interrupt_keeps_finished_batches(space, tmp_path):
 
 
 def test_interrupt_inside_a_batch_fails_only_that_batch(space, tmp_path, monkeypatch):
-    import vtrain_opt.search.optuna_search as mod
+    import vtrain_opt.search.trial_cache as mod
 
     storage = str(tmp_path / "study.journal")
     real, calls = mod.evaluate_keys, []
@@ -211,7 +211,7 @@ def test_postgres_url_needs_the_driver(space, monkeypatch):
     pytest.importorskip("sqlalchemy")
     import importlib.util
 
-    import vtrain_opt.search.optuna_search as mod
+    import vtrain_opt.search.study_store as mod
 
     real = importlib.util.find_spec
     monkeypatch.setattr(
@@ -221,20 +221,8 @@ def test_postgres_url_needs_the_driver(space, monkeypatch):
         _run(space, storage="postgresql://u:pw@127.0.0.1:1/db")
 
 
-def test_storage_urls():
-    from vtrain_opt.search.optuna_search import redact, storage_url
-
-    assert storage_url("postgresql://u@h/db") == "postgresql+psycopg://u@h/db"
-    assert storage_url("postgres://u@h/db") == "postgresql+psycopg://u@h/db"
-    assert storage_url("postgresql+psycopg2://u@h/db") == "postgresql+psycopg2://u@h/db"
-    assert storage_url("sqlite:///a.db") == "sqlite:///a.db"
-    assert redact("postgresql://u:p%40ss@h:5432/db") == "postgresql://u:***@h:5432/db"
-    assert redact("--storage=postgresql://u@h/db") == "--storage=postgresql://u@h/db"
-    assert redact("study.journal") == "study.journal"
-
-
 def test_journal_takes_one_search(space, tmp_path):
-    from vtrain_opt.search.optuna_search import journal_lock
+    from vtrain_opt.search.study_store import journal_lock
 
     storage = str(tmp_path / "study.journal")
     _run(space, objective="time", trials=8, storage=storage)

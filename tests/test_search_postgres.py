@@ -32,7 +32,7 @@ import pandas as pd  # noqa: E402
 
 from vtrain_opt.cli import main  # noqa: E402
 from vtrain_opt.search import SearchSpace, search  # noqa: E402
-from vtrain_opt.search.optuna_search import open_storage  # noqa: E402
+from vtrain_opt.search.study_store import open_storage  # noqa: E402
 from vtrain_opt.spec.model import get_model  # noqa: E402
 
 USER, PASSWORD = "vtrain", "s3cret-pw"
@@ -273,7 +273,7 @@ def test_drivers_opening_a_new_database_at_once(server):
 
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage")
 def test_a_dead_drivers_trials_are_asked_again(server, space, monkeypatch):
-    import vtrain_opt.search.optuna_search as mod
+    import vtrain_opt.search.study_store as mod
 
     monkeypatch.setattr(mod, "HEARTBEAT_INTERVAL_S", 1)
     monkeypatch.setattr(mod, "HEARTBEAT_GRACE_S", 1)

@@ -32,15 +32,11 @@ from vtrain_opt.profiles import load_profile
 from vtrain_opt.search.engine import AUTO_EXHAUSTIVE_MAX, OBJECTIVES, STRATEGIES, narrow, search
 from vtrain_opt.search.exhaustive import raw_size
 from vtrain_opt.search.limits import Limits
-from vtrain_opt.search.optuna_search import (
-    DEFAULT_INNER,
-    INNER_DIMS,
-    SAMPLERS,
-    default_study_name,
-)
+from vtrain_opt.search.optuna_search import DEFAULT_INNER, SAMPLERS, default_study_name
 from vtrain_opt.search.ray_backend import cluster_address
 from vtrain_opt.search.space import SearchSpace, gpu_choice
 from vtrain_opt.search.spacefile import load_space
+from vtrain_opt.search.trial_space import INNER_DIMS
 from vtrain_opt.spec.hardware import get_gpu
 from vtrain_opt.spec.model import load_model
 from vtrain_opt.spec.setup import ATTENTION_KERNELS, DTYPES, Setup

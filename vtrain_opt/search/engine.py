@@ -141,7 +141,8 @@ def search(
             part = run_exhaustive(space, tokens, limits, backend, progress, top_k, keep_all_max)
             size: int | None = part.evaluated
         else:
-            from vtrain_opt.search.optuna_search import DEFAULT_INNER, redact, run_optuna
+            from vtrain_opt.search.optuna_search import DEFAULT_INNER, run_optuna
+            from vtrain_opt.search.study_store import redact
 
             run = run_optuna(
                 space,

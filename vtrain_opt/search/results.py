@@ -18,7 +18,7 @@ import pandas as pd
 from vtrain_opt import __version__
 from vtrain_opt.io import write_json_atomic, write_with
 from vtrain_opt.search.engine import SearchResult
-from vtrain_opt.search.optuna_search import redact
+from vtrain_opt.search.study_store import redact
 
 RESULTS_FORMAT = "vtrain_opt.search/1"
 
