@@ -22,7 +22,9 @@ Candidates are searched in parallel (Ray tasks, or in-process with ``workers=0``
 
 The modules, one job each: ``budget`` (budgets and the study's configuration), ``sizes``
 (one candidate size's plans and its row under a budget), ``ideal`` (the law's closed-form
-answers), ``study`` (the runner) and ``results`` (the frontier frame).
+answers), ``study`` (the runner), ``config`` (a configuration from the values a user gave),
+``results`` (the study run into its folder: JSON, candidates, plots) and ``tables`` (the
+text report).
 """
 
 from vtrain_opt.studies.chinchilla.budget import DEFAULT_MONEY_MAX_GPUS, StudyBudget, StudyConfig
