@@ -10,7 +10,10 @@ import argparse
 import math
 from typing import Any
 
-from vtrain_opt.spec.setup import FRAMEWORKS, MASTER_WEIGHTS
+from vtrain_opt.spec.setup import FRAMEWORKS, MASTER_WEIGHTS, custom_framework
+
+# The commands import it from here; it lives with Setup, where the search library reads it.
+from vtrain_opt.spec.setup import check_torch_plan as check_torch_plan
 
 
 def probability(text: str) -> float:
@@ -63,25 +66,4 @@ def framework_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 def framework_given(args: argparse.Namespace) -> bool:
     """Whether any of these options differs from its default (a setup must be built)."""
-    kw = framework_kwargs(args)
-    return (
-        kw["framework"] != "megatron"
-        or kw["dropout"] is not None
-        or (kw["master_weights"] != "fp32")
-    )
-
-
-def check_torch_plan(framework: str, **dims: Any) -> None:
-    """A plain PyTorch model has no model parallelism: one line naming what was asked."""
-    if framework != "torch":
-        return
-    bad = []
-    for k, v in dims.items():
-        values = list(v) if isinstance(v, (list, tuple)) else [v]
-        if any(x not in (None, 1, False, "off") for x in values):
-            bad.append(f"--{k.replace('_', '-')} {','.join(str(x) for x in values)}")
-    if bad:
-        raise ValueError(
-            f"--framework torch models a plain PyTorch model (data parallelism and ZeRO only); "
-            f"it cannot have {', '.join(bad)}: use --framework megatron"
-        )
+    return custom_framework(**framework_kwargs(args))

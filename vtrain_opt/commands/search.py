@@ -4,16 +4,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
+import dataclasses
 import sys
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
-import numpy as np
-import pandas as pd
-
 from vtrain_opt.commands.common import (
-    DEFAULT_GPU,
     add_json_arg,
     count,
     non_negative_int,
@@ -22,31 +18,21 @@ from vtrain_opt.commands.common import (
     price,
     print_json,
 )
-from vtrain_opt.commands.framework_args import (
-    add_framework_args,
-    check_torch_plan,
-    framework_given,
-    framework_kwargs,
+from vtrain_opt.commands.framework_args import add_framework_args
+from vtrain_opt.search.engine import OBJECTIVES, STRATEGIES, Progress
+from vtrain_opt.search.optuna_search import DEFAULT_INNER, SAMPLERS
+from vtrain_opt.search.request import SearchRequest, SearchRun, run_search
+from vtrain_opt.search.summary import (
+    closest_lines,
+    headline,
+    infeasible_document,
+    plans_table,
+    run_document,
+    saving_lines,
 )
-from vtrain_opt.profiles import load_profile
-from vtrain_opt.search.engine import AUTO_EXHAUSTIVE_MAX, OBJECTIVES, STRATEGIES, narrow, search
-from vtrain_opt.search.exhaustive import raw_size
-from vtrain_opt.search.limits import Limits
-from vtrain_opt.search.optuna_search import DEFAULT_INNER, SAMPLERS, default_study_name
-from vtrain_opt.search.ray_backend import cluster_address
-from vtrain_opt.search.space import SearchSpace, gpu_choice
-from vtrain_opt.search.spacefile import load_space
 from vtrain_opt.search.trial_space import INNER_DIMS
-from vtrain_opt.spec.hardware import get_gpu
-from vtrain_opt.spec.model import load_model
-from vtrain_opt.spec.setup import ATTENTION_KERNELS, DTYPES, Setup
+from vtrain_opt.spec.setup import ATTENTION_KERNELS, DTYPES
 from vtrain_opt.units import DAY_S, parse_budget, parse_duration_s
-
-# --workers auto: Ray only for exhaustive spaces of at least this many raw combinations
-# (~15 s in-process at the rate of benchmarks/bench_search.py); below, starting Ray (~6 s
-# on a small machine) costs more than sharding saves.
-RAY_AUTO_MIN_PLANS = 100_000_000
-RESULTS_ROOT = Path("results")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -235,295 +221,38 @@ def _workers(text: str) -> int | str:
     return "auto" if str(text).strip() == "auto" else non_negative_int(text)
 
 
-def _default_gpu(args: argparse.Namespace) -> str:
-    """The GPU of --profile when one is given (so a profile is not applied to another GPU)."""
-    return load_profile(args.profile).gpu if args.profile else DEFAULT_GPU
-
-
 # ---- the command ------------------------------------------------------------------------------
-def build_space(args: argparse.Namespace) -> SearchSpace:
-    """The space from --space (with command-line overrides) or from --model and flags."""
-    if args.space and args.model:
-        raise ValueError("give --space or --model, not both (a space file names its model)")
-    if not args.space and not args.model:
-        raise ValueError("give --model NAME|FILE or --space NAME|FILE")
-    gpus = None
-    if args.gpu or args.price_per_gpu_hour or args.gpus_per_node or args.inter_node_gbps:
-        names = args.gpu or (
-            [g.name for g in load_space(args.space).gpus] if args.space else [_default_gpu(args)]
-        )
-        if len(names) > 1 and (args.price_per_gpu_hour or args.profile):
-            raise ValueError(
-                "--price-per-gpu-hour and --profile apply to a single GPU type; with several, "
-                "set them per GPU in a space file"
-            )
-        gpus = [
-            gpu_choice(
-                n,
-                price_per_gpu_hour_usd=args.price_per_gpu_hour,
-                gpus_per_node=args.gpus_per_node,
-                inter_node_gbps=args.inter_node_gbps,
-                profile=args.profile,
-            )
-            for n in names
-        ]
-    elif args.profile:
-        names = (
-            [g.name for g in load_space(args.space).gpus] if args.space else [_default_gpu(args)]
-        )
-        if len(names) > 1:
-            raise ValueError("--profile applies to a single GPU type; pick one with --gpu")
-        gpus = [gpu_choice(names[0], profile=args.profile)]
-    dims = {
-        "global_batch": args.global_batch,
-        "tp": args.tp,
-        "pp": args.pp,
-        "micro_batch": args.micro_batch,
-        "recompute": args.recompute,
-        "vpp": args.vpp,
-        "zero": args.zero,
-        "sequence_parallel": _switch(args.sequence_parallel),
-        "dp_overlap": _switch(args.dp_overlap),
-    }
-    setup = None
-    check_torch_plan(
-        args.framework,
-        tp=args.tp,
-        pp=args.pp,
-        vpp=args.vpp,
-        sequence_parallel=args.sequence_parallel,
-    )
-    if args.dtype or args.attention or framework_given(args):
-        # the flag not given takes what every candidate GPU supports (as make_context does)
-        names = (
-            [g.name for g in gpus]
-            if gpus
-            else ([g.name for g in load_space(args.space).gpus] if args.space else ["a100-80gb"])
-        )
-        chips = [get_gpu(n) for n in names]
-        bf16 = all("bf16" in c.peak_flop_per_s for c in chips)
-        flash = all(c.flash_attention for c in chips)
-        setup = Setup(
-            dtype=args.dtype or ("bf16" if bf16 else "fp16"),
-            attention=args.attention or ("flash" if flash else "unfused"),
-            **framework_kwargs(args),
-        )
-    if args.space:
-        space = load_space(args.space)
-        model = space.model.with_seq_length(args.seq_len) if args.seq_len else None
-        return space.with_changes(
-            model=model,
-            gpus=tuple(gpus) if gpus else None,
-            gpu_step=args.gpu_step,
-            setup=setup,
-            **dims,
-        )
-    model = load_model(args.model)
-    if args.seq_len:
-        model = model.with_seq_length(args.seq_len)
-    return SearchSpace.create(
-        model,
-        gpus or ["a100-80gb"],
-        min_gpus=args.min_gpus,
-        max_gpus=args.max_gpus,
-        gpu_step=args.gpu_step,
-        setup=setup,
-        **dims,
-    )
-
-
-def _switch(value: str | None) -> list[bool] | None:
-    return {None: None, "on": [True], "off": [False], "both": [False, True]}[value]
-
-
 def run(args: argparse.Namespace) -> int:
-    space = build_space(args)
-    tokens = args.tokens or space.tokens
-    if tokens is None:
-        raise ValueError("give --tokens (e.g. 300B): the space names no amount of training work")
-    limits = Limits.from_budget(
-        args.budget, max_days=args.max_days, min_gpus=args.min_gpus, max_gpus=args.max_gpus
+    request = SearchRequest(
+        **{f.name: getattr(args, f.name) for f in dataclasses.fields(SearchRequest)}
     )
-    narrowed = narrow(space, limits)
-    raw = raw_size(narrowed)
-    strategy = args.strategy
-    if strategy == "auto":
-        strategy = "exhaustive" if raw <= AUTO_EXHAUSTIVE_MAX else "optuna"
-    args.ray_address = cluster_address(args.ray_address)  # RAY_ADDRESS counts as the flag
-    workers = args.workers
-    if workers == "auto":
-        workers = (
-            (os.cpu_count() or 1) if strategy == "exhaustive" and raw >= RAY_AUTO_MIN_PLANS else 0
-        )
-    baseline_plan = _parse_baseline(args.baseline, narrowed) if args.baseline else None
-
-    out_dir = Path(args.out) if args.out else None
-    storage = args.storage
-    if strategy == "optuna" and storage is None:
-        name = args.study_name or default_study_name(
-            narrowed,
-            tokens,
-            limits,
-            args.objective,
-            args.sampler,
-            args.seed,
-            DEFAULT_INNER if args.inner is None else args.inner,
-        )
-        out_dir = out_dir or _previous_run(name) or _default_dir(space)
-        storage = str(out_dir / "study.journal")
-
-    from vtrain_opt.console import console
-
-    # Ray prints some messages of its own (a worker that died, ...) on stdout: keep stdout
-    # for --json (and for the final table) while the search runs
-    with (
-        _progress(enabled=sys.stderr.isatty() and not args.json) as tick,
-        contextlib.redirect_stdout(sys.stderr),
-    ):
-        result = search(
-            space,
-            tokens,
-            limits=limits,
-            objective=args.objective,
-            strategy=strategy,
-            workers=workers,
-            ray_address=args.ray_address,
-            trials=args.trials,
-            sampler=args.sampler,
-            seed=args.seed,
-            batch_size=args.batch_size,
-            storage=storage,
-            study_name=args.study_name,
-            progress=tick,
-            inner=args.inner,
-        )
-
-    baseline_row, savings = None, None
-    if baseline_plan is not None:
-        baseline_row = _evaluate_baseline(result, *baseline_plan)
-        savings = _savings(result, baseline_row)
-
+    done = run_search(
+        request,
+        command=["vtrain_opt", *sys.argv[1:]] if sys.argv else None,
+        searching=_searching(enabled=sys.stderr.isatty() and not args.json),
+    )
+    result = done.result
     if not result.ok:
         _report_infeasible(result, args.json)
         raise ValueError(f"no feasible plan ({result.limits.describe()}): {result.explain()}")
-
-    from vtrain_opt.search.results import default_out_dir, row_dict, rows_list, write_results
-
-    out_dir = out_dir or default_out_dir(result, RESULTS_ROOT)
-    baseline_info = None
-    if baseline_row is not None:
-        baseline_info = {"plan": row_dict(baseline_row), "savings": savings}
-    paths = write_results(
-        result,
-        out_dir,
-        ["vtrain_opt", *sys.argv[1:]] if sys.argv else None,
-        baseline_row,
-        baseline_info,
-    )
-
     if args.json:
-        print_json(
-            {
-                "best_time": row_dict(result.best_time),
-                "best_cost": row_dict(result.best_cost),
-                "pareto": rows_list(result.pareto),
-                "evaluated": result.evaluated,
-                "space_size": result.space_size,
-                "feasible": result.feasible,
-                "reason_counts": result.reason_counts,
-                "objective": result.objective,
-                "strategy": result.strategy,
-                "trials": result.trials,
-                "study_name": result.study_name,
-                "storage": result.storage,
-                "backend": result.backend,
-                "workers": result.workers,
-                "elapsed_s": result.elapsed_s,
-                "out": str(out_dir),
-                "files": {k: str(v) for k, v in paths.items()},
-                "baseline": baseline_info,
-            }
-        )
+        print_json(run_document(done))
         return 0
-    _print_summary(console(), result, args.top, baseline_row, savings, paths)
+    from vtrain_opt.console import console
+
+    _print_summary(console(), done, args.top)
     return 0
 
 
-# ---- output folder and study ------------------------------------------------------------------
-def _default_dir(space: SearchSpace) -> Path:
-    import datetime as _dt
-
-    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return RESULTS_ROOT / f"{stamp}-{space.name or space.model.name}"
-
-
-def _previous_run(study_name: str) -> Path | None:
-    """The latest results folder whose journal holds this study (so re-running continues)."""
-    if not RESULTS_ROOT.is_dir():
-        return None
-    for folder in sorted(RESULTS_ROOT.iterdir(), reverse=True):
-        journal = folder / "study.journal"
-        if journal.is_file() and f'"{study_name}"' in journal.read_text(errors="replace"):
-            return folder
-    return None
-
-
-# ---- baseline ---------------------------------------------------------------------------------
-def _parse_baseline(text: str, space: SearchSpace) -> tuple[int, list[Any]]:
-    """The baseline's GPU index and plans (one per recompute mode when not given: auto)."""
-    from vtrain_opt.spec.plan import RECOMPUTE_MODES, ParallelPlan
-
-    fields: dict[str, str] = {}
-    for part in text.split(","):
-        if not part.strip():
-            continue
-        key, sep, value = part.partition("=")
-        if not sep:
-            raise ValueError(f"--baseline: {part.strip()!r} is not KEY=VALUE (e.g. tp=8)")
-        fields[key.strip().lower()] = value.strip()
-    gpu = fields.pop("gpu", space.gpus[0].name)
-    names = [g.name for g in space.gpus]
-    if gpu not in names:
-        raise ValueError(f"--baseline: gpu {gpu!r} is not in the space ({', '.join(names)})")
-    fields.setdefault("gb", str(space.global_batch[0]))
-    modes = [fields.pop("recompute")] if "recompute" in fields else list(RECOMPUTE_MODES)
-    try:
-        plans = [ParallelPlan.from_mapping({**fields, "recompute": m}) for m in modes]
-        plans[0].validate(space.model)
-    except ValueError as e:
-        raise ValueError(f"--baseline: {e}") from None
-    return names.index(gpu), plans
-
-
-def _evaluate_baseline(result: Any, gpu_index: int, plans: list[Any]) -> pd.Series:
-    from vtrain_opt.search.evaluate import evaluate, rows
-    from vtrain_opt.spec.plan import PlanBatch
-
-    ev = evaluate(
-        result.space, gpu_index, PlanBatch.from_plans(plans), result.tokens, result.limits
-    )
-    df = rows(result.space, ev)
-    fits = np.flatnonzero(df["fits_memory"].to_numpy())
-    return df.iloc[int(fits[0]) if fits.size else len(df) - 1]
-
-
-def _savings(result: Any, base: pd.Series) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for name, row in (("best_time", result.best_time), ("best_cost", result.best_cost)):
-        if row is None:
-            continue
-        bt, bc = float(base["training_time_s"]), float(base["cost_usd"])
-        t, c = float(row["training_time_s"]), float(row["cost_usd"])
-        out[name] = {
-            "time_saved_s": bt - t,
-            "time_saved_fraction": (bt - t) / bt,
-            "cost_saved_usd": bc - c,
-            "cost_saved_fraction": (bc - c) / bc,
-        }
-    return out
-
-
 # ---- printing ---------------------------------------------------------------------------------
+@contextlib.contextmanager
+def _searching(enabled: bool) -> Iterator[Progress | None]:
+    """While the search runs: its progress bar, and Ray's own stdout messages (a worker that
+    died, ...) sent to stderr, keeping stdout for --json and for the final table."""
+    with _progress(enabled) as tick, contextlib.redirect_stdout(sys.stderr):
+        yield tick
+
+
 class _progress:
     """A progress bar on stderr (only on a terminal); yields the callback for search()."""
 
@@ -560,147 +289,31 @@ class _progress:
             self._bar.stop()
 
 
-def _print_summary(
-    con: Any, result: Any, top: int, baseline: Any, savings: Any, paths: Any
-) -> None:
+def _print_summary(con: Any, done: SearchRun, top: int) -> None:
     from vtrain_opt.console import breakdown_table
 
-    space = result.space
-    gpus = ", ".join(f"{g.name} (${g.price_per_gpu_hour_usd:g}/GPU-h)" for g in space.gpus)
-    con.print(
-        f"[b]{space.model.name}[/b] ({space.model.num_params() / 1e9:.0f}B params), "
-        f"{result.tokens / 1e9:,.0f}B tokens on {gpus}; "
-        f"{result.limits.describe()}"
-    )
-    size = f" of {result.space_size:,}" if result.space_size else ""
-    trials = (
-        f", {result.trials:,} trials ({result.sampler}, seed {result.seed})"
-        if result.trials
-        else ""
-    )
-    reasons = ", ".join(f"{n:,} {k}" for k, n in result.infeasible_reasons.items())
-    con.print(
-        f"{result.strategy}: {result.evaluated:,}{size} plans evaluated{trials} in "
-        f"{result.elapsed_s:.1f} s ({result.backend}); {result.feasible:,} feasible"
-        + (f"; rejected: {reasons}" if reasons else "")
-    )
-    con.print(_plans_table(result, top, baseline))
+    result: Any = done.result  # a plan was found: best_time is set
+    for line in headline(result):
+        con.print(line)
+    con.print(plans_table(result, top, done.baseline_row))
     con.print(
         breakdown_table(result.best_time, title="Where an iteration of the fastest plan goes")
     )
-    if savings:
-        for name, label in (("best_time", "fastest"), ("best_cost", "cheapest")):
-            if savings.get(name):
-                con.print(f"against the baseline, the {label} plan {_saving_text(savings[name])}")
+    for line in saving_lines(done.savings):
+        con.print(line)
     con.print(
-        f"results in {paths['best'].parent}/ (pareto.csv, plans.parquet, best.json, pareto.png)"
-    )
-
-
-def _saving_text(s: dict[str, float]) -> str:
-    from vtrain_opt.units import format_usd
-
-    days = s["time_saved_s"] / DAY_S
-    when = f"finishes {abs(days):,.1f} days {'sooner' if days >= 0 else 'later'}"
-    money = "saves" if s["cost_saved_usd"] >= 0 else "costs"
-    return (
-        f"{when} ({-s['time_saved_fraction']:+.0%} time) and {money} "
-        f"{format_usd(abs(s['cost_saved_usd']))} ({-s['cost_saved_fraction']:+.0%} cost)"
-    )
-
-
-def _plans_table(result: Any, top: int, baseline: Any) -> Any:
-    from rich import box
-    from rich.table import Table
-
-    from vtrain_opt.units import format_usd
-
-    table = Table(title="Best plans", title_justify="left", box=box.SIMPLE_HEAD)
-    several = len(result.space.gpus) > 1
-    for col in (
-        "",
-        "GPUs",
-        "tp.pp.dp",
-        "options",
-        "days",
-        "cost",
-        "MFU",
-        "mem GiB",
-        "comm/bub/rc%",
-    ):
-        table.add_column(col, justify="left" if col in ("", "options") else "right", no_wrap=True)
-    picked: list[tuple[str, pd.Series]] = [
-        ("fastest", result.best_time),
-        ("cheapest", result.best_cost),
-    ]
-    inner = result.pareto.iloc[1:-1]  # the front's ends are the fastest and the cheapest
-    if len(inner):
-        idx = np.unique(np.linspace(0, len(inner) - 1, min(top, len(inner))).round().astype(int))
-        picked += [("Pareto", inner.iloc[i]) for i in idx]
-    if baseline is not None:
-        picked.append(("baseline", baseline))
-    for label, row in picked:
-        t = float(row["iteration_time_s"])
-        comm = float(row["tp_comm_s"]) + float(row["pp_comm_s"]) + float(row["dp_comm_s"])
-        mem, cap = float(row["memory_per_gpu_bytes"]), float(row["memory_capacity_bytes"])
-        table.add_row(
-            label if bool(row["feasible"]) else f"{label} [red]({row['reason']})[/red]",
-            f"{int(row['num_gpus']):,}" + (f" {row['gpu']}" if several else ""),
-            f"{int(row['tp'])}.{int(row['pp'])}.{int(row['dp'])}",
-            f"mb{int(row['micro_batch'])} {_options(row)}",
-            f"{float(row['training_time_s']) / DAY_S:,.1f}",
-            format_usd(float(row["cost_usd"])),
-            f"{float(row['mfu']):.1%}",
-            f"{mem / 2**30:.0f}/{cap / 2**30:.0f}",
-            f"{100 * comm / t:.0f}/{100 * float(row['bubble_s']) / t:.0f}/"
-            f"{100 * float(row['recompute_s']) / t:.0f}",
-        )
-    return table
-
-
-def _options(row: pd.Series) -> str:
-    parts = [str(row["recompute"])]
-    if bool(row["sequence_parallel"]):
-        parts.append("sp")
-    if int(row["vpp"]) > 1:
-        parts.append(f"vpp{int(row['vpp'])}")
-    if int(row["zero"]):
-        parts.append(f"z{int(row['zero'])}")
-    if not bool(row["dp_overlap"]):
-        parts.append("no-overlap")
-    return " ".join(parts)
-
-
-def _plan_text(row: pd.Series) -> str:
-    return (
-        f"tp={int(row['tp'])} pp={int(row['pp'])} dp={int(row['dp'])} "
-        f"mb={int(row['micro_batch'])} gb={int(row['global_batch'])} recompute={_options(row)}"
+        f"results in {done.paths['best'].parent}/ (pareto.csv, plans.parquet, best.json, pareto.png)"
     )
 
 
 def _report_infeasible(result: Any, as_json: bool) -> None:
-    from vtrain_opt.search.results import rows_list
-
     if as_json:
-        print_json(
-            {
-                "ok": False,
-                "error": result.explain(),
-                "binding": result.binding,
-                "closest": rows_list(result.closest),
-                "evaluated": result.evaluated,
-                "reason_counts": result.reason_counts,
-            }
-        )
+        print_json(infeasible_document(result))
         return
-    if len(result.closest):
+    lines = closest_lines(result)
+    if lines:
         from vtrain_opt.console import console
 
         con = console(stderr=True)
-        con.print("closest plans:")
-        for _, row in result.closest.iterrows():
-            con.print(
-                f"  {int(row['num_gpus']):,} {row['gpu']}  {_plan_text(row)}: "
-                f"{float(row['training_time_s']) / DAY_S:,.1f} days, ${float(row['cost_usd']) / 1e6:,.2f}M, "
-                f"memory {float(row['memory_per_gpu_bytes']) / float(row['memory_capacity_bytes']):.0%}"
-            )
+        for line in lines:
+            con.print(line)

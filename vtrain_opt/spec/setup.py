@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 from vtrain_opt.spec.model import ModelSpec
 
@@ -108,3 +109,25 @@ class Setup:
         if self.master_weights == "none":
             return 2 * self.act_bytes  # the two Adam moments in the compute dtype
         return _BYTES_PER_PARAM[self.dtype][2] if self.framework == "megatron" else 8
+
+
+def custom_framework(framework: str, dropout: float | None, master_weights: str) -> bool:
+    """Whether these implementation options differ from their defaults (a setup must be
+    built rather than the GPU's default taken)."""
+    return framework != "megatron" or dropout is not None or master_weights != "fp32"
+
+
+def check_torch_plan(framework: str, **dims: Any) -> None:
+    """A plain PyTorch model has no model parallelism: one line naming what was asked."""
+    if framework != "torch":
+        return
+    bad = []
+    for k, v in dims.items():
+        values = list(v) if isinstance(v, (list, tuple)) else [v]
+        if any(x not in (None, 1, False, "off") for x in values):
+            bad.append(f"--{k.replace('_', '-')} {','.join(str(x) for x in values)}")
+    if bad:
+        raise ValueError(
+            f"--framework torch models a plain PyTorch model (data parallelism and ZeRO only); "
+            f"it cannot have {', '.join(bad)}: use --framework megatron"
+        )
