@@ -11,7 +11,7 @@ from rich.console import RenderableType
 from rich.table import Table
 
 from vtrain_opt.studies.chinchilla.results import frontier_frame
-from vtrain_opt.studies.chinchilla.study import StudyResult
+from vtrain_opt.studies.chinchilla.study import BudgetAnswer, StudyResult
 from vtrain_opt.units import format_count, format_usd
 
 
@@ -32,7 +32,7 @@ def report(result: StudyResult, files: dict[str, Path]) -> list[RenderableType]:
     return out
 
 
-def _candidates_table(a: Any) -> Table:
+def _candidates_table(a: BudgetAnswer) -> Table:
     t = Table(title=f"Candidate sizes, {a.budget.label()}", title_justify="left")
     for col in (
         "params",
@@ -77,67 +77,24 @@ def _candidates_table(a: Any) -> Table:
     return t
 
 
-def _answer_table(result: StudyResult, a: Any) -> Table:
+def _answer_table(result: StudyResult, a: BudgetAnswer) -> Table:
     o, i = a.optimal, a.ideal
     t = Table(title=f"Compute-optimal answer, {a.budget.label()}", title_justify="left")
     for col in ("", "params N", "tokens D", "tok/param", "loss", "MFU", "days", "cost"):
         t.add_column(col, justify="left" if col == "" else "right")
-    t.add_row(
-        "[b]real plans (N*)[/b]",
-        format_count(o["params"]),
-        format_count(o["tokens"]),
-        f"{o['tokens_per_param']:.3g}",
-        f"{o['loss']:.4f}",
-        f"{o['mfu']:.1%}",
-        f"{o['days']:.3g}",
-        format_usd(o["cost_usd"]),
-    )
-    t.add_row(
-        f"ideal: law optimum at MFU {i['mfu']:.0%}",
-        format_count(i["params"]),
-        format_count(i["tokens"]),
-        f"{i['tokens_per_param']:.3g}",
-        f"{i['loss']:.4f}",
-        f"{i['mfu']:.0%}",
-        "",
-        "",
-    )
+    days, cost = f"{o['days']:.3g}", format_usd(o["cost_usd"])
+    t.add_row(*_answer_row("[b]real plans (N*)[/b]", o, f"{o['mfu']:.1%}", days, cost))
+    ideal_mfu = f"{i['mfu']:.0%}"
+    t.add_row(*_answer_row(f"ideal: law optimum at MFU {ideal_mfu}", i, ideal_mfu))
     m = a.at_real_mfu
-    t.add_row(
-        f"law optimum at N*'s MFU {m['mfu']:.1%}",
-        format_count(m["params"]),
-        format_count(m["tokens"]),
-        f"{m['tokens_per_param']:.3g}",
-        f"{m['loss']:.4f}",
-        f"{m['mfu']:.1%}",
-        "",
-        "",
-    )
+    t.add_row(*_answer_row(f"law optimum at N*'s MFU {m['mfu']:.1%}", m, f"{m['mfu']:.1%}"))
     r = i["rule"]
-    t.add_row(
-        f"ideal: {r['tokens_per_param']:g} tokens/param rule",
-        format_count(r["params"]),
-        format_count(r["tokens"]),
-        f"{r['tokens_per_param']:.3g}",
-        f"{r['loss']:.4f}",
-        f"{i['mfu']:.0%}",
-        "",
-        "",
-    )
+    t.add_row(*_answer_row(f"ideal: {r['tokens_per_param']:g} tokens/param rule", r, ideal_mfu))
     for key, name in (("law", "law-optimal size"), ("rule", "rule size")):
         real = i[key]["real"]
         if real["status"] == "no plan":
             continue
-        t.add_row(
-            f"the {name} on real plans",
-            format_count(real["params"]),
-            format_count(real["tokens"]),
-            f"{real['tokens_per_param']:.3g}",
-            f"{real['loss']:.4f}",
-            f"{real['mfu']:.1%}",
-            "",
-            "",
-        )
+        t.add_row(*_answer_row(f"the {name} on real plans", real, f"{real['mfu']:.1%}"))
     g = a.gap
     t.caption = (
         f"plan of N*: {_plan(o['plan'])}; N* / ideal N = {g['params_ratio']:.2f}, "
@@ -147,6 +104,24 @@ def _answer_table(result: StudyResult, a: Any) -> Table:
         f"6ND / budget's peak FLOPs = {g['utilization_6nd']:.1%}; law: {result.config.law.name}"
     )
     return t
+
+
+def _answer_row(
+    label: str, x: dict[str, Any], mfu: str, days: str = "", cost: str = ""
+) -> tuple[str, ...]:
+    """One row of the answer table: an answer's N, D, tokens per parameter and loss (every
+    row alike); ``mfu`` as its row shows it (the ideal's whole percent), days and cost only
+    where a real plan spends them."""
+    return (
+        label,
+        format_count(x["params"]),
+        format_count(x["tokens"]),
+        f"{x['tokens_per_param']:.3g}",
+        f"{x['loss']:.4f}",
+        mfu,
+        days,
+        cost,
+    )
 
 
 def _frontier_table(result: StudyResult) -> Table:
