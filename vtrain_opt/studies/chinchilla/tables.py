@@ -10,6 +10,7 @@ from typing import Any
 from rich.console import RenderableType
 from rich.table import Table
 
+from vtrain_opt.console import describe_plan
 from vtrain_opt.studies.chinchilla.results import frontier_frame
 from vtrain_opt.studies.chinchilla.study import BudgetAnswer, StudyResult
 from vtrain_opt.units import format_count, format_usd
@@ -97,7 +98,7 @@ def _answer_table(result: StudyResult, a: BudgetAnswer) -> Table:
         t.add_row(*_answer_row(f"the {name} on real plans", real, f"{real['mfu']:.1%}"))
     g = a.gap
     t.caption = (
-        f"plan of N*: {_plan(o['plan'])}; N* / ideal N = {g['params_ratio']:.2f}, "
+        f"plan of N*: {describe_plan(o['plan'])}; N* / ideal N = {g['params_ratio']:.2f}, "
         f"D* / ideal D = {g['tokens_ratio']:.2f}, loss {g['loss_delta']:+.4f}; at N*'s MFU: "
         f"N* / law N = {g['params_ratio_at_real_mfu']:.2f}, D* / law D = "
         f"{g['tokens_ratio_at_real_mfu']:.2f}, loss {g['loss_delta_at_real_mfu']:+.4f}; "
@@ -144,19 +145,3 @@ def _frontier_table(result: StudyResult) -> Table:
             format_count(r["real_mfu_law_tokens"]),
         )
     return t
-
-
-def _plan(p: dict[str, Any]) -> str:
-    parts = [
-        f"{p['num_gpus']} GPUs",
-        f"tp={p['tp']} pp={p['pp']} dp={p['dp']}",
-        f"mb={p['micro_batch']} gb={p['global_batch']}",
-        f"recompute={p['recompute']}",
-    ]
-    if p["vpp"] > 1:
-        parts.append(f"vpp={p['vpp']}")
-    if p["sequence_parallel"]:
-        parts.append("sp")
-    if p["zero"]:
-        parts.append(f"zero={p['zero']}")
-    return " ".join(parts)
