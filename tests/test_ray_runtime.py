@@ -19,27 +19,14 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import search_argv
 
 from vtrain_opt.cli import main
 from vtrain_opt.search.ray_backend import cluster_address
 
 pytestmark = pytest.mark.ray
 
-SEARCH = [
-    "search",
-    "--model",
-    "llama2-7b",
-    "--gpu",
-    "a100-40gb",
-    "--max-gpus",
-    "32",
-    "--tokens",
-    "100B",
-    "--global-batch",
-    "64,128",
-    "--micro-batch",
-    "1,2",
-]
+SEARCH = search_argv(global_batch="64,128", micro_batch="1,2")
 CHINCHILLA = [
     "chinchilla",
     "--num-gpus",

@@ -8,28 +8,11 @@ import time
 
 import pandas as pd
 import pytest
+from helpers import search_argv
 
 from vtrain_opt.cli import main
 
-SMALL = [
-    "search",
-    "--model",
-    "llama2-7b",
-    "--gpu",
-    "a100-40gb",
-    "--max-gpus",
-    "32",
-    "--tokens",
-    "100B",
-    "--global-batch",
-    "64,128",
-    "--micro-batch",
-    "1,2,4",
-    "--vpp",
-    "1,2",
-    "--zero",
-    "0,1",
-]
+SMALL = search_argv(global_batch="64,128", micro_batch="1,2,4", vpp="1,2", zero="0,1")
 
 
 def _json(capsys, argv):

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from helpers import search_argv
 
 optuna = pytest.importorskip("optuna")
 
@@ -38,29 +39,15 @@ from vtrain_opt.spec.model import get_model  # noqa: E402
 USER, PASSWORD = "vtrain", "s3cret-pw"
 TOKENS = 1e11
 REPO = Path(__file__).resolve().parents[1]
-SMALL = [
-    "search",
-    "--model",
-    "llama2-7b",
-    "--gpu",
-    "a100-40gb",
-    "--max-gpus",
-    "64",
-    "--tokens",
-    "100B",
-    "--global-batch",
-    "128,256",
-    "--micro-batch",
-    "1,2,4",
-    "--vpp",
-    "1,2",
-    "--zero",
-    "0,1",
-    "--strategy",
-    "optuna",
-    "--objective",
-    "time",
-]
+SMALL = search_argv(
+    max_gpus=64,
+    global_batch="128,256",
+    micro_batch="1,2,4",
+    vpp="1,2",
+    zero="0,1",
+    strategy="optuna",
+    objective="time",
+)
 
 
 # ---- a throwaway server ---------------------------------------------------------------------

@@ -6,6 +6,7 @@ import json
 
 import pandas as pd
 import pytest
+from helpers import search_argv
 
 from vtrain_opt import get_model
 from vtrain_opt.cli import main
@@ -50,24 +51,7 @@ def test_optuna_on_ray_matches_in_process(ray_local, space):
 
 
 def test_cli_on_ray(ray_local, capsys, tmp_path):
-    code = main(
-        [
-            "search",
-            "--model",
-            "llama2-7b",
-            "--gpu",
-            "a100-40gb",
-            "--max-gpus",
-            "32",
-            "--tokens",
-            "100B",
-            "--workers",
-            "2",
-            "--out",
-            str(tmp_path),
-            "--json",
-        ]
-    )
+    code = main([*search_argv(workers="2", out=str(tmp_path)), "--json"])
     out, err = capsys.readouterr()
     assert code == 0, err
     data = json.loads(out)
