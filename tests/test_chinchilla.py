@@ -7,6 +7,7 @@ import re
 
 import numpy as np
 import pytest
+from rich.table import Table
 
 from vtrain_opt.cli import main
 from vtrain_opt.search import SearchSpace, gpu_choice, search
@@ -16,6 +17,9 @@ from vtrain_opt.studies.chinchilla import (
     StudyConfig,
     run_study,
 )
+from vtrain_opt.studies.chinchilla.config import budgets_from, split_budgets
+from vtrain_opt.studies.chinchilla.results import run_to_folder
+from vtrain_opt.studies.chinchilla.tables import report
 from vtrain_opt.studies.lossfit import FITS
 from vtrain_opt.studies.shapes import ShapeRules
 from vtrain_opt.units import DAY_S
@@ -249,3 +253,34 @@ def test_the_vtrain_paper_case_ideal_above_real_with_three_rows(tmp_path, capsys
     for label in ("real plans (N*)", "ideal: law optimum at MFU 100%", "law optimum at N*'s MFU"):
         assert label in text
     assert f"law optimum at N*'s MFU {real['mfu']:.1%}" in text
+
+
+def test_budget_lists_keep_the_commas_of_money() -> None:
+    assert split_budgets("$1,000,000, $5M,7d") == ["$1,000,000", "$5M", "7d"]
+    with pytest.raises(ValueError, match="at least one"):
+        split_budgets(" , ")
+
+
+def test_budgets_from_the_flags_values() -> None:
+    fixed = budgets_from(num_gpus=8, budget_list="7d,30d")
+    assert [(b.num_gpus, b.time_s) for b in fixed] == [(8, 7 * DAY_S), (8, 30 * DAY_S)]
+    (money,) = budgets_from(budget="$2M", max_days="10")
+    assert (money.usd, money.time_s, money.num_gpus) == (2e6, 10 * DAY_S, None)
+    with pytest.raises(ValueError, match="--max-gpus goes with --budget"):
+        budgets_from(num_gpus=8, days="7", max_gpus=16)
+
+
+def test_run_to_folder_writes_the_document_the_report_shows(tmp_path) -> None:
+    config = small_config(StudyBudget(num_gpus=64, time_s=7 * DAY_S))
+    saved = run_to_folder(config, tmp_path / "study", plots_too=False)
+    on_disk = json.loads((tmp_path / "study" / "study.json").read_text())
+    assert on_disk["optimal"] == saved.doc["optimal"]
+    assert on_disk["files"] == {k: str(v) for k, v in saved.files.items()}
+    assert "loss_vs_size" not in saved.files and (tmp_path / "study" / "candidates.csv").is_file()
+    parts = report(saved.result, saved.files)
+    titles = [p.title for p in parts if isinstance(p, Table)]
+    assert titles == [
+        "Candidate sizes, 64 GPUs x 7 days",
+        "Compute-optimal answer, 64 GPUs x 7 days",
+    ]
+    assert str(parts[-1]).endswith(f"results in {tmp_path / 'study'}")
