@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 
 def search_argv(max_gpus: int = 32, **options: str) -> list[str]:
     """A small `search`: llama2-7b on a100-40gb GPUs, 100B tokens, at most ``max_gpus``;
@@ -11,3 +14,19 @@ def search_argv(max_gpus: int = 32, **options: str) -> list[str]:
     for name, value in options.items():
         argv += [f"--{name.replace('_', '-')}", value]
     return argv
+
+
+def session_pids(sid: int) -> list[int]:
+    """Live processes of the session ``sid`` (a test's subprocess and the Ray processes it
+    started), read from /proc, so a test ends exactly what it started."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            fields = stat.rsplit(")", 1)[1].split()
+            if int(fields[3]) == sid and fields[0] != "Z":
+                out.append(int(entry))
+    return out

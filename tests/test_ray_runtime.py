@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import search_argv
+from helpers import search_argv, session_pids
 
 from vtrain_opt.cli import main
 from vtrain_opt.search.ray_backend import cluster_address
@@ -51,20 +51,6 @@ def _dead_address() -> str:
     return f"127.0.0.1:{port}"
 
 
-def _session_pids(sid: int) -> list[int]:
-    out = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            fields = stat.rsplit(")", 1)[1].split()
-            if int(fields[3]) == sid and fields[0] != "Z":
-                out.append(int(entry))
-    return out
-
-
 def _run_cli(args: list[str], env: dict[str, str]) -> tuple[int, str, str]:
     """Run ``python -m vtrain_opt ARGS`` in its own session; kill what it leaves behind."""
     proc = subprocess.Popen(
@@ -83,9 +69,9 @@ def _run_cli(args: list[str], env: dict[str, str]) -> tuple[int, str, str]:
             proc.wait()
         if Path("/proc").is_dir():
             deadline = time.monotonic() + 20
-            while _session_pids(proc.pid) and time.monotonic() < deadline:
+            while session_pids(proc.pid) and time.monotonic() < deadline:
                 time.sleep(0.2)
-            for pid in _session_pids(proc.pid):  # started by this test: never left behind
+            for pid in session_pids(proc.pid):  # started by this test: never left behind
                 os.kill(pid, signal.SIGKILL)
     return proc.returncode, out, err
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from helpers import session_pids
 
 from vtrain_opt.cli import main
 from vtrain_opt.studies.sweep import comparable, run_sweep
@@ -148,21 +149,6 @@ def test_ray_run_matches_in_process(tmp_path, ray_local) -> None:
     }
 
 
-def _session_pids(sid: int) -> list[int]:
-    """Processes of the session ``sid`` (the killed sweep and the Ray processes it started)."""
-    out = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            fields = stat.rsplit(")", 1)[1].split()
-            if int(fields[3]) == sid and fields[0] != "Z":
-                out.append(int(entry))
-    return out
-
-
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc to find the killed processes")
 def test_sigkill_mid_run_then_resume_loses_nothing(tmp_path) -> None:
     path = write(tmp_path, MANY, "many.yaml")
@@ -191,9 +177,9 @@ def test_sigkill_mid_run_then_resume_loses_nothing(tmp_path) -> None:
     assert 3 <= at_kill < 48, "the kill must land mid-run"
     # the sweep's Ray processes die with it
     deadline = time.monotonic() + 30
-    while _session_pids(proc.pid) and time.monotonic() < deadline:
+    while session_pids(proc.pid) and time.monotonic() < deadline:
         time.sleep(0.2)
-    left = _session_pids(proc.pid)
+    left = session_pids(proc.pid)
     for pid in left:  # processes this test started: never leave them behind
         os.kill(pid, signal.SIGKILL)
     assert left == []
