@@ -171,3 +171,39 @@ def test_shipped_hopper_profiles_record_what_they_were_fitted_on():
     for name in ("h200-measured", "h100-sxm-measured"):
         p = load_profile(name)
         assert p.kind == "measured" and p.tables and 0.7 <= p.step_gemm_scale <= 1.3
+
+
+def test_a_torch_space_has_no_model_parallel_dimensions_and_its_own_identity():
+    from vtrain_opt.search.space import SearchSpace
+
+    model = get_model_llama()
+    megatron = SearchSpace.create(model, ["h200"], max_gpus=64, setup=Setup())
+    torch = SearchSpace.create(model, ["h200"], max_gpus=64, setup=TORCH)
+    assert (torch.tp, torch.pp, torch.vpp, torch.sequence_parallel) == ((1,), (1,), (1,), (False,))
+    assert len(megatron.tp) > 1 and True in megatron.sequence_parallel
+    assert (
+        torch.fingerprint()
+        != SearchSpace.create(
+            model, ["h200"], max_gpus=64, setup=Setup(dtype="bf16", attention="flash")
+        ).fingerprint()
+    )
+    # a Megatron space keeps the identity it had before the framework existed
+    assert megatron.to_dict()["setup"] == {"dtype": "bf16", "attention": "flash"}
+
+
+def test_search_where_no_plan_passes_the_rules_says_so():
+    from vtrain_opt.search import SearchSpace, search
+
+    space = SearchSpace.create(get_model_llama(), ["h200"], max_gpus=16, tp=[2], setup=TORCH)
+    result = search(space, 1e9)
+    assert result.feasible == 0 and not result.ok
+    assert result.binding == [
+        f"no plan of the space passes the rules: {result.space_size} of {result.space_size} "
+        "break 'framework torch: no tp/pp/vpp/sp'"
+    ]
+
+
+def get_model_llama():
+    from vtrain_opt.spec.model import get_model
+
+    return get_model("llama2-7b")

@@ -265,6 +265,13 @@ def diagnose(part: Partial, limits: Limits) -> tuple[list[str], pd.DataFrame]:
     if part.evaluated == 0:
         return ["the space holds no valid plan"], pd.DataFrame()
     fits = part.front_fits
+    if fits.empty and part.least_memory.empty:
+        # nothing was simulated: every plan broke a rule of the plan or of the setup
+        code = int(np.argmax(part.reason_counts))
+        return [
+            f"no plan of the space passes the rules: {part.reason_counts[code]} of "
+            f"{part.evaluated} break {SEARCH_REASONS[code]!r}"
+        ], pd.DataFrame()
     if fits.empty:
         lean = part.least_memory.iloc[0]
         need, have = float(lean["memory_per_gpu_bytes"]), float(lean["memory_capacity_bytes"])

@@ -169,8 +169,15 @@ class SearchSpace:
         catalog global batch; tp the powers of two up to the node size that divide the
         heads; pp every divisor of the layers; micro-batches the powers of two up to the
         global batch; every recompute mode; sequence parallelism on and off; vpp 1 and
-        each of 2..8 that some pp allows; ZeRO 0 to 3; gradient reduction overlapped.
+        each of 2..8 that some pp allows; ZeRO 0 to 3; gradient reduction overlapped. A
+        plain PyTorch setup (framework 'torch') has no model parallelism: tp, pp and vpp
+        default to 1 and sequence parallelism to off.
         """
+        if setup is not None and setup.torch:
+            tp = 1 if tp is None else tp
+            pp = 1 if pp is None else pp
+            vpp = 1 if vpp is None else vpp
+            sequence_parallel = False if sequence_parallel is None else sequence_parallel
         choices = tuple(g if isinstance(g, GpuChoice) else gpu_choice(g) for g in gpus)
         if not choices:
             raise ValueError("space.gpus: give at least one GPU type")
@@ -269,9 +276,7 @@ class SearchSpace:
             "global_batch": list(self.global_batch),
             **{d: list(getattr(self, d)) for d in DIMENSIONS},
             "tokens": self.tokens,
-            "setup": None
-            if self.setup is None
-            else {"dtype": self.setup.dtype, "attention": self.setup.attention},
+            "setup": None if self.setup is None else _setup_dict(self.setup),
         }
 
     def fingerprint(self) -> str:
@@ -435,6 +440,17 @@ def _powers_of_two(limit: int) -> list[int]:
 def _divisors(n: int) -> list[int]:
     small = [d for d in range(1, int(n**0.5) + 1) if n % d == 0]
     return sorted(set(small + [n // d for d in small]))
+
+
+def _setup_dict(setup: Setup) -> dict[str, Any]:
+    """The setup's fields; framework, dropout and optimizer precision only where they differ
+    from their defaults, so a Megatron space keeps the identity (and study name) it had."""
+    out: dict[str, Any] = {"dtype": setup.dtype, "attention": setup.attention}
+    defaults = Setup()
+    for key in ("framework", "dropout", "master_weights"):
+        if getattr(setup, key) != getattr(defaults, key):
+            out[key] = getattr(setup, key)
+    return out
 
 
 def _tp_ok(model: ModelSpec, tp: int) -> bool:
