@@ -62,7 +62,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_cluster_args(p)
 
-    m = p.add_argument_group("model family and shape rules (see the README)")
+    m = p.add_argument_group("model family and shape rules (see docs/commands/chinchilla.md)")
     m.add_argument("--family", choices=FAMILIES, default="gpt", help="gpt (default) or llama")
     m.add_argument(
         "--min-params", type=count, default=0.5e9, metavar="N", help="smallest size (0.5B)"

@@ -53,7 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--ray-address",
         metavar="ADDR",
-        help="run on a Ray cluster (HOST:PORT or auto); see the README for its token",
+        help="run on a Ray cluster (HOST:PORT or auto); see docs/commands/sweep.md for its token",
     )
     p.add_argument("--retry-failed", action="store_true", help="run the failed scenarios again")
     p.add_argument(

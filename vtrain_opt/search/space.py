@@ -163,7 +163,7 @@ class SearchSpace:
         name: str = "",
         description: str = "",
     ) -> SearchSpace:
-        """A space with every unset dimension at its default (see the README's table).
+        """A space with every unset dimension at its default (see docs/spaces.md).
 
         Defaults: all GPU counts from one node to 4,096 in whole nodes; the model's
         catalog global batch; tp the powers of two up to the node size that divide the

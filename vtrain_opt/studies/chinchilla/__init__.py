@@ -8,7 +8,7 @@ a constant utilization (MFU 100% by default) with C = 6 N D, the law's closed-fo
 and the ~20 tokens/parameter rule; and the law's optimum at the MFU N*'s plan reaches (the
 budget's peak FLOPs x that MFU), which compares the law with the real plans like for like.
 
-Two budget forms (see the README for why):
+Two budget forms (docs/commands/chinchilla.md says why):
 
 * a fixed cluster for a time (``num_gpus`` GPUs, ``T`` seconds): each size runs its
   highest-throughput plan on at most ``num_gpus`` GPUs, D = tokens/s x T;
