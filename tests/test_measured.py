@@ -12,13 +12,10 @@ import pytest
 from op_spy import spy_on
 
 from vtrain_opt.cli import main
+from vtrain_opt.profile_tables import parse_tables
 from vtrain_opt.profiles import Profile, load_profile
-from vtrain_opt.sim.measured import (
-    MeasuredTables,
-    coverage_summary,
-    parse_tables,
-    sim_bytes_per_element,
-)
+from vtrain_opt.sim.convention import sim_bytes_per_element
+from vtrain_opt.sim.measured import MeasuredTables, coverage_summary
 from vtrain_opt.sim.ops import OpModel
 from vtrain_opt.spec.hardware import cluster_for_profile, get_cluster
 from vtrain_opt.spec.setup import Setup

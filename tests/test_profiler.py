@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 
 from vtrain_opt.cli import main
+from vtrain_opt.profile_tables import COLLECTIVES, TABLE_AXES
 from vtrain_opt.profiles import PARAM_DEFS, load_profile
-from vtrain_opt.sim.measured import COLLECTIVES, TABLE_AXES, sim_bytes_per_element
+from vtrain_opt.sim.convention import sim_bytes_per_element
 from vtrain_opt.sim.ops import OpModel
 from vtrain_opt.spec.hardware import cluster_for_profile
 from vtrain_opt.spec.setup import Setup

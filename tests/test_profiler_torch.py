@@ -14,9 +14,10 @@ import pytest
 from op_spy import spy_on
 
 from vtrain_opt.cli import main
+from vtrain_opt.profile_tables import MEMORY_OPS
 from vtrain_opt.profiler.grid import FRAMEWORK_ONLY_OPS, grid_for, memory_ops_for
 from vtrain_opt.profiles import load_profile
-from vtrain_opt.sim.measured import MEMORY_OPS, sim_bytes_per_element
+from vtrain_opt.sim.convention import sim_bytes_per_element
 from vtrain_opt.sim.ops import OpModel
 from vtrain_opt.spec.hardware import get_cluster
 from vtrain_opt.spec.model import ModelSpec

@@ -3,8 +3,9 @@
 A profile holds a few bounded, physical parameters (efficiencies between 0 and 1,
 overheads in seconds) that the op-time model in ``sim/ops.py`` combines with the
 GPU's datasheet figures. A *measured* profile also carries op-latency tables
-written by ``python -m vtrain_opt profile``; ops covered by a table are read from it
-and the analytical model covers everything else. Every value carries its source.
+written by ``python -m vtrain_opt profile`` (their layout and validation in
+``profile_tables.py``); ops covered by a table are read from them and the analytical
+model covers everything else. Every value carries its source.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from vtrain_opt.profile_tables import parse_tables
 from vtrain_opt.resources import data_dir
 
 PROFILE_FORMAT = "vtrain_opt.profile/1"
@@ -305,8 +307,6 @@ class Profile:
             GPUSpec.from_dict(device, name=str(data["gpu"]), owner=f"{origin}: key 'device'")
         tables = data.get("tables") or {}
         if tables:
-            from vtrain_opt.sim.measured import parse_tables
-
             parse_tables(tables, origin)
         try:
             return cls(

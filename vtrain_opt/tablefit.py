@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 from scipy.optimize import least_squares
 
+from vtrain_opt.profile_tables import parse_tables
 from vtrain_opt.profiles import PARAM_DEFS, Profile
-from vtrain_opt.sim.measured import parse_tables
 from vtrain_opt.sim.ops import OpModel
 from vtrain_opt.spec.hardware import ClusterSpec
 from vtrain_opt.spec.setup import Setup

@@ -190,7 +190,7 @@ def measure_collectives(
 
 
 def _tables(raw: dict[str, Any]) -> dict[str, Any]:
-    """The measured times as profile tables (``sim/measured.py`` layout)."""
+    """The measured times as profile tables (``profile_tables.py`` layout)."""
 
     def clean(rows: Any) -> Any:
         if isinstance(rows, list):

@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from vtrain_opt.profile_tables import COLLECTIVES, parse_tables
 from vtrain_opt.profiles import Profile
-from vtrain_opt.sim.measured import COLLECTIVES, parse_tables
 from vtrain_opt.sim.ops import OpModel
 from vtrain_opt.spec.hardware import ClusterSpec
 from vtrain_opt.spec.setup import Setup

@@ -31,8 +31,8 @@ PARAM_SIZED_OPS = frozenset({"optimizer", "adam"})
 
 
 def memory_ops_for(frameworks: tuple[str, ...]) -> tuple[str, ...]:
-    """The memory-bound tables (``sim/measured.py`` MEMORY_OPS) the frameworks need."""
-    from vtrain_opt.sim.measured import MEMORY_OPS
+    """The memory-bound tables (``profile_tables.py`` MEMORY_OPS) the frameworks need."""
+    from vtrain_opt.profile_tables import MEMORY_OPS
 
     skip = set().union(*(FRAMEWORK_ONLY_OPS[f] for f in FRAMEWORKS if f not in frameworks))
     return tuple(op for op in MEMORY_OPS if op not in skip)

@@ -26,7 +26,7 @@ from vtrain_opt.profiler import kernels as K
 from vtrain_opt.profiler import torch_model as TM
 from vtrain_opt.profiler.grid import FRAMEWORKS, Grid, memory_ops_for
 from vtrain_opt.profiler.timing import Timer, Timing
-from vtrain_opt.sim.measured import sim_bytes_per_element
+from vtrain_opt.sim.convention import sim_bytes_per_element
 
 OnStep = Callable[[str], None]
 # Inner widths of the measured tensors: hidden-like, ffn-like, attention scores, vocabulary.
@@ -390,7 +390,7 @@ def bandwidth(bench: OpBench) -> dict[str, float]:
 def _table(
     axes: tuple[str, ...], grid: tuple[Any, ...], cell: Cell, info: dict[str, Any]
 ) -> dict[str, Any]:
-    """A table in the profile's JSON layout (``sim/measured.py``)."""
+    """A table in the profile's JSON layout (``profile_tables.py``)."""
 
     def nested(a: np.ndarray) -> Any:
         return np.where(np.isfinite(a), a, None).tolist()  # null = not measured
