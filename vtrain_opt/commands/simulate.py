@@ -22,6 +22,7 @@ from vtrain_opt.commands.common import (
 )
 from vtrain_opt.commands.framework_args import check_torch_plan
 from vtrain_opt.console import breakdown_table, console, describe_plan, summary_table
+from vtrain_opt.io import write_json_atomic
 from vtrain_opt.sim.measured import measured_coverage
 from vtrain_opt.sim.step import results_frame, simulate_arrays
 from vtrain_opt.sim.timeline import reference
@@ -156,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
     ref_time = None
     if args.trace:
         ref = reference(ctx, plan)
-        ref.write_trace(args.trace)
+        write_json_atomic(args.trace, ref.chrome_trace())
         ref_time = ref.iteration_time_s
 
     if args.json:

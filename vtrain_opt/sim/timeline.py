@@ -11,11 +11,9 @@ the core's closed forms must agree with this replay (the contract test).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-from vtrain_opt.io import write_json_atomic
 from vtrain_opt.sim.context import SimContext
 from vtrain_opt.sim.plan_costs import plan_costs
 from vtrain_opt.sim.taskgraph import TaskGraph
@@ -130,11 +128,9 @@ class ReferenceResult:
     graph: TaskGraph
 
     def chrome_trace(self) -> dict[str, object]:
+        """The timeline as a Chrome/Perfetto trace (a JSON object); the caller writes it
+        (``simulate --trace FILE``): the simulator writes no files."""
         return self.graph.chrome_trace()
-
-    def write_trace(self, path: str | Path) -> None:
-        """Write the timeline as Chrome/Perfetto trace JSON, atomically."""
-        write_json_atomic(path, self.chrome_trace())
 
 
 def run_reference(
