@@ -45,6 +45,21 @@ def write_with(path: str | Path, writer: Callable[[Path], None]) -> None:
         writer(tmp)
 
 
+def check_writable_folder(path: str | Path, flag: str = "--out") -> None:
+    """Raise a one-line ValueError when files cannot be written into the folder ``path``.
+
+    Creates nothing: ``path`` must be a folder this process may write in, or not exist yet
+    below one (it is created when the results are written)."""
+    folder = Path(path)
+    probe = folder.absolute()
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ValueError(f"{flag} {folder}: cannot write there ({probe} is not a folder)")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ValueError(f"{flag} {folder}: cannot write there ({probe}: permission denied)")
+
+
 def jsonable(obj: Any) -> Any:
     """Plain JSON types; NaN and infinities become null (JSON has no NaN), -0.0 is 0.0.
 

@@ -21,6 +21,7 @@ from vtrain_opt.commands.common import (
 from vtrain_opt.commands.framework_args import add_framework_args
 from vtrain_opt.search.engine import OBJECTIVES, STRATEGIES, Progress
 from vtrain_opt.search.optuna_search import DEFAULT_INNER, SAMPLERS
+from vtrain_opt.search.reporting.page import REPORT_NEEDS_OUT
 from vtrain_opt.search.request import SearchRequest, SearchRun, run_search
 from vtrain_opt.search.summary import (
     closest_lines,
@@ -163,6 +164,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "zero, gpu): prints what the found plans save against it",
     )
     o.add_argument("--top", type=positive_int, default=8, help="front plans listed (default 8)")
+    o.add_argument(
+        "--report",
+        action="store_true",
+        help="also write report.html: the interactive time-cost front, the chosen plans, their "
+        "breakdown, memory and pipeline timeline, and the inputs (one self-contained file)",
+    )
     add_json_arg(p)
     p.set_defaults(func=run)
 
@@ -223,6 +230,8 @@ def _workers(text: str) -> int | str:
 
 # ---- the command ------------------------------------------------------------------------------
 def run(args: argparse.Namespace) -> int:
+    if args.report and args.json and not args.out:
+        raise ValueError(REPORT_NEEDS_OUT)
     request = SearchRequest(
         **{f.name: getattr(args, f.name) for f in dataclasses.fields(SearchRequest)}
     )
@@ -301,8 +310,10 @@ def _print_summary(con: Any, done: SearchRun, top: int) -> None:
     )
     for line in saving_lines(done.savings):
         con.print(line)
+    report = ", report.html" if "report" in done.paths else ""
     con.print(
-        f"results in {done.paths['best'].parent}/ (pareto.csv, plans.parquet, best.json, pareto.png)"
+        f"results in {done.paths['best'].parent}/ (pareto.csv, plans.parquet, best.json, "
+        f"pareto.png{report})"
     )
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import pandas as pd
 
+from vtrain_opt.io import check_writable_folder
 from vtrain_opt.profiles import load_profile
 from vtrain_opt.search.baseline import evaluate_baseline, parse_baseline, savings
 from vtrain_opt.search.engine import (
@@ -96,6 +97,7 @@ class SearchRequest:
     ray_address: str | None = None
     out: str | None = None
     baseline: str | None = None
+    report: bool = False  # also write report.html (search/reporting)
 
 
 @dataclass
@@ -143,6 +145,8 @@ def run_search(
     baseline_plan = parse_baseline(req.baseline, narrowed) if req.baseline else None
 
     out_dir = Path(req.out) if req.out else None
+    if out_dir is not None or req.report:  # before the search: say now what cannot be written
+        check_writable_folder(out_dir or RESULTS_ROOT)
     storage = req.storage
     if strategy == "optuna" and storage is None:
         name = req.study_name or default_study_name(
@@ -190,6 +194,12 @@ def run_search(
     if baseline_row is not None:
         baseline_info = {"plan": row_dict(baseline_row), "savings": saved}
     paths = write_results(result, out_dir, command, baseline_row, baseline_info)
+    if req.report:
+        from vtrain_opt.search.reporting.search import write_search_report
+
+        paths["report"] = write_search_report(
+            result, out_dir, command=command, baseline_row=baseline_row, baseline=baseline_info
+        )
     return SearchRun(result, out_dir, paths, baseline_row, saved, baseline_info)
 
 

@@ -1,0 +1,273 @@
+"""A search's HTML report (``search --report``): ``report.html`` beside its other results.
+
+One self-contained page: the interactive time-cost figure of every plan drawn, the chosen
+plans' table, their iteration breakdown and memory, the pipeline timeline of the fastest
+plan from the reference replay, and the inputs that reproduce the run.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Mapping, Sequence
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from vtrain_opt.search.engine import SearchResult
+from vtrain_opt.search.reporting.page import REPORT_FILE, Page, pretty_json, versions
+from vtrain_opt.search.reporting.plans import (
+    Cloud,
+    breakdown_figure,
+    cloud,
+    front_figure,
+    memory_figure,
+    plan_cells,
+    table_header,
+)
+from vtrain_opt.search.reporting.timeline import plan_trace, timeline_figure
+from vtrain_opt.search.results import describe
+from vtrain_opt.spec.plan import ParallelPlan
+from vtrain_opt.units import DAY_S, format_count, format_duration, format_usd
+
+Chosen = list[tuple[str, Mapping[str, Any]]]
+
+
+def write_search_report(
+    result: SearchResult,
+    out_dir: str | Path,
+    *,
+    command: Sequence[str] | None = None,
+    baseline_row: pd.Series | None = None,
+    baseline: Mapping[str, Any] | None = None,
+    top: int = 8,
+) -> Path:
+    """Write ``report.html`` into ``out_dir`` (atomically); return its path."""
+    if not result.ok:
+        raise ValueError("no feasible plan: a report needs at least one")
+    page = search_page(
+        result, command=command, baseline_row=baseline_row, baseline=baseline, top=top
+    )
+    return page.write(Path(out_dir) / REPORT_FILE)
+
+
+def search_page(
+    result: SearchResult,
+    *,
+    command: Sequence[str] | None = None,
+    baseline_row: pd.Series | None = None,
+    baseline: Mapping[str, Any] | None = None,
+    top: int = 8,
+) -> Page:
+    space = result.space
+    gpus = ", ".join(g.name for g in space.gpus)
+    page = Page(
+        f"{space.model.name}: {format_count(result.tokens)} tokens on {gpus}",
+        lead=_headline(result),
+    )
+    page.raw(
+        '<nav><a href="#front">time and cost</a><a href="#plans">chosen plans</a>'
+        '<a href="#breakdown">breakdown</a><a href="#memory">memory</a>'
+        '<a href="#timeline">timeline</a><a href="#inputs">inputs</a></nav>'
+    )
+    chosen = chosen_plans(result, baseline_row, top)
+    marked = [(label, row) for label, row in chosen if label in ("fastest", "cheapest", "baseline")]
+
+    page.heading("Time and cost of every plan", "front")
+    points = _points(result)
+    page.figure(front_figure(points, result.pareto, marked, ""), "front", height_px=620)
+    page.text(
+        "Hover over a point for its plan, days, GPU-hours, dollars, MFU and memory; the menus "
+        "above the figure put days, GPU-hours or dollars on either axis; click a legend entry "
+        "to hide its points, drag to zoom, double-click to zoom out.",
+        note=True,
+    )
+    for note in _point_notes(result, points):
+        page.text(note, note=True)
+
+    page.heading("The chosen plans", "plans")
+    rows = [row for _, row in chosen]
+    header = table_header(rows)
+    page.table(header, [plan_cells(label, row, header) for label, row in chosen], left=(0, 2, 10))
+    for line in _savings(baseline):
+        page.text(line)
+
+    page.heading("Where an iteration goes", "breakdown")
+    page.figure(breakdown_figure(chosen), "breakdown", height_px=120 + 34 * len(chosen))
+    page.heading("Memory per GPU", "memory")
+    page.figure(memory_figure(chosen), "memory", height_px=120 + 34 * len(chosen))
+
+    page.heading("Pipeline timeline of the fastest plan", "timeline")
+    _timeline(page, result, result.best_time)  # type: ignore[arg-type]  # ok: set
+
+    page.heading("Inputs to reproduce this run", "inputs")
+    _inputs(page, result, command, baseline)
+    return page
+
+
+def chosen_plans(result: SearchResult, baseline_row: pd.Series | None, top: int) -> Chosen:
+    """The fastest and the cheapest plans, up to ``top`` plans of the front between them
+    (evenly spaced), and the baseline: the plans the text table lists."""
+    chosen: Chosen = [("fastest", result.best_time), ("cheapest", result.best_cost)]  # type: ignore[list-item]
+    inner = result.pareto.iloc[1:-1]
+    if len(inner):
+        idx = np.unique(np.linspace(0, len(inner) - 1, min(top, len(inner))).round().astype(int))
+        chosen += [(f"Pareto {k + 1}", inner.iloc[i]) for k, i in enumerate(idx)]
+    if baseline_row is not None:
+        chosen.append(("baseline", baseline_row))
+    return chosen
+
+
+def plan_of(row: Mapping[str, Any]) -> ParallelPlan:
+    """The plan of a result row (its ParallelPlan fields)."""
+    names = [f.name for f in fields(ParallelPlan)]
+    plain = {k: row[k].item() if hasattr(row[k], "item") else row[k] for k in names if k in row}
+    return ParallelPlan.from_mapping(
+        {k: str(v) if k == "recompute" else v for k, v in plain.items()}
+    )
+
+
+# ---- sections -----------------------------------------------------------------------------
+def _headline(result: SearchResult) -> str:
+    size = f" of {result.space_size:,}" if result.space_size else ""
+    trials = (
+        f", {result.trials:,} trials ({result.sampler}, seed {result.seed})"
+        if result.trials
+        else ""
+    )
+    reasons = ", ".join(f"{n:,} {k}" for k, n in result.infeasible_reasons.items())
+    return (
+        f"{result.strategy}: {result.evaluated:,}{size} plans evaluated{trials} in "
+        f"{format_duration(result.elapsed_s)}; {result.feasible:,} feasible"
+        + (f" (rejected: {reasons})" if reasons else "")
+        + f"; {result.limits.describe()}."
+    )
+
+
+def _points(result: SearchResult) -> Cloud:
+    if result.plans_complete:
+        return cloud(result.plans)
+    sample = result.sample
+    if len(sample) and "gpu_hours" not in sample:
+        price = {g.name: g.price_per_gpu_hour_usd for g in result.space.gpus}
+        per_hour = sample["gpu"].astype(str).map(price).astype(float)
+        sample = sample.assign(gpu_hours=sample["cost_usd"] / per_hour)
+    return cloud(result.plans, sample)
+
+
+def _point_notes(result: SearchResult, points: Cloud) -> list[str]:
+    notes = list(points.notes)
+    if not result.plans_complete:
+        notes.insert(
+            0,
+            "The space is too large to keep every plan: the figure draws the plans the search "
+            "kept in full (the fronts, the fastest and the cheapest) and an even sample of the "
+            "others, whose hover shows their time and cost only.",
+        )
+    return notes
+
+
+def _savings(baseline: Mapping[str, Any] | None) -> list[str]:
+    lines = []
+    for name, label in (("best_time", "fastest"), ("best_cost", "cheapest")):
+        s = (baseline or {}).get("savings", {}).get(name)
+        if not s:
+            continue
+        days = s["time_saved_s"] / DAY_S
+        money = "saves" if s["cost_saved_usd"] >= 0 else "costs"
+        lines.append(
+            f"Against the baseline, the {label} plan finishes {abs(days):,.1f} days "
+            f"{'sooner' if days >= 0 else 'later'} and {money} {format_usd(abs(s['cost_saved_usd']))}."
+        )
+    return lines
+
+
+def _timeline(page: Page, result: SearchResult, row: pd.Series) -> None:
+    gpu = str(row["gpu"])
+    index = [g.name for g in result.space.gpus].index(gpu)
+    plan = plan_of(row)
+    try:
+        trace, replay_s = plan_trace(result.space.context(index), plan)
+    except (ValueError, RuntimeError) as e:  # a plan the replay cannot draw: say why
+        page.text(f"No timeline: the reference replay of this plan failed ({e}).", note=True)
+        return
+    tl = timeline_figure(trace, f"{int(row['num_gpus']):,} × {gpu}, {plan.describe()}")
+    page.figure(tl.figure, "timeline", height_px=140 + 30 * len(tl.shown))
+    core_s = float(row["iteration_time_s"])
+    page.text(
+        f"One iteration replayed task by task (the reference simulator): {replay_s:.4g} s, "
+        f"against {core_s:.4g} s from the vectorized core. Each stage runs its forward and "
+        "backward passes per micro-batch (and model chunk, interleaved), then its exposed "
+        "data-parallel reduction and its optimizer step; transfers between stages run on "
+        "their own links and are not drawn. The whole trace: simulate --trace FILE.",
+        note=True,
+    )
+    if len(tl.shown) < tl.stages:
+        page.text(
+            f"{len(tl.shown)} of the {tl.stages} stages are drawn ({tl.tasks:,} tasks): "
+            f"stages {', '.join(map(str, tl.shown))}.",
+            note=True,
+        )
+
+
+def _inputs(
+    page: Page,
+    result: SearchResult,
+    command: Sequence[str] | None,
+    baseline: Mapping[str, Any] | None,
+) -> None:
+    doc = describe(result, list(command) if command else None, dict(baseline) if baseline else None)
+    if doc.get("command"):
+        argv = list(doc["command"])
+        if argv and argv[0] == "vtrain_opt":
+            argv = ["python", "-m", "vtrain_opt", *argv[1:]]
+        page.text("Command line:")
+        page.code(shlex.join(argv))
+    space = result.space
+    rows = []
+    for i, g in enumerate(space.gpus):
+        ctx = space.context(i)
+        c = g.cluster
+        rows.append(
+            [
+                g.name,
+                str(c.gpus_per_node),
+                f"{c.intra_node_bytes_per_s / 1e9:,.0f} GB/s",
+                f"{c.inter_node_bytes_per_s * 8 / 1e9:,.0f} Gbit/s",
+                f"${c.price_per_gpu_hour_usd:g}",
+                ctx.profile.id,
+                f"{ctx.setup.dtype}, {ctx.setup.attention}",
+            ]
+        )
+    page.table(
+        [
+            "GPU",
+            "per node",
+            "in-node link (per GPU)",
+            "inter-node (per node)",
+            "$/GPU-h",
+            "profile",
+            "dtype, attention",
+        ],
+        rows,
+        left=(0, 5, 6),
+    )
+    m = space.model
+    page.text(
+        f"Model {m.name}: {m.num_params() / 1e9:,.1f}B parameters, {m.num_layers} layers, "
+        f"hidden {m.hidden_size}, {m.num_attention_heads} heads, sequence {m.seq_length}; "
+        f"{format_count(result.tokens)} tokens; {result.limits.describe()}; objective "
+        f"{result.objective}, strategy {result.strategy}."
+    )
+    if result.study_name:
+        page.text(
+            f"Optuna study {result.study_name} in {result.storage}: open it with "
+            f"optuna-dashboard {result.storage}"
+        )
+    page.text("Versions: " + ", ".join(f"{k} {v}" for k, v in versions().items()) + ".")
+    heavy = ("best_time", "best_cost", "chosen", "pareto", "closest")
+    page.raw("<details><summary>Every input (as best.json records it)</summary>")
+    page.code(pretty_json({k: v for k, v in doc.items() if k not in heavy}))
+    page.raw("</details>")
