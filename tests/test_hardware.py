@@ -105,3 +105,130 @@ def test_groups_spanning_nodes_take_the_faster_of_ring_and_hierarchy():
     fixed = fast.collective_s("all_reduce", 0.0, 16, 8)
     ring = 2 * 15 / 16 * big / (16 * nic)
     assert fast.collective_s("all_reduce", big, 16, 8) - fixed == pytest.approx(ring + copy_s)
+
+
+# ---- NVLink domains and today's GPUs -------------------------------------------------------
+def test_the_nvlink_domain_is_one_node_unless_the_cluster_says_otherwise():
+    for name in ("a100-80gb", "h100-sxm", "h800", "b200", "v100-32gb"):
+        c = get_cluster(name)
+        assert c.domain_gpus == c.gpus_per_node == 8
+        assert "nvlink_domain" not in c.to_dict()  # the identity of one-node spaces is kept
+    nvl = get_cluster("gb200-nvl72")
+    assert (nvl.gpus_per_node, nvl.domain_gpus, nvl.to_dict()["nvlink_domain"]) == (4, 72, 72)
+    # another node size moves a one-node domain with it and keeps a rack
+    assert get_cluster("h100-sxm").with_overrides(gpus_per_node=4).domain_gpus == 4
+    assert nvl.with_overrides(gpus_per_node=8).domain_gpus == 72
+    assert get_cluster("h100-sxm").with_overrides(nvlink_domain=256).domain_gpus == 256
+
+
+@pytest.mark.parametrize(
+    ("name", "overrides", "message"),
+    [
+        ("h100-sxm", {"nvlink_domain": 0}, "nvlink_domain: must be a positive integer, got 0"),
+        ("h100-sxm", {"nvlink_domain": 12}, "nvlink_domain: 12 is not a multiple of gpus_per_node"),
+        ("h100-sxm", {"nvlink_domain": 4}, "nvlink_domain: 4 is not a multiple of gpus_per_node"),
+        ("gb200-nvl72", {"gpus_per_node": 16}, "72 is not a multiple of gpus_per_node (16)"),
+        ("v100-32gb", {"nvlink_domain": 16}, "a mesh spans one node: give 8"),
+    ],
+)
+def test_bad_nvlink_domains_are_refused_with_the_rule(name, overrides, message):
+    with pytest.raises(ValueError) as e:
+        get_cluster(name).with_overrides(**overrides)
+    assert message in str(e.value)
+
+
+def test_tp16_crosses_the_network_on_h100_and_stays_on_nvlink_on_gb200_nvl72():
+    from vtrain_opt.sim.ops import members_per_domain
+
+    act = float(1 << 28)
+    for name, inside in (("h100-sxm", False), ("gb200-nvl72", True)):
+        cluster = get_cluster(name)
+        ops = OpModel(load_profile(name), cluster, Setup())
+        per_domain = members_per_domain(16, 1, cluster.domain_gpus)
+        assert (per_domain >= 16) == inside
+        nvlink = cluster.intra_bytes_per_s * ops.profile.nvlink_efficiency
+        # NVLink bus bandwidth only when the whole group is in one domain
+        assert (ops.bus_bytes_per_s(16, per_domain) == pytest.approx(nvlink)) == inside
+        if inside:  # the flat ring over NVLink, as inside a DGX node
+            fixed = ops.collective_s("all_reduce", 0.0, 16, per_domain)
+            wire = ops.collective_s("all_reduce", act, 16, per_domain) - fixed
+            copy = ops.profile.collective_hbm_passes * act / cluster.gpu.hbm_bytes_per_s
+            assert wire == pytest.approx(2 * 15 / 16 * act / nvlink + copy, rel=1e-12)
+    # the same rack cut into one-tray domains puts tp=16 across trays
+    split = get_cluster("gb200-nvl72").with_overrides(nvlink_domain=4)
+    assert members_per_domain(16, 1, split.domain_gpus) == 4
+    # data-parallel groups tp=16 apart: four per 72-GPU domain
+    assert members_per_domain(16, 16, 72) == 4 and members_per_domain(16, 8, 72) == 9
+
+
+def test_iteration_time_follows_the_nvlink_domain():
+    from vtrain_opt.sim.step import make_context, simulate_arrays
+    from vtrain_opt.spec import ParallelPlan, PlanBatch, get_model
+
+    model = get_model("gpt3-175b")
+    plans = [
+        ParallelPlan(tp=16, pp=8, dp=2, micro_batch=1, global_batch=64, recompute="full"),
+        ParallelPlan(tp=8, pp=8, dp=4, micro_batch=1, global_batch=64, recompute="full"),
+    ]
+    batch = PlanBatch.from_plans(plans)
+
+    def run(cluster):
+        return simulate_arrays(make_context(model, cluster), batch)
+
+    rack = run(get_cluster("gb200-nvl72"))
+    trays = run(get_cluster("gb200-nvl72").with_overrides(nvlink_domain=4))
+    # tp=16 all-reduces over NVLink in the rack, over the adapters between 4-GPU trays
+    assert rack["tp_comm_s"][0] < 0.6 * trays["tp_comm_s"][0]
+    assert rack["iteration_time_s"][0] < trays["iteration_time_s"][0]
+    # an H100 cluster whose NVLink spans two nodes (a 16-GPU domain) speeds tp=16 up and
+    # leaves tp=8 (one node) as it was
+    h100 = run(get_cluster("h100-sxm"))
+    wide = run(get_cluster("h100-sxm").with_overrides(nvlink_domain=16))
+    assert wide["tp_comm_s"][0] < h100["tp_comm_s"][0]
+    assert wide["tp_comm_s"][1] == h100["tp_comm_s"][1]
+
+
+def test_h800_is_h100_silicon_with_less_nvlink():
+    h100, h800 = get_gpu("h100-sxm"), get_gpu("h800")
+    assert h800.peak_flop_per_s == h100.peak_flop_per_s
+    assert (h800.hbm_bytes, h800.hbm_bytes_per_s, h800.num_sms) == (
+        h100.hbm_bytes,
+        h100.hbm_bytes_per_s,
+        h100.num_sms,
+    )
+    assert h800.nvlink_bytes_per_s == 200e9  # 400 GB/s total, per direction
+    c = get_cluster("h800")
+    assert c.gpus_per_node == 8 and c.inter_node_bytes_per_s == 8 * 400e9 / 8
+    assert "H800" in h800.source
+
+
+def test_blackwell_peaks_per_dtype_and_no_fp8_compute_yet():
+    from vtrain_opt.spec.setup import DTYPES
+
+    b200, gb200 = get_gpu("b200"), get_gpu("gb200-nvl72")
+    for gpu, bf16 in ((b200, 2250e12), (gb200, 2500e12)):
+        peaks = gpu.peak_flop_per_s
+        assert peaks["bf16"] == bf16
+        assert peaks["fp8"] == 2 * bf16 and peaks["fp4"] == 4 * bf16  # dense, datasheet
+    assert gb200.nvlink_bytes_per_s == 900e9 and "GB200 NVL72 datasheet" in gb200.source
+    # the peaks are data: the simulator computes in none of them until FP8 training exists
+    assert "fp8" not in DTYPES and "fp4" not in DTYPES
+    with pytest.raises(ValueError, match=r"setup\.dtype: 'fp8' is not one of"):
+        Setup(dtype="fp8")
+
+
+def test_every_catalog_gpu_and_cluster_carries_its_source():
+    from vtrain_opt.spec.hardware import _raw, gpu_names
+
+    for name in gpu_names():
+        assert get_gpu(name).source
+        assert _raw()["clusters"][name]["source"]
+    assert "DeepSeek-V3" in _raw()["clusters"]["h800"]["source"]
+
+
+def test_derived_profiles_of_the_new_gpus():
+    for name, base in (("h800", "h100-sxm"), ("gb200-nvl72", "b200")):
+        p, b = load_profile(name), load_profile(base)
+        assert (p.gpu, p.kind) == (name, "derived")
+        assert p.provenance["derived_from"] == b.id
+        assert p.params == b.params  # the efficiency model kept; peaks from the catalog

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import ndtri
 
-from vtrain_opt.sim.ops import OpModel, members_per_node
+from vtrain_opt.sim.ops import OpModel, members_per_domain
 from vtrain_opt.spec.model import ModelSpec
 
 RECOMPUTE_NONE, RECOMPUTE_SELECTIVE, RECOMPUTE_FULL = 0, 1, 2
@@ -205,8 +205,7 @@ def layer_costs(
     mem_bwd = sum(n * ops.memory_s(2 * nbytes, 2, f"{op}_bwd") for op, nbytes, n in mem_ops)
 
     # ---- tensor-parallel collectives ----------------------------------------------------------
-    gpn = ops.cluster.gpus_per_node
-    per_node = members_per_node(tp, np.ones_like(tp), gpn)
+    per_node = members_per_domain(tp, np.ones_like(tp), ops.cluster.domain_gpus)
     act = tokens * h * a_bytes
     ar = ops.collective_s("all_reduce", act, t, per_node)
     ag_rs = ops.collective_s("all_gather", act, t, per_node) + ops.collective_s(
@@ -273,8 +272,7 @@ def edge_costs(
     vocab_padded = np.ceil(vocab / (128.0 * t)) * 128.0 * t
     vocab_local = vocab_padded / t
     act = tokens * h * a_bytes
-    gpn = ops.cluster.gpus_per_node
-    per_node = members_per_node(tp, np.ones_like(tp), gpn)
+    per_node = members_per_domain(tp, np.ones_like(tp), ops.cluster.domain_gpus)
     ar = ops.collective_s("all_reduce", act, t, per_node)
     rs = ops.collective_s("reduce_scatter", act, t, per_node)
     ag = ops.collective_s("all_gather", act, t, per_node)
@@ -341,9 +339,9 @@ def p2p_costs(
 
     Megatron sends 1/tp of the activation per rank (scatter-gather optimization, or the
     sequence-parallel shard). Neighbouring stages are tp*dp ranks apart; when the whole
-    pipeline does not fit in one node the slowest boundary crosses the network, and that
-    boundary sets the pace, so all boundaries use its time.
+    pipeline does not fit in one NVLink domain the slowest boundary crosses the network, and
+    that boundary sets the pace, so all boundaries use its time.
     """
     nbytes = _f(mb) * model.seq_length * model.hidden_size * ops.setup.act_bytes / _f(tp)
-    inter = tp * dp * pp > ops.cluster.gpus_per_node
+    inter = tp * dp * pp > ops.cluster.domain_gpus
     return np.where(pp > 1, ops.p2p_s(nbytes, inter, tp * dp), 0.0)

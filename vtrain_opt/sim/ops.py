@@ -11,10 +11,15 @@ efficiencies:
   bytes moved at the profile's fraction of HBM bandwidth, plus per-kernel overhead.
 * Collectives: NCCL's ring volumes (2(n-1)/n of the buffer for all-reduce, (n-1)/n for
   all-gather and reduce-scatter) at the bus bandwidth of the link tier, or, for a group
-  spanning k nodes with g > 1 members in each, the hierarchical (tree) schedule when it is
-  faster: 2(k-1)/k across the adapters plus 2(g-1)/g over NVLink; plus a fixed launch
-  cost, a per-step link latency, and the HBM traffic of NCCL's copy and reduction kernels
-  (``collective_hbm_passes`` bytes per payload byte, at the datasheet HBM bandwidth).
+  spanning k nodes (NVLink domains) with g > 1 members in each, the hierarchical (tree)
+  schedule when it is faster: 2(k-1)/k across the adapters plus 2(g-1)/g over NVLink;
+  plus a fixed launch cost, a per-step link latency, and the HBM traffic of NCCL's copy
+  and reduction kernels (``collective_hbm_passes`` bytes per payload byte, at the
+  datasheet HBM bandwidth).
+
+"Node" in the communication model below means an NVLink domain (``ClusterSpec.domain_gpus``):
+one node on today's DGX/HGX clusters, a 72-GPU rack on GB200 NVL72. Each GPU keeps its own
+share of its node's network adapters (``nic_bytes_per_s_per_gpu``).
 """
 
 from __future__ import annotations
@@ -221,13 +226,15 @@ def _per_distinct(fn: Callable[..., float], *args: ArrayLike) -> np.ndarray:
     return values[inverse.ravel()].reshape(cols[0].shape)
 
 
-def members_per_node(group: np.ndarray, stride: np.ndarray, gpus_per_node: int) -> np.ndarray:
-    """How many ranks of a group (``group`` ranks, ``stride`` apart) share one node.
+def members_per_domain(group: np.ndarray, stride: np.ndarray, domain_gpus: int) -> np.ndarray:
+    """How many ranks of a group (``group`` ranks, ``stride`` apart) share one NVLink domain
+    (``ClusterSpec.domain_gpus``: a node, or a rack of nodes such as GB200 NVL72).
 
     Ranks are laid out tp innermost, then dp, then pp (Megatron's order), so a tp group
-    has stride 1, a dp group stride tp, and pipeline neighbours stride tp*dp.
+    has stride 1, a dp group stride tp, and pipeline neighbours stride tp*dp. A group that
+    fits in a domain is placed inside one (a domain of 72 holds four tp groups of 16).
     """
     group = np.asarray(group)
     stride = np.asarray(stride)
-    fit = np.maximum(gpus_per_node // np.maximum(stride, 1), 1)
-    return np.minimum(group, np.where(stride < gpus_per_node, fit, 1))
+    fit = np.maximum(domain_gpus // np.maximum(stride, 1), 1)
+    return np.minimum(group, np.where(stride < domain_gpus, fit, 1))

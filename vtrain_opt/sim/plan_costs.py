@@ -31,7 +31,7 @@ from vtrain_opt.sim.costs_torch import (
     torch_optimizer_s,
 )
 from vtrain_opt.sim.memory import StageParams, layer_activation_bytes, stage_params
-from vtrain_opt.sim.ops import OpModel, members_per_node
+from vtrain_opt.sim.ops import OpModel, members_per_domain
 from vtrain_opt.spec.plan import PlanBatch
 
 # Megatron-LM's default gradient bucket for overlapping the reduction with the backward.
@@ -213,7 +213,8 @@ def plan_costs(ctx: SimContext, batch: PlanBatch, m: np.ndarray | None = None) -
     u_t, u_p, u_d = uniq2 >> 40, (uniq2 >> 20) & 0xFFFFF, uniq2 & 0xFFFFF
     u_params = stage_params(model, u_t, u_p)
     u_opt_scale = straggler_factor(profile.node_straggler, -(-(u_t * u_p * u_d) // gpn))
-    u_per_node = members_per_node(u_d, u_t, gpn)
+    domain = ctx.cluster.domain_gpus  # what the collectives see as one node
+    u_per_node = members_per_domain(u_d, u_t, domain)
 
     def gather2(x: np.ndarray) -> np.ndarray:
         return np.broadcast_to(x, uniq2.shape)[codes2]
@@ -266,7 +267,7 @@ def plan_costs(ctx: SimContext, batch: PlanBatch, m: np.ndarray | None = None) -
         )
 
     tied = model.tied_embeddings
-    sync_per_node = np.where(u_t * u_d * (u_p - 1) < gpn, 2, 1)
+    sync_per_node = np.where(u_t * u_d * (u_p - 1) < domain, 2, 1)
     u_sync = ops.collective_s(
         "all_reduce",
         u_params.embedding * setup.grad_bytes,

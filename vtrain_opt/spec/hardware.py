@@ -10,7 +10,9 @@ import yaml
 from vtrain_opt.resources import data_dir
 from vtrain_opt.spec._check import non_negative_number, positive_int, positive_number
 
-DTYPE_BYTES = {"fp8": 1, "fp16": 2, "bf16": 2, "tf32": 4, "fp32": 4}
+# Bytes per element of each dtype a GPU's datasheet gives a peak for. fp8 and fp4 peaks are
+# catalog data only: the simulator's compute dtypes are spec.setup.DTYPES.
+DTYPE_BYTES = {"fp4": 0.5, "fp8": 1, "fp16": 2, "bf16": 2, "tf32": 4, "fp32": 4}
 
 
 @dataclass(frozen=True)
@@ -86,7 +88,14 @@ class GPUSpec:
 
 @dataclass(frozen=True)
 class ClusterSpec:
-    """A cluster of identical nodes: the GPU, node size, network tiers and price."""
+    """A cluster of identical nodes: the GPU, node size, network tiers and price.
+
+    ``nvlink_domain``: GPUs that reach each other over NVLink, whole nodes (8 on a DGX/HGX
+    node, 72 on a GB200 NVL72 rack of 4-GPU trays; None: one node). The collective model
+    treats a domain as its "node": a group that fits in one runs at NVLink bandwidth, one
+    that spans several crosses the network adapters (``nic_bytes_per_s_per_gpu`` each).
+    GPU counts, prices and node stragglers stay per node (``gpus_per_node``).
+    """
 
     gpu: GPUSpec
     gpus_per_node: int = 8
@@ -99,11 +108,14 @@ class ClusterSpec:
     # NVLinks between each pair of a node's GPUs, for nodes without an NVSwitch (DGX-1's
     # hybrid cube-mesh); None: every GPU reaches every other over all its links (a switch)
     nvlink_links: tuple[tuple[int, ...], ...] | None = None
+    nvlink_domain: int | None = None  # GPUs per NVLink domain, whole nodes; None: one node
 
     def __post_init__(self) -> None:
         owner = f"cluster {self.name or self.gpu.name!r}"
         if not self.name:
             object.__setattr__(self, "name", self.gpu.name)
+        if self.nvlink_domain is None:
+            object.__setattr__(self, "nvlink_domain", self.gpus_per_node)
         if self.intra_node_bytes_per_s is None:
             object.__setattr__(self, "intra_node_bytes_per_s", self.gpu.nvlink_bytes_per_s)
         if self.nvlink_links is not None:
@@ -114,11 +126,28 @@ class ClusterSpec:
                     f"{self.gpus_per_node} GPUs per node; give one row and column per GPU"
                 )
         positive_int(owner, "gpus_per_node", self.gpus_per_node)
+        positive_int(owner, "nvlink_domain", self.nvlink_domain)
+        if self.domain_gpus % self.gpus_per_node:
+            raise ValueError(
+                f"{owner}.nvlink_domain: {self.domain_gpus} is not a multiple of gpus_per_node "
+                f"({self.gpus_per_node}); an NVLink domain is one or more whole nodes"
+            )
+        if self.nvlink_links is not None and self.domain_gpus != self.gpus_per_node:
+            raise ValueError(
+                f"{owner}.nvlink_domain: {self.domain_gpus} with a point-to-point NVLink mesh "
+                f"(nvlink_links); a mesh spans one node: give {self.gpus_per_node}"
+            )
         positive_number(owner, "intra_node_bytes_per_s", self.intra_node_bytes_per_s)
         positive_number(owner, "inter_node_bytes_per_s", self.inter_node_bytes_per_s)
         non_negative_number(owner, "intra_node_latency_s", self.intra_node_latency_s)
         non_negative_number(owner, "inter_node_latency_s", self.inter_node_latency_s)
         non_negative_number(owner, "price_per_gpu_hour_usd", self.price_per_gpu_hour_usd)
+
+    @property
+    def domain_gpus(self) -> int:
+        """GPUs per NVLink domain (``nvlink_domain``, resolved)."""
+        assert self.nvlink_domain is not None
+        return self.nvlink_domain
 
     @property
     def intra_bytes_per_s(self) -> float:
@@ -189,13 +218,21 @@ class ClusterSpec:
         inter_node_gbps: float | None = None,
         price_per_gpu_hour_usd: float | None = None,
         intra_node_bytes_per_s: float | None = None,
+        nvlink_domain: int | None = None,
     ) -> ClusterSpec:
-        """A copy with user overrides (the CLI's --gpus-per-node, --inter-node-gbps, --price...)."""
+        """A copy with user overrides (the CLI's --gpus-per-node, --nvlink-domain,
+        --inter-node-gbps, --price...). Another node size keeps a multi-node NVLink domain
+        (a GB200 NVL72 rack) and moves a one-node domain with it."""
         changes: dict[str, Any] = {}
         if gpus_per_node is not None:
             changes["gpus_per_node"] = gpus_per_node
             if self.nvlink_links is not None and gpus_per_node != len(self.nvlink_links):
                 changes["nvlink_links"] = None  # another node: its links are not known
+            if self.domain_gpus == self.gpus_per_node:
+                changes["nvlink_domain"] = None  # one node, whatever its size
+        if nvlink_domain is not None:
+            positive_int("cluster", "nvlink_domain", nvlink_domain)
+            changes["nvlink_domain"] = nvlink_domain
         if inter_node_gbps is not None:
             positive_number("cluster", "inter_node_gbps", inter_node_gbps)
             changes["inter_node_bytes_per_s"] = inter_node_gbps * 1e9 / 8
@@ -216,6 +253,13 @@ class ClusterSpec:
             "inter_node_latency_s": self.inter_node_latency_s,
             "price_per_gpu_hour_usd": self.price_per_gpu_hour_usd,
             "nvlink_links": [list(r) for r in self.nvlink_links] if self.nvlink_links else None,
+            # only where it is not one node, so the spaces of one-node clusters keep their
+            # identity (study names)
+            **(
+                {"nvlink_domain": self.domain_gpus}
+                if self.domain_gpus != self.gpus_per_node
+                else {}
+            ),
         }
 
 
@@ -284,7 +328,8 @@ def get_gpu(name: str) -> GPUSpec:
 
 
 def get_cluster(gpu_name: str) -> ClusterSpec:
-    """The default cluster of a GPU: the vendor's 8-GPU reference node and a list price."""
+    """The default cluster of a GPU: the vendor's reference node (and NVLink domain) and a
+    list price."""
     gpu = get_gpu(gpu_name)
     c = _raw()["clusters"][gpu.name]
     return ClusterSpec(
@@ -296,6 +341,7 @@ def get_cluster(gpu_name: str) -> ClusterSpec:
         price_per_gpu_hour_usd=float(c["price_per_gpu_hour_usd"]),
         name=gpu.name,
         nvlink_links=c.get("nvlink_links"),
+        nvlink_domain=None if c.get("nvlink_domain") is None else int(c["nvlink_domain"]),
     )
 
 
