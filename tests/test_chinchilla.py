@@ -205,6 +205,7 @@ def test_too_small_money_budget_names_the_smallest_budget_that_works(tmp_path, c
         (["--num-gpus", "64", "--days", "7", "--max-days", "9"], "--max-days goes with --budget"),
         (["--num-gpus", "64", "--days", "7", "--ideal-mfu", "150%"], "(0, 1]"),
         (["--num-gpus", "64", "--days", "7", "--min-params", "30B"], "above --max-params"),
+        (["--num-gpus", "64", "--days", "7", "--nvlink-domain", "12"], "not a multiple of"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(args, message, capsys, tmp_path) -> None:
@@ -284,3 +285,14 @@ def test_run_to_folder_writes_the_document_the_report_shows(tmp_path) -> None:
         "Compute-optimal answer, 64 GPUs x 7 days",
     ]
     assert str(parts[-1]).endswith(f"results in {tmp_path / 'study'}")
+
+
+def test_nvlink_domain_reaches_the_study() -> None:
+    from vtrain_opt.cli import build_parser
+    from vtrain_opt.commands.chinchilla import config_from
+
+    argv = ["chinchilla", "--gpu", "gb200-nvl72", "--num-gpus", "144", "--days", "7"]
+    rack = config_from(build_parser().parse_args(argv))
+    trays = config_from(build_parser().parse_args([*argv, "--nvlink-domain", "8"]))
+    assert rack.gpu.cluster.domain_gpus == 72 and trays.gpu.cluster.domain_gpus == 8
+    assert trays.gpu.cluster.gpus_per_node == 4

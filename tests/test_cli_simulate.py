@@ -90,6 +90,20 @@ def test_dp_derived_and_defaults(capsys):
     assert d["dp"] == 16 and d["global_batch"] == 1536 and d["gpu"] == "a100-80gb"
 
 
+def test_nvlink_domain_option(capsys):
+    base = ["simulate", "--model", "gpt3-175b", "--num-gpus", "128", "--tp", "16", "--pp", "8"]
+    rack = run_json(capsys, [*base, "--gpu", "gb200-nvl72"])
+    assert (rack["gpus_per_node"], rack["nvlink_domain"]) == (4, 72)
+    trays = run_json(capsys, [*base, "--gpu", "gb200-nvl72", "--nvlink-domain", "4"])
+    assert trays["nvlink_domain"] == 4 and trays["tp_comm_s"] > rack["tp_comm_s"]
+    h100 = run_json(capsys, [*base, "--gpu", "h100-sxm"])
+    assert h100["nvlink_domain"] == 8
+    wide = run_json(capsys, [*base, "--gpu", "h100-sxm", "--nvlink-domain", "16"])
+    assert wide["tp_comm_s"] < h100["tp_comm_s"]
+    assert main([*base, "--gpu", "gb200-nvl72"]) == 0
+    assert "(4 per node, 72 per NVLink domain)" in capsys.readouterr().out
+
+
 def test_human_output(capsys):
     assert main([*MTNLG, "--tokens", "270B"]) == 0
     out = capsys.readouterr().out
@@ -137,6 +151,16 @@ def test_trace_file(tmp_path, capsys):
         (["--model", "gpt3-175b", "--tokens", "lots"], "is not a count"),
         (["--model", "gpt3-175b", "--profile", "nope"], "unknown profile 'nope'"),
         (["--model", "gpt3-175b", "--recompute", "some"], "invalid choice"),
+        (["--model", "gpt3-175b", "--nvlink-domain", "0"], "must be a positive whole number"),
+        (
+            ["--model", "gpt3-175b", "--gpu", "h100-sxm", "--nvlink-domain", "12"],
+            "nvlink_domain: 12 is not a multiple of gpus_per_node (8)",
+        ),
+        (
+            ["--model", "gpt3-175b", "--gpu", "gb200-nvl72", "--gpus-per-node", "16"],
+            "nvlink_domain: 72 is not a multiple of gpus_per_node (16)",
+        ),
+        (["--model", "gpt3-175b", "--dtype", "fp8"], "invalid choice: 'fp8'"),
     ],
 )
 def test_bad_input_one_line_exit_2(capsys, argv, message):

@@ -130,6 +130,27 @@ def test_space_file_with_overrides(capsys, tmp_path):
     assert data["objective"] == "cost"
 
 
+def test_nvlink_domain_reaches_the_space(capsys, tmp_path):
+    argv = ["search", "--model", "gpt3-175b", "--gpu", "h100-sxm", "--tokens", "1B"]
+    argv += ["--min-gpus", "64", "--max-gpus", "64", "--tp", "16", "--pp", "4"]
+    argv += ["--micro-batch", "1", "--recompute", "full", "--zero", "1", "--global-batch", "64"]
+    argv += ["--sequence-parallel", "on", "--vpp", "1"]
+    runs = {}
+    for domain in ("8", "16"):
+        out = tmp_path / domain
+        code, data, err = _json(
+            capsys, [*argv, "--nvlink-domain", domain, "--out", str(out), "--json"]
+        )
+        assert code == 0, err
+        best = json.loads((out / "best.json").read_text())
+        cluster = best["space"]["gpus"][0]["cluster"]
+        assert cluster.get("nvlink_domain", cluster["gpus_per_node"]) == int(domain)
+        runs[domain] = data["best_time"]
+    # tp=16 on NVLink across two nodes is faster than over the adapters
+    assert runs["16"]["tp_comm_s"] < runs["8"]["tp_comm_s"]
+    assert runs["16"]["iteration_time_s"] < runs["8"]["iteration_time_s"]
+
+
 @pytest.mark.parametrize(
     ("argv", "needle"),
     [
@@ -147,6 +168,11 @@ def test_space_file_with_overrides(capsys, tmp_path):
         (["--space", "no-such-space"], "unknown space 'no-such-space'"),
         (["--model", "gpt3-175b", "--tokens", "1B", "--baseline", "tp=8,pp=5"], "--baseline"),
         (["--model", "gpt3-175b", "--tokens", "1B", "--inner", "tp"], "not an inner dimension"),
+        (
+            ["--model", "gpt3-175b", "--gpu", "h100-sxm", "--tokens", "1B", "--nvlink-domain", "6"],
+            "nvlink_domain: 6 is not a multiple of gpus_per_node (8)",
+        ),
+        (["--model", "gpt3-175b", "--nvlink-domain", "0"], "must be a positive whole number"),
     ],
 )
 def test_bad_input_is_one_line(capsys, argv, needle):

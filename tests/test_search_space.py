@@ -29,6 +29,15 @@ def test_defaults_follow_the_model():
     }
 
 
+def test_default_tp_goes_up_to_the_nvlink_domain():
+    m = get_model("gpt3-175b")  # 96 heads: tp may be 1 ... 32
+    assert SearchSpace.create(m, ["h100-sxm"]).tp == (1, 2, 4, 8)
+    s = SearchSpace.create(m, ["gb200-nvl72"])
+    assert s.tp == (1, 2, 4, 8, 16, 32)  # powers of two up to the 72-GPU domain
+    assert s.step_of(s.gpus[0]) == 4  # GPU counts stay in whole (4-GPU) nodes
+    assert s.to_dict()["gpus"][0]["cluster"]["nvlink_domain"] == 72
+
+
 def test_enumeration_is_exactly_the_valid_plans():
     m = get_model("gpt3-175b")
     s = SearchSpace.create(
@@ -119,6 +128,22 @@ space:
   vpp: 1
   zero: [0, 1]
 """
+
+
+def test_space_file_nvlink_domain():
+    text = GOOD.replace(
+        "{name: h100-sxm, price_per_gpu_hour: 3.25}", "{name: h100-sxm, nvlink_domain: 16}"
+    )
+    s = parse_space(text.replace("  tp: 8\n", ""), "d.yaml")
+    assert [g.cluster.domain_gpus for g in s.gpus] == [8, 16]
+    assert s.tp == (1, 2, 4, 8, 16)  # up to the largest domain
+    for bad, message in (
+        ("nvlink_domain: 12", "d.yaml:6: space.gpus[1].nvlink_domain: cluster 'h100-sxm'"),
+        ("nvlink_domain: 0", "d.yaml:6: space.gpus[1].nvlink_domain: expected a positive"),
+    ):
+        with pytest.raises(SpaceFileError) as e:
+            parse_space(text.replace("nvlink_domain: 16", bad), "d.yaml")
+        assert str(e.value).startswith(message), str(e.value)
 
 
 def test_space_file_values():

@@ -117,6 +117,25 @@ search:
     }
 
 
+def test_nvlink_domain_key(tmp_path) -> None:
+    from vtrain_opt.studies.sweep import build_search
+
+    sweep = load_sweep(
+        write(
+            tmp_path,
+            "product:\n  model: [gpt3-175b]\n  gpu: [h100-sxm]\n  tokens: [1T]\n"
+            "  nvlink_domain: [8, 16]\nsearch:\n  max_gpus: 64\n",
+        )
+    )
+    assert [sc.inputs["nvlink_domain"] for sc in sweep.scenarios] == [8, 16]
+    assert len({sc.id for sc in sweep.scenarios}) == 2
+    domains = [
+        build_search(sc.inputs, sc.model_spec)[0].gpus[0].cluster.domain_gpus
+        for sc in sweep.scenarios
+    ]
+    assert domains == [8, 16]
+
+
 @pytest.mark.parametrize(
     ("text", "where"),
     [
@@ -164,6 +183,11 @@ search:
             ":2: product.model: unknown model 'gpt-9'",
         ),
         ("product: [\n", ": not valid YAML"),
+        (
+            "product:\n  model: [gpt3-175b]\n  gpu: [a100-80gb]\n  tokens: [1T]\n"
+            "search:\n  nvlink_domain: 0\n",
+            ":6: search.nvlink_domain:",
+        ),
     ],
 )
 def test_mistakes_name_file_line_and_key(tmp_path, text: str, where: str) -> None:

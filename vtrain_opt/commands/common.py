@@ -85,6 +85,10 @@ def add_model_args(parser: argparse.ArgumentParser, required: bool = True) -> No
 
 
 DEFAULT_GPU = "a100-80gb"
+NVLINK_DOMAIN_HELP = (
+    "GPUs per NVLink domain, a multiple of the node size: groups that fit in one stay on "
+    "NVLink (default: the GPU's cluster: one node, 72 on gb200-nvl72)"
+)
 
 
 def add_cluster_args(parser: argparse.ArgumentParser) -> None:
@@ -96,6 +100,12 @@ def add_cluster_args(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--gpus-per-node", type=positive_int, metavar="N", help="GPUs per node (default: 8)"
+    )
+    g.add_argument(
+        "--nvlink-domain",
+        type=positive_int,
+        metavar="N",
+        help=NVLINK_DOMAIN_HELP,
     )
     g.add_argument(
         "--inter-node-gbps",
@@ -164,6 +174,7 @@ def resolve_cluster(args: argparse.Namespace, gpu: str | None = None) -> Cluster
         cluster = get_cluster(name)
     return cluster.with_overrides(
         gpus_per_node=getattr(args, "gpus_per_node", None),
+        nvlink_domain=getattr(args, "nvlink_domain", None),
         inter_node_gbps=getattr(args, "inter_node_gbps", None),
         price_per_gpu_hour_usd=getattr(args, "price_per_gpu_hour", None),
     )

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from vtrain_opt.commands.common import (
+    NVLINK_DOMAIN_HELP,
     add_json_arg,
     count,
     non_negative_int,
@@ -94,6 +95,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     c = p.add_argument_group("cluster and device (one GPU type; several: use a space file)")
     c.add_argument("--price-per-gpu-hour", type=price, metavar="USD", help="USD per GPU-hour")
     c.add_argument("--gpus-per-node", type=positive_int, metavar="N", help="GPUs per node")
+    c.add_argument("--nvlink-domain", type=positive_int, metavar="N", help=NVLINK_DOMAIN_HELP)
     c.add_argument(
         "--inter-node-gbps", type=positive_float, metavar="GBPS", help="per node, Gbit/s"
     )

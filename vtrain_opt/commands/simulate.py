@@ -164,6 +164,8 @@ def run(args: argparse.Namespace) -> int:
         out: dict[str, Any] = _row_dict(row)
         out["model"] = model.name
         out["gpu"] = cluster.gpu.name
+        out["gpus_per_node"] = cluster.gpus_per_node
+        out["nvlink_domain"] = cluster.domain_gpus
         out["profile"] = ctx.profile.id
         out["dtype"] = ctx.setup.dtype
         out["attention"] = ctx.setup.attention
@@ -179,9 +181,12 @@ def run(args: argparse.Namespace) -> int:
         return 0
 
     con = console()
+    domain = cluster.domain_gpus
+    domain_text = "" if domain == cluster.gpus_per_node else f", {domain} per NVLink domain"
     con.print(
         f"[b]{model.name}[/b] ({model.num_params() / 1e9:.1f}B params, seq {model.seq_length}) on "
-        f"[b]{cluster.gpu.name}[/b] x {plan.num_gpus} ({cluster.gpus_per_node} per node), "
+        f"[b]{cluster.gpu.name}[/b] x {plan.num_gpus} ({cluster.gpus_per_node} per node"
+        f"{domain_text}), "
         f"profile {ctx.profile.id}, {ctx.setup.dtype}, {ctx.setup.attention} attention"
     )
     chosen = " (auto: least recomputation that fits)" if args.recompute == "auto" else ""

@@ -70,6 +70,7 @@ class SearchRequest:
     # cluster and device (one GPU type)
     price_per_gpu_hour: float | None = None
     gpus_per_node: int | None = None
+    nvlink_domain: int | None = None
     inter_node_gbps: float | None = None
     profile: str | None = None
     dtype: str | None = None
@@ -210,7 +211,13 @@ def build_space(req: SearchRequest) -> SearchSpace:
     if not req.space and not req.model:
         raise ValueError("give --model NAME|FILE or --space NAME|FILE")
     gpus = None
-    if req.gpu or req.price_per_gpu_hour or req.gpus_per_node or req.inter_node_gbps:
+    if (
+        req.gpu
+        or req.price_per_gpu_hour
+        or req.gpus_per_node
+        or req.nvlink_domain
+        or req.inter_node_gbps
+    ):
         names = req.gpu or (
             [g.name for g in load_space(req.space).gpus] if req.space else [_default_gpu(req)]
         )
@@ -224,6 +231,7 @@ def build_space(req: SearchRequest) -> SearchSpace:
                 n,
                 price_per_gpu_hour_usd=req.price_per_gpu_hour,
                 gpus_per_node=req.gpus_per_node,
+                nvlink_domain=req.nvlink_domain,
                 inter_node_gbps=req.inter_node_gbps,
                 profile=req.profile,
             )

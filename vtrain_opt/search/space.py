@@ -75,6 +75,7 @@ def gpu_choice(
     gpus_per_node: int | None = None,
     inter_node_gbps: float | None = None,
     profile: str | None = None,
+    nvlink_domain: int | None = None,
 ) -> GpuChoice:
     """A GPU with optional overrides of its default cluster: a catalog GPU, or the device a
     measured ``profile`` describes when that device is not in the catalog."""
@@ -87,6 +88,7 @@ def gpu_choice(
         gpus_per_node=gpus_per_node,
         inter_node_gbps=inter_node_gbps,
         price_per_gpu_hour_usd=price_per_gpu_hour_usd,
+        nvlink_domain=nvlink_domain,
     )
     return GpuChoice(name=cluster.gpu.name, cluster=cluster, profile=profile)
 
@@ -166,12 +168,13 @@ class SearchSpace:
         """A space with every unset dimension at its default (see docs/spaces.md).
 
         Defaults: all GPU counts from one node to 4,096 in whole nodes; the model's
-        catalog global batch; tp the powers of two up to the node size that divide the
-        heads; pp every divisor of the layers; micro-batches the powers of two up to the
-        global batch; every recompute mode; sequence parallelism on and off; vpp 1 and
-        each of 2..8 that some pp allows; ZeRO 0 to 3; gradient reduction overlapped. A
-        plain PyTorch setup (framework 'torch') has no model parallelism: tp, pp and vpp
-        default to 1 and sequence parallelism to off.
+        catalog global batch; tp the powers of two up to the NVLink domain (the node on
+        today's clusters, 72 GPUs on GB200 NVL72) that divide the heads; pp every divisor
+        of the layers; micro-batches the powers of two up to the global batch; every
+        recompute mode; sequence parallelism on and off; vpp 1 and each of 2..8 that some
+        pp allows; ZeRO 0 to 3; gradient reduction overlapped. A plain PyTorch setup
+        (framework 'torch') has no model parallelism: tp, pp and vpp default to 1 and
+        sequence parallelism to off.
         """
         if setup is not None and setup.torch:
             tp = 1 if tp is None else tp
@@ -181,7 +184,7 @@ class SearchSpace:
         choices = tuple(g if isinstance(g, GpuChoice) else gpu_choice(g) for g in gpus)
         if not choices:
             raise ValueError("space.gpus: give at least one GPU type")
-        node = max(g.cluster.gpus_per_node for g in choices)
+        domain = max(g.cluster.domain_gpus for g in choices)  # tp stays on NVLink
         if global_batch is None:
             if model.global_batch is None:
                 raise ValueError(
@@ -192,7 +195,7 @@ class SearchSpace:
         max_n = DEFAULT_MAX_GPUS if max_gpus is None else int(max_gpus)
         min_n = int(min_gpus) if min_gpus is not None else 1
         if tp is None:
-            tp = [t for t in _powers_of_two(node) if _tp_ok(model, t)]
+            tp = [t for t in _powers_of_two(domain) if _tp_ok(model, t)]
         if pp is None:
             pp = [p for p in _divisors(model.num_layers) if p <= max_n]
         pps = _tuple(pp, int)

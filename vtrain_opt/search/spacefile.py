@@ -9,6 +9,7 @@ A space file has one top-level ``space:`` mapping::
       gpus:                         # names, or mappings with overrides
         - a100-80gb
         - {name: h100-sxm, price_per_gpu_hour: 3.5, gpus_per_node: 8, profile: h100-sxm}
+        - {name: gb200-nvl72, nvlink_domain: 72}  # GPUs per NVLink domain (whole nodes)
       num_gpus: {min: 8, max: 4096, step: node}   # step: node (whole nodes) or a number
       global_batch: 1920            # one value pins a dimension, a list leaves it free
       tp: [1, 2, 4, 8]
@@ -53,7 +54,14 @@ _KEYS = (
     "dropout",
     "master_weights",
 )
-_GPU_KEYS = ("name", "price_per_gpu_hour", "gpus_per_node", "inter_node_gbps", "profile")
+_GPU_KEYS = (
+    "name",
+    "price_per_gpu_hour",
+    "gpus_per_node",
+    "nvlink_domain",
+    "inter_node_gbps",
+    "profile",
+)
 _NUM_GPUS_KEYS = ("min", "max", "step")
 _KEYWORDS = {
     "tp": ("pow2",),
@@ -271,10 +279,16 @@ class _Builder:
                         else self.integer(f"{key}.gpus_per_node", item["gpus_per_node"]),
                         inter_node_gbps=item.get("inter_node_gbps"),
                         profile=None if item.get("profile") is None else str(item["profile"]),
+                        nvlink_domain=None
+                        if item.get("nvlink_domain") is None
+                        else self.integer(f"{key}.nvlink_domain", item["nvlink_domain"]),
                     )
                 )
+            except SpaceFileError:
+                raise  # already names its file, line and key (a bad gpus_per_node, ...)
             except ValueError as e:
                 sub = "price_per_gpu_hour" if "price" in str(e) else "name"
+                sub = "nvlink_domain" if "nvlink_domain" in str(e) else sub
                 raise self.fail(f"{key}.{sub}" if sub in item else key, str(e)) from None
         return out
 

@@ -63,6 +63,7 @@ def build_search(
             n,
             price_per_gpu_hour_usd=inputs.get("price_per_gpu_hour"),
             gpus_per_node=inputs.get("gpus_per_node"),
+            nvlink_domain=inputs.get("nvlink_domain"),
             inter_node_gbps=inputs.get("inter_node_gbps"),
             profile=inputs.get("profile"),
         )

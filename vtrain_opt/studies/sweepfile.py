@@ -20,8 +20,9 @@ relative to the sweep file), ``gpu`` (a name; a list of names searches them toge
 (time, cost or pareto; default time), the plan dimensions ``global_batch``, ``tp``,
 ``pp``, ``micro_batch``, ``recompute``, ``sequence_parallel``, ``vpp``, ``zero``,
 ``dp_overlap`` (one value or a list of candidates; in ``product`` a list of such), and
-``seq_length``, ``price_per_gpu_hour``, ``gpus_per_node``, ``inter_node_gbps``,
-``profile``, ``dtype``, ``attention``, ``strategy``, ``trials``, ``sampler``, ``seed``.
+``seq_length``, ``price_per_gpu_hour``, ``gpus_per_node``, ``nvlink_domain``,
+``inter_node_gbps``, ``profile``, ``dtype``, ``attention``, ``strategy``, ``trials``,
+``sampler``, ``seed``.
 
 Every mistake names the file, the line and the key. A scenario's id is a hash of its
 normalized inputs (the model as its shape), so it does not depend on the order of keys,
@@ -245,6 +246,7 @@ PARSERS: dict[str, Callable[[Any], Any]] = {
     "seq_length": _int,
     "price_per_gpu_hour": _price,
     "gpus_per_node": _int,
+    "nvlink_domain": _int,
     "inter_node_gbps": _positive,
     "profile": _text,
     "dtype": _choice(DTYPES),
