@@ -21,8 +21,16 @@ from vtrain_opt.sim.step import make_context, plan_costs, simulate_arrays
 from vtrain_opt.sim.timeline import reference
 from vtrain_opt.spec import ModelSpec, ParallelPlan, PlanBatch, get_cluster, get_model
 
-CATALOG = ["gpt3-175b", "llama3-8b", "llama3-70b", "megatron-1.7b", "megatron-18b", "llama2-7b"]
-GPUS = ["a100-80gb", "h100-sxm", "v100-32gb", "b200"]
+CATALOG = [
+    "gpt3-175b",
+    "llama3-8b",
+    "llama3-70b",
+    "megatron-1.7b",
+    "megatron-18b",
+    "llama2-7b",
+    "nemotron4-340b",
+]
+GPUS = ["a100-80gb", "h100-sxm", "v100-32gb", "b200", "h800", "gb200-nvl72"]
 
 
 def divisors(n: int, limit: int) -> list[int]:
@@ -37,6 +45,7 @@ def models(draw) -> ModelSpec:
     heads = draw(st.sampled_from([8, 16, 32]))
     return ModelSpec(
         family=family,
+        gated_linear_unit=family == "llama" and draw(st.booleans()),  # else a 2-GEMM MLP
         num_layers=draw(st.sampled_from([4, 8, 12, 16, 24])),
         hidden_size=heads * draw(st.sampled_from([64, 128])),
         num_attention_heads=heads,
@@ -70,12 +79,19 @@ def cases(draw):
         dp_overlap=draw(st.booleans()),
     )
     gpu = draw(st.sampled_from(GPUS))
-    return model, gpu, plan
+    # NVLink domains of one node (the catalog's), or of several (GB200 NVL72, NVLink switch
+    # systems): which groups stay on NVLink changes, core and replay must still agree
+    nodes = None if gpu == "v100-32gb" else draw(st.sampled_from([None, None, 1, 2, 4]))
+    return model, gpu if nodes is None else (gpu, nodes), plan
 
 
 @cache
-def context(model: ModelSpec, gpu: str):
-    return make_context(model, get_cluster(gpu))
+def context(model: ModelSpec, gpu: str | tuple[str, int]):
+    """The GPU's catalog cluster, or (gpu, nodes): with an NVLink domain of that many nodes."""
+    if isinstance(gpu, str):
+        return make_context(model, get_cluster(gpu))
+    cluster = get_cluster(gpu[0])
+    return make_context(model, cluster.with_overrides(nvlink_domain=gpu[1] * cluster.gpus_per_node))
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -119,6 +135,24 @@ def test_exact_cases_are_common():
     core = simulate_arrays(ctx, batch)["iteration_time_s"]
     replay = np.array([reference(ctx, p).iteration_time_s for p in plans])
     np.testing.assert_allclose(core, replay, rtol=1e-9)
+
+
+def test_core_agrees_with_reference_inside_and_across_an_nvl72_rack():
+    """tp=16 on NVLink inside the rack; pipelines and data-parallel groups that fit in the
+    72-GPU domain and ones that leave it (inter-domain p2p and dp all-reduce)."""
+    model = get_model("gpt3-175b")
+    plans = [
+        ParallelPlan(tp=16, pp=4, dp=1, micro_batch=1, global_batch=16, recompute="full"),
+        ParallelPlan(tp=16, pp=8, dp=2, micro_batch=1, global_batch=32, recompute="full"),
+        ParallelPlan(tp=8, pp=4, dp=4, micro_batch=2, global_batch=64, recompute="selective"),
+        ParallelPlan(tp=32, pp=2, dp=4, micro_batch=1, global_batch=32, sequence_parallel=True),
+    ]
+    for gpu in ("gb200-nvl72", ("gb200-nvl72", 1), ("gb200-nvl72", 4), ("h100-sxm", 2)):
+        ctx = context(model, gpu)
+        batch = PlanBatch.from_plans(plans)
+        core = simulate_arrays(ctx, batch)["iteration_time_s"]
+        replay = np.array([reference(ctx, p).iteration_time_s for p in plans])
+        np.testing.assert_allclose(core, replay, rtol=1e-6)
 
 
 @settings(max_examples=300, deadline=None)

@@ -14,6 +14,11 @@ PUBLISHED = {
     "llama3-8b": 8_030_261_248,  # meta-llama/Meta-Llama-3-8B
     "llama3-70b": 70_553_706_496,  # meta-llama/Meta-Llama-3-70B
     "llama3-405b": 405_853_388_800,  # meta-llama/Llama-3.1-405B (model card: 405.85B)
+    # Llama 3.1 (Dubey et al. 2024; HF configs meta-llama/Llama-3.1-*): 8.0B, 70.6B, 405B
+    "llama3.1-8b": 8.0e9,
+    "llama3.1-70b": 70.6e9,
+    "llama3.1-405b": 405e9,
+    "nemotron4-340b": 341e9,  # Nemotron-4 340B Technical Report (NVIDIA 2024): 341B
 }
 
 
@@ -26,6 +31,74 @@ def test_llama_counts_are_exact():
     # the LLaMA shapes are fully specified, so the counts must match to the parameter
     assert get_model("llama3-8b").num_params() == 8_030_261_248
     assert get_model("llama2-70b").num_params() == 68_976_648_192
+    # Llama 3.1 has Llama 3's shapes (405B came only as 3.1)
+    assert get_model("llama3.1-8b").num_params() == 8_030_261_248
+    assert get_model("llama3.1-70b").num_params() == 70_553_706_496
+    assert get_model("llama3.1-405b").num_params() == 405_853_388_800
+
+
+def test_llama31_shapes_and_trained_sequence_lengths():
+    shapes = {
+        "llama3.1-8b": (32, 4096, 32, 8, 14336),
+        "llama3.1-70b": (80, 8192, 64, 8, 28672),
+        "llama3.1-405b": (126, 16384, 128, 8, 53248),
+    }
+    for name, (layers, hidden, heads, kv, ffn) in shapes.items():
+        m = get_model(name)
+        assert (m.num_layers, m.hidden_size, m.num_attention_heads, m.kv_heads, m.ffn) == (
+            layers,
+            hidden,
+            heads,
+            kv,
+            ffn,
+        )
+        assert m.vocab_size == 128256 and m.swiglu and not m.learned_positions  # RoPE
+        assert m.seq_length == 8192 and m.trained_seq_lengths[-1] == 131072
+        assert "Llama 3 Herd" in m.source
+    assert get_model("llama3.1-405b").trained_seq_lengths == (4096, 8192, 131072)
+    # the same shape as the llama3-* entry: the same model to the simulator (names differ)
+    assert get_model("llama3.1-405b").to_dict() | {"name": "x"} == get_model(
+        "llama3-405b"
+    ).to_dict() | {"name": "x"}
+    assert get_model("gpt3-175b").trained_seq_lengths == (2048,)
+
+
+def test_nemotron4_has_a_two_gemm_mlp_without_biases():
+    m = get_model("nemotron4-340b")
+    assert (m.num_layers, m.hidden_size, m.num_attention_heads, m.kv_heads, m.ffn) == (
+        96,
+        18432,
+        96,
+        8,
+        73728,
+    )
+    assert (m.vocab_size, m.seq_length, m.trained_seq_lengths) == (256000, 4096, (4096,))
+    assert not m.swiglu and not m.has_bias and not m.tied_embeddings and not m.learned_positions
+    h, kv = m.hidden_size, m.kv_hidden_size
+    assert m.layer_matmul_params() == h * (h + 2 * kv) + h * h + 2 * h * m.ffn
+    assert "non-gated 2-GEMM MLP" in m.description and "squared-ReLU" in m.description
+    assert m.to_dict()["gated_linear_unit"] is False
+    assert "gated_linear_unit" not in get_model("llama3-8b").to_dict()  # the family's own
+    assert ModelSpec.from_dict(m.to_dict()) == m
+
+
+def test_gated_linear_unit_and_trained_lengths_are_checked():
+    base = {
+        "family": "llama",
+        "num_layers": 2,
+        "hidden_size": 64,
+        "num_attention_heads": 4,
+        "vocab_size": 10,
+        "seq_length": 8,
+    }
+    with pytest.raises(ValueError, match="gated_linear_unit: must be true or false, got 'no'"):
+        ModelSpec.from_dict(base | {"gated_linear_unit": "no"})
+    with pytest.raises(ValueError, match="trained_seq_lengths: must be a list"):
+        ModelSpec.from_dict(base | {"trained_seq_lengths": 4096})
+    with pytest.raises(ValueError, match=r"trained_seq_lengths\[1\]: must be a positive"):
+        ModelSpec.from_dict(base | {"trained_seq_lengths": [8, 0]})
+    gelu = ModelSpec.from_dict(base | {"family": "gpt", "gated_linear_unit": True})
+    assert gelu.swiglu and gelu.to_dict()["gated_linear_unit"] is True
 
 
 def test_catalog_has_required_models():
@@ -36,6 +109,10 @@ def test_catalog_has_required_models():
         "llama3-8b",
         "llama3-70b",
         "llama3-405b",
+        "llama3.1-8b",
+        "llama3.1-70b",
+        "llama3.1-405b",
+        "nemotron4-340b",
         "chinchilla-70b",
         "gopher-280b",
         "megatron-1.7b",

@@ -42,11 +42,20 @@ def _models() -> list[dict[str, Any]]:
                 "ffn_hidden_size": m.ffn,
                 "vocab_size": m.vocab_size,
                 "seq_length": m.seq_length,
+                "trained_seq_lengths": list(m.trained_seq_lengths),
+                "gated_linear_unit": m.gated_linear_unit,
                 "global_batch": m.global_batch,
                 "source": m.source,
             }
         )
     return out
+
+
+def _family(m: dict[str, Any]) -> str:
+    """The family, and the MLP where it is not the family's (Nemotron-4: llama, 2-GEMM MLP)."""
+    if m["gated_linear_unit"] == (m["family"] == "llama"):
+        return str(m["family"])
+    return f"{m['family']}, {'gated' if m['gated_linear_unit'] else '2-GEMM'} MLP"
 
 
 def _gpus() -> list[dict[str, Any]]:
@@ -60,6 +69,7 @@ def _gpus() -> list[dict[str, Any]]:
                 "hbm_bytes": c.gpu.hbm_bytes,
                 "hbm_bytes_per_s": c.gpu.hbm_bytes_per_s,
                 "cluster": c.to_dict(),
+                "nvlink_domain": c.domain_gpus,
                 "source": c.gpu.source,
             }
         )
@@ -83,39 +93,59 @@ def run(args: argparse.Namespace) -> int:
         return 0
     con = console()
     t = Table(title="Models (--model NAME)", title_justify="left")
-    for col in ("name", "family", "params", "layers x hidden", "heads/kv", "seq", "batch"):
+    for col in (
+        "name",
+        "family",
+        "params",
+        "layers x hidden",
+        "heads/kv",
+        "seq",
+        "trained at",
+        "batch",
+    ):
         t.add_column(col, justify="left" if col in ("name", "family") else "right")
     for m in models:
         t.add_row(
             m["name"],
-            m["family"],
+            _family(m),
             format_count(m["params"]),
             f"{m['num_layers']} x {m['hidden_size']}",
             f"{m['num_attention_heads']}/{m['num_query_groups']}",
             str(m["seq_length"]),
+            ", ".join(f"{n // 1024}K" for n in m["trained_seq_lengths"]) or "-",
             str(m["global_batch"] or "-"),
         )
     con.print(t)
-    t = Table(title="GPUs (--gpu NAME) and their default clusters", title_justify="left")
+    t = Table(
+        title="GPUs (--gpu NAME) and their default clusters: dense TFLOP/s per dtype; GPUs per "
+        "node and per NVLink domain; network Gbit/s per node",
+        title_justify="left",
+    )
     for col in (
         "name",
-        "bf16/fp16 TFLOP/s",
+        "bf16/fp16",
+        "fp8",
+        "fp4",
         "HBM",
         "HBM TB/s",
-        "GPUs/node",
-        "network Gbit/s/node",
-        "$/GPU-hour",
+        "node",
+        "NVLink",
+        "Gbit/s",
+        "$/GPU-h",
     ):
-        t.add_column(col, justify="left" if col == "name" else "right")
+        t.add_column(col, justify="left" if col == "name" else "right", no_wrap=True)
     for g in gpus:
         peak = g["peak_flop_per_s"].get("bf16", g["peak_flop_per_s"].get("fp16", 0.0))
         c = g["cluster"]
+        low = [g["peak_flop_per_s"].get(d) for d in ("fp8", "fp4")]
         t.add_row(
             g["name"],
             f"{peak / 1e12:,.0f}",
+            *(f"{v / 1e12:,.0f}" if v else "-" for v in low),
             format_bytes(g["hbm_bytes"]),
             f"{g['hbm_bytes_per_s'] / 1e12:.2f}",
             str(c["gpus_per_node"]),
+            str(g["nvlink_domain"]),
             f"{c['inter_node_bytes_per_s'] * 8 / 1e9:,.0f}",
             f"{c['price_per_gpu_hour_usd']:.2f}",
         )

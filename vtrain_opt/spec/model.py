@@ -7,6 +7,11 @@ Two families are modelled:
 * ``llama``: LLaMA style. RMSNorm, SwiGLU MLP with its own ffn size, grouped-query
   attention (``num_query_groups`` kv heads), rotary positions, no biases, no
   dropout, untied input and output embeddings.
+
+``gated_linear_unit`` (Megatron's name) overrides the family's MLP: false gives a
+non-gated two-GEMM MLP (up, activation, down), true a gated three-GEMM one (SwiGLU).
+Nemotron-4's squared-ReLU MLP is a non-gated ``llama`` layer (its activation priced as
+GeLU's: the same bytes).
 """
 
 from __future__ import annotations
@@ -35,7 +40,15 @@ _FIELDS = (
     "vocab_size",
     "seq_length",
 )
-_OPTIONAL = ("name", "global_batch", "tied_embeddings", "description", "source")
+_OPTIONAL = (
+    "name",
+    "global_batch",
+    "tied_embeddings",
+    "gated_linear_unit",
+    "trained_seq_lengths",
+    "description",
+    "source",
+)
 
 
 @dataclass(frozen=True)
@@ -53,6 +66,10 @@ class ModelSpec:
     tied_embeddings: bool | None = None  # None: tied for gpt, untied for llama
     name: str = "custom"
     global_batch: int | None = None  # catalog default global batch, in sequences
+    gated_linear_unit: bool | None = None  # gated MLP (SwiGLU); None: llama yes, gpt no
+    # the sequence lengths the published model was trained at, in the order of its stages
+    # (catalog information; ``seq_length`` is the one simulated)
+    trained_seq_lengths: tuple[int, ...] = field(default=(), compare=False)
     description: str = field(default="", compare=False)
     source: str = field(default="", compare=False)
 
@@ -70,6 +87,11 @@ class ModelSpec:
         positive_int(owner, "ffn_hidden_size", self.ffn_hidden_size)
         if self.tied_embeddings is None:
             object.__setattr__(self, "tied_embeddings", self.family == "gpt")
+        if self.gated_linear_unit is None:
+            object.__setattr__(self, "gated_linear_unit", self.family == "llama")
+        object.__setattr__(self, "trained_seq_lengths", tuple(self.trained_seq_lengths))
+        for i, n in enumerate(self.trained_seq_lengths):
+            positive_int(owner, f"trained_seq_lengths[{i}]", n)
         if self.global_batch is not None:
             positive_int(owner, "global_batch", self.global_batch)
         if self.hidden_size % self.num_attention_heads:
@@ -105,7 +127,8 @@ class ModelSpec:
 
     @property
     def swiglu(self) -> bool:
-        return self.family == "llama"
+        """A gated MLP: three GEMMs (gate, up, down) around SwiGLU; else up, activation, down."""
+        return bool(self.gated_linear_unit)
 
     @property
     def has_bias(self) -> bool:
@@ -180,9 +203,13 @@ class ModelSpec:
         return replace(self, seq_length=seq_length)
 
     def to_dict(self) -> dict[str, Any]:
+        """The shape's fields; ``gated_linear_unit`` only where it is not the family's (so
+        the spaces of existing models keep their identity)."""
         d = asdict(self)
-        d.pop("description")
-        d.pop("source")
+        for key in ("description", "source", "trained_seq_lengths"):
+            d.pop(key)
+        if self.gated_linear_unit == (self.family == "llama"):
+            d.pop("gated_linear_unit")
         return d
 
     @classmethod
@@ -211,8 +238,21 @@ class ModelSpec:
         for key in (*_FIELDS[1:], "global_batch"):
             if data.get(key) is not None:
                 kwargs[key] = as_int(owner, key, data[key])
-        if data.get("tied_embeddings") is not None:
-            kwargs["tied_embeddings"] = bool(data["tied_embeddings"])
+        for key in ("tied_embeddings", "gated_linear_unit"):
+            if data.get(key) is not None:
+                if not isinstance(data[key], bool):
+                    raise ValueError(f"{owner}.{key}: must be true or false, got {data[key]!r}")
+                kwargs[key] = data[key]
+        lengths = data.get("trained_seq_lengths")
+        if lengths is not None:
+            if not isinstance(lengths, list):
+                raise ValueError(
+                    f"{owner}.trained_seq_lengths: must be a list of sequence lengths, "
+                    f"got {lengths!r}"
+                )
+            kwargs["trained_seq_lengths"] = tuple(
+                as_int(owner, f"trained_seq_lengths[{i}]", n) for i, n in enumerate(lengths)
+            )
         kwargs["name"] = str(name or data.get("name") or "custom")
         kwargs["description"] = str(data.get("description", ""))
         kwargs["source"] = str(data.get("source", ""))
