@@ -91,3 +91,21 @@ def attributes(dom: str) -> _Attrs:
     parser = _Attrs()
     parser.feed(re.sub(r"<script\b.*?</script>", "", dom, flags=re.S | re.I))
     return parser
+
+
+def assert_rendered(page: Path, tmp: Path) -> _Attrs:
+    """Open ``page`` in headless Chromium: no JavaScript error, and every figure drawn with
+    the traces and points Python put in it (each point with its hover text). Returns the
+    DOM's attributes for more checks."""
+    attrs = attributes(dump_dom(page, tmp))
+    assert "data-js-errors" not in attrs.root, attrs.root.get("data-js-errors")
+    assert attrs.body.get("data-figures-rendered", "0") == attrs.body["data-figures"], attrs.body
+    names = [k.removeprefix("figure-") for k in attrs.by_id if k.startswith("figure-")]
+    assert len(names) == int(attrs.body["data-figures"])
+    for name in names:
+        want, got = attrs.by_id[f"figure-{name}"], attrs.by_id[f"fig-{name}"]
+        assert got["data-rendered"] == "1", name
+        assert got["data-traces"] == want["data-expected-traces"], name
+        assert got["data-points"] == want["data-expected-points"], name
+        assert int(got["data-drawn"]) > 0, name
+    return attrs

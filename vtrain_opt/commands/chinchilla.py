@@ -22,6 +22,7 @@ from vtrain_opt.commands.common import (
 from vtrain_opt.commands.framework_args import framework_given, framework_kwargs
 from vtrain_opt.console import console
 from vtrain_opt.search.ray_backend import cluster_address
+from vtrain_opt.search.reporting.page import REPORT_NEEDS_OUT
 from vtrain_opt.spec.model import FAMILIES
 from vtrain_opt.studies.chinchilla import DEFAULT_MONEY_MAX_GPUS, StudyConfig
 from vtrain_opt.studies.chinchilla.config import budgets_from, study_config
@@ -173,6 +174,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--ray-address", metavar="ADDR", help="join a Ray cluster (HOST:PORT or auto)")
     run.add_argument("--out", metavar="DIR", help="folder for the results and plots")
     run.add_argument("--no-plots", action="store_true", help="do not draw the plots")
+    run.add_argument(
+        "--report",
+        action="store_true",
+        help="also write report.html: loss against size at the budget with the real and ideal "
+        "optima, every size's plan in its hover, and the inputs (one self-contained file)",
+    )
     add_setup_args(p)
     add_json_arg(p)
     p.set_defaults(func=run_command)
@@ -235,6 +242,8 @@ def config_from(args: argparse.Namespace) -> StudyConfig:
 
 # ---- running ---------------------------------------------------------------------------------
 def run_command(args: argparse.Namespace) -> int:
+    if args.report and args.json and not args.out:
+        raise ValueError(REPORT_NEEDS_OUT)
     config = config_from(args)
     out = Path(args.out) if args.out else default_out(config)
     args.ray_address = cluster_address(args.ray_address)  # RAY_ADDRESS counts as the flag
@@ -261,6 +270,8 @@ def run_command(args: argparse.Namespace) -> int:
                 ray_address=args.ray_address,
                 progress=progress,
                 plots_too=not args.no_plots,
+                report=args.report,
+                command=["vtrain_opt", *sys.argv[1:]] if sys.argv else None,
             )
     finally:
         for b in bar:

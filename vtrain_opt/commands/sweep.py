@@ -16,6 +16,7 @@ from rich.table import Table
 
 from vtrain_opt.commands.common import add_json_arg, non_negative_int, print_json
 from vtrain_opt.search.ray_backend import cluster_address
+from vtrain_opt.search.reporting.page import REPORT_NEEDS_OUT
 from vtrain_opt.studies.progress import Progress
 from vtrain_opt.studies.sweep import (
     PLAN_DIMENSIONS,
@@ -24,6 +25,7 @@ from vtrain_opt.studies.sweep import (
     summary_table,
     write_summary,
 )
+from vtrain_opt.studies.sweep_report import write_sweep_report
 from vtrain_opt.studies.sweepfile import Sweep, load_sweep
 from vtrain_opt.studies.sweepstore import MANIFEST, SweepStore
 from vtrain_opt.units import format_count, format_usd
@@ -65,6 +67,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--dry-run", action="store_true", help="check the file and count the scenarios; run nothing"
     )
     p.add_argument("--no-plot", action="store_true", help="do not draw the summary plot")
+    p.add_argument(
+        "--report",
+        action="store_true",
+        help="also write report.html: one row per scenario linking to each scenario's page "
+        "(reports/<id>.html: its plans, breakdown, memory and pipeline timeline)",
+    )
     add_json_arg(p)
     p.set_defaults(func=run_command)
 
@@ -74,6 +82,8 @@ def folder_for(sweep: Sweep, out: str | None) -> Path:
 
 
 def run_command(args: argparse.Namespace) -> int:
+    if args.report and args.json and not args.out:
+        raise ValueError(REPORT_NEEDS_OUT)
     sweep = load_sweep(args.file)
     store = SweepStore(folder_for(sweep, args.out), sweep)
     if args.dry_run:
@@ -104,6 +114,9 @@ def run_command(args: argparse.Namespace) -> int:
     else:
         run = _run(args, sweep, store)
     files = write_summary(sweep, store, plot=not args.no_plot)
+    if args.report:
+        command = ["vtrain_opt", *sys.argv[1:]] if sys.argv else None
+        files["report"] = write_sweep_report(sweep, store, command)
     table = summary_table(sweep, store)
     counts = table["status"].value_counts().to_dict()
     doc: dict[str, Any] = {

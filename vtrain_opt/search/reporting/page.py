@@ -17,6 +17,7 @@ from __future__ import annotations
 import html
 import json
 import platform
+import shlex
 from collections.abc import Iterable, Sequence
 from importlib import metadata
 from pathlib import Path
@@ -95,6 +96,19 @@ class Page:
 
     def code(self, text: str) -> None:
         self.parts.append(f"<pre>{_e(text)}</pre>")
+
+    def command(self, argv: Sequence[str] | None) -> None:
+        """The command line that wrote the page, as one would type it again."""
+        if not argv:
+            return
+        words = list(argv)
+        if words[0] == "vtrain_opt":
+            words = ["python", "-m", "vtrain_opt", *words[1:]]
+        self.text("Command line:")
+        self.code(shlex.join(words))
+
+    def versions(self) -> None:
+        self.text("Versions: " + ", ".join(f"{k} {v}" for k, v in versions().items()) + ".")
 
     def table(
         self,

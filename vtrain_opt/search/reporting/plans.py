@@ -359,7 +359,7 @@ def breakdown_figure(chosen: Sequence[tuple[str, Mapping[str, Any]]]) -> dict[st
     layout = _base_layout("Where one iteration goes (seconds)")
     layout["barmode"] = "stack"
     layout["xaxis"] = {"title": {"text": "seconds per iteration"}, **_grid()}
-    layout["yaxis"] = {"autorange": "reversed", "type": "category"}
+    layout["yaxis"] = {"autorange": "reversed", "type": "category", "automargin": True}
     return {"data": data, "layout": layout}
 
 
@@ -416,8 +416,13 @@ def memory_figure(chosen: Sequence[tuple[str, Mapping[str, Any]]]) -> dict[str, 
     layout = _base_layout("Memory per GPU against its capacity (GiB)")
     layout["barmode"] = "stack"
     layout["xaxis"] = {"title": {"text": "GiB per GPU"}, "rangemode": "tozero", **_grid()}
-    layout["yaxis"] = {"autorange": "reversed", "type": "category"}
+    layout["yaxis"] = {"autorange": "reversed", "type": "category", "automargin": True}
     return {"data": data, "layout": layout}
+
+
+def bars_height_px(plans: int) -> int:
+    """A bar figure's height for ``plans`` bars (room for the legend when there are few)."""
+    return max(320, 120 + 34 * plans)
 
 
 # ---- the plans table ----------------------------------------------------------------------

@@ -7,9 +7,7 @@ plan from the reference replay, and the inputs that reproduce the run.
 
 from __future__ import annotations
 
-import shlex
 from collections.abc import Mapping, Sequence
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +15,10 @@ import numpy as np
 import pandas as pd
 
 from vtrain_opt.search.engine import SearchResult
-from vtrain_opt.search.reporting.page import REPORT_FILE, Page, pretty_json, versions
+from vtrain_opt.search.reporting.page import REPORT_FILE, Page, pretty_json
 from vtrain_opt.search.reporting.plans import (
     Cloud,
+    bars_height_px,
     breakdown_figure,
     cloud,
     front_figure,
@@ -27,9 +26,8 @@ from vtrain_opt.search.reporting.plans import (
     plan_cells,
     table_header,
 )
-from vtrain_opt.search.reporting.timeline import plan_trace, timeline_figure
+from vtrain_opt.search.reporting.timeline import timeline_section
 from vtrain_opt.search.results import describe
-from vtrain_opt.spec.plan import ParallelPlan
 from vtrain_opt.units import DAY_S, format_count, format_duration, format_usd
 
 Chosen = list[tuple[str, Mapping[str, Any]]]
@@ -95,12 +93,14 @@ def search_page(
         page.text(line)
 
     page.heading("Where an iteration goes", "breakdown")
-    page.figure(breakdown_figure(chosen), "breakdown", height_px=120 + 34 * len(chosen))
+    page.figure(breakdown_figure(chosen), "breakdown", height_px=bars_height_px(len(chosen)))
     page.heading("Memory per GPU", "memory")
-    page.figure(memory_figure(chosen), "memory", height_px=120 + 34 * len(chosen))
+    page.figure(memory_figure(chosen), "memory", height_px=bars_height_px(len(chosen)))
 
     page.heading("Pipeline timeline of the fastest plan", "timeline")
-    _timeline(page, result, result.best_time)  # type: ignore[arg-type]  # ok: set
+    best: Any = result.best_time  # a report needs a feasible plan: set
+    index = [g.name for g in space.gpus].index(str(best["gpu"]))
+    timeline_section(page, space.context(index), best)
 
     page.heading("Inputs to reproduce this run", "inputs")
     _inputs(page, result, command, baseline)
@@ -118,15 +118,6 @@ def chosen_plans(result: SearchResult, baseline_row: pd.Series | None, top: int)
     if baseline_row is not None:
         chosen.append(("baseline", baseline_row))
     return chosen
-
-
-def plan_of(row: Mapping[str, Any]) -> ParallelPlan:
-    """The plan of a result row (its ParallelPlan fields)."""
-    names = [f.name for f in fields(ParallelPlan)]
-    plain = {k: row[k].item() if hasattr(row[k], "item") else row[k] for k in names if k in row}
-    return ParallelPlan.from_mapping(
-        {k: str(v) if k == "recompute" else v for k, v in plain.items()}
-    )
 
 
 # ---- sections -----------------------------------------------------------------------------
@@ -184,34 +175,6 @@ def _savings(baseline: Mapping[str, Any] | None) -> list[str]:
     return lines
 
 
-def _timeline(page: Page, result: SearchResult, row: pd.Series) -> None:
-    gpu = str(row["gpu"])
-    index = [g.name for g in result.space.gpus].index(gpu)
-    plan = plan_of(row)
-    try:
-        trace, replay_s = plan_trace(result.space.context(index), plan)
-    except (ValueError, RuntimeError) as e:  # a plan the replay cannot draw: say why
-        page.text(f"No timeline: the reference replay of this plan failed ({e}).", note=True)
-        return
-    tl = timeline_figure(trace, f"{int(row['num_gpus']):,} × {gpu}, {plan.describe()}")
-    page.figure(tl.figure, "timeline", height_px=140 + 30 * len(tl.shown))
-    core_s = float(row["iteration_time_s"])
-    page.text(
-        f"One iteration replayed task by task (the reference simulator): {replay_s:.4g} s, "
-        f"against {core_s:.4g} s from the vectorized core. Each stage runs its forward and "
-        "backward passes per micro-batch (and model chunk, interleaved), then its exposed "
-        "data-parallel reduction and its optimizer step; transfers between stages run on "
-        "their own links and are not drawn. The whole trace: simulate --trace FILE.",
-        note=True,
-    )
-    if len(tl.shown) < tl.stages:
-        page.text(
-            f"{len(tl.shown)} of the {tl.stages} stages are drawn ({tl.tasks:,} tasks): "
-            f"stages {', '.join(map(str, tl.shown))}.",
-            note=True,
-        )
-
-
 def _inputs(
     page: Page,
     result: SearchResult,
@@ -219,12 +182,7 @@ def _inputs(
     baseline: Mapping[str, Any] | None,
 ) -> None:
     doc = describe(result, list(command) if command else None, dict(baseline) if baseline else None)
-    if doc.get("command"):
-        argv = list(doc["command"])
-        if argv and argv[0] == "vtrain_opt":
-            argv = ["python", "-m", "vtrain_opt", *argv[1:]]
-        page.text("Command line:")
-        page.code(shlex.join(argv))
+    page.command(doc.get("command"))  # (passwords redacted)
     space = result.space
     rows = []
     for i, g in enumerate(space.gpus):
@@ -266,7 +224,7 @@ def _inputs(
             f"Optuna study {result.study_name} in {result.storage}: open it with "
             f"optuna-dashboard {result.storage}"
         )
-    page.text("Versions: " + ", ".join(f"{k} {v}" for k, v in versions().items()) + ".")
+    page.versions()
     heavy = ("best_time", "best_cost", "chosen", "pareto", "closest")
     page.raw("<details><summary>Every input (as best.json records it)</summary>")
     page.code(pretty_json({k: v for k, v in doc.items() if k not in heavy}))

@@ -6,7 +6,7 @@ atomically; and the frontier frame the plot and the text report share.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,13 +36,19 @@ def run_to_folder(
     ray_address: str | None = None,
     progress: Callable[[int, int], None] | None = None,
     plots_too: bool = True,
+    report: bool = False,
+    command: Sequence[str] | None = None,
 ) -> SavedStudy:
     """Run the study (``run_study``) and write its folder ``out``; the folder is checked
-    before the (long) searches start."""
+    before the (long) searches start. ``report``: also report.html (``command`` in it)."""
     check_out(out)
     result = run_study(config, workers=workers, ray_address=ray_address, progress=progress)
     doc = to_json(result)
     files = write_results(result, doc, out, plots_too=plots_too)
+    if report:
+        from vtrain_opt.studies.chinchilla.report_html import write_chinchilla_report
+
+        files["report"] = write_chinchilla_report(result, doc, out, command)
     doc["files"] = {k: str(v) for k, v in files.items()}
     write_json_atomic(out / "study.json", jsonable(doc))
     return SavedStudy(result, doc, files)
