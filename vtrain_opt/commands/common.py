@@ -99,7 +99,10 @@ def add_cluster_args(parser: argparse.ArgumentParser) -> None:
         help=f"GPU type (default: the --profile's GPU, else {DEFAULT_GPU}); see `catalog`",
     )
     g.add_argument(
-        "--gpus-per-node", type=positive_int, metavar="N", help="GPUs per node (default: 8)"
+        "--gpus-per-node",
+        type=positive_int,
+        metavar="N",
+        help="GPUs per node (default: the GPU's cluster: 8, 4 on gb200-nvl72)",
     )
     g.add_argument(
         "--nvlink-domain",
