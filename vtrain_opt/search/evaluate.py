@@ -8,7 +8,7 @@ so millions of plans never become millions of Python objects.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -17,7 +17,7 @@ import pandas as pd
 from vtrain_opt.search.limits import SEARCH_REASONS, Limits
 from vtrain_opt.search.space import SearchSpace
 from vtrain_opt.sim.step import simulate_arrays
-from vtrain_opt.spec.plan import PLAN_COLUMNS, RECOMPUTE_MODES, PlanBatch
+from vtrain_opt.spec.plan import PLAN_COLUMNS, RECOMPUTE_MODES, ParallelPlan, PlanBatch
 
 TIME = "training_time_s"
 COST = "cost_usd"
@@ -107,6 +107,16 @@ def rows(
     if columns is not None:
         data = {c: data[c] for c in columns}
     return pd.DataFrame(data, copy=False)
+
+
+def plan_of_row(row: Any) -> ParallelPlan:
+    """The plan of a result row (a Series or a mapping with the plan columns): ``rows``'s
+    inverse for one plan."""
+    names = [f.name for f in fields(ParallelPlan)]
+    plain = {k: row[k].item() if hasattr(row[k], "item") else row[k] for k in names if k in row}
+    return ParallelPlan.from_mapping(
+        {k: str(v) if k == "recompute" else v for k, v in plain.items()}
+    )
 
 
 def gpu_dtype(space: SearchSpace) -> pd.CategoricalDtype:

@@ -13,7 +13,8 @@ fits). ``inner=()`` samples every dimension. (Parameters to plans: ``trial_space
 Trials are asked ``batch_size`` at a time; the batch's new plans are simulated in one
 call (on a Ray worker when the backend is Ray) and results are cached by plan, so a
 repeated configuration is never simulated twice (``trial_cache``). Memory and the
-budget/time limits are Optuna constraints (``trial.set_constraint``); a sampled
+budget/time limits are Optuna constraints (``trial.set_constraint``); each told trial
+carries its plan, days and dollars as user attributes (Optuna's dashboard shows them); a sampled
 combination with no valid plan (a divisibility rule, the GPU range) is told as pruned,
 without simulating anything.
 
@@ -65,7 +66,7 @@ from vtrain_opt.search.study_store import (
     journal_lock,
     open_storage,
 )
-from vtrain_opt.search.trial_cache import TrialCache
+from vtrain_opt.search.trial_cache import TrialCache, trial_attrs
 from vtrain_opt.search.trial_space import DEFAULT_INNER, Key, ParamSpace
 
 SAMPLERS = ("tpe", "nsga2", "gp", "random")
@@ -322,6 +323,8 @@ def _tell(
             return
         for name in sorted(cons):
             trial.set_constraint(name, float(cons[name][i]))
+        for name, value in trial_attrs(all_rows, i).items():
+            trial.set_user_attr(name, value)
         t, c = float(all_rows[TIME].iat[i]), float(all_rows[COST].iat[i])
         values = {"time": [t], "cost": [c], "pareto": [t, c]}[objective]
         study.tell(trial, values, skip_if_finished=True)

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
+from vtrain_opt.search.evaluate import plan_of_row
 from vtrain_opt.search.reporting.page import Page
-from vtrain_opt.spec.plan import ParallelPlan
 
 # The most tasks drawn (bars); beyond, fewer stages are shown.
 MAX_TIMELINE_TASKS = 30_000
@@ -47,7 +47,7 @@ class Timeline:
 def timeline_section(page: Page, ctx: Any, row: Mapping[str, Any]) -> None:
     """The timeline of the plan of result row ``row`` on ``ctx`` (its GPU type's simulator
     context), and what it shows, into ``page``; or why the replay could not draw it."""
-    plan = plan_of(row)
+    plan = plan_of_row(row)
     try:
         trace, replay_s = plan_trace(ctx, plan)
     except (ValueError, RuntimeError) as e:  # a plan the replay cannot draw: say why
@@ -69,15 +69,6 @@ def timeline_section(page: Page, ctx: Any, row: Mapping[str, Any]) -> None:
             f"stages {', '.join(map(str, tl.shown))}.",
             note=True,
         )
-
-
-def plan_of(row: Mapping[str, Any]) -> ParallelPlan:
-    """The plan of a result row (its ParallelPlan fields)."""
-    names = [f.name for f in fields(ParallelPlan)]
-    plain = {k: row[k].item() if hasattr(row[k], "item") else row[k] for k in names if k in row}
-    return ParallelPlan.from_mapping(
-        {k: str(v) if k == "recompute" else v for k, v in plain.items()}
-    )
 
 
 def plan_trace(ctx: Any, plan: Any) -> tuple[dict[str, Any], float]:
