@@ -30,11 +30,10 @@ from vtrain_opt.search.reporting.plans import (
     bars_height_px,
     breakdown_figure,
     memory_figure,
-    plan_cells,
     plan_options,
     plan_shape,
-    table_header,
 )
+from vtrain_opt.search.reporting.tables import plan_cells, table_header, table_left
 from vtrain_opt.search.reporting.timeline import timeline_section
 from vtrain_opt.studies.sweep import build_search
 from vtrain_opt.studies.sweepfile import Scenario, Sweep
@@ -140,7 +139,9 @@ def scenario_page(sweep: Sweep, scenario: Scenario, record: Mapping[str, Any]) -
             note=True,
         )
         header = table_header([r for _, r in chosen])
-        page.table(header, [plan_cells(lab, r, header) for lab, r in chosen], left=(0, 2, 10))
+        page.table(
+            header, [plan_cells(lab, r, header) for lab, r in chosen], left=table_left(header)
+        )
         page.heading("Where an iteration goes", "breakdown")
         page.figure(breakdown_figure(chosen), "breakdown", height_px=bars_height_px(len(chosen)))
         page.heading("Memory per GPU", "memory")

@@ -1,4 +1,4 @@
-"""Figures and table rows of plans for the HTML reports (Plotly figures as plain dicts).
+"""Figures of plans for the HTML reports (Plotly figures as plain dicts), and their text.
 
 * ``front_figure``: time against cost of every plan drawn, feasible ones per GPU type,
   infeasible ones greyed by reason, the Pareto front and the chosen plans marked, each
@@ -6,7 +6,8 @@
   dollars.
 * ``breakdown_figure``: where an iteration of each chosen plan goes (stacked bars).
 * ``memory_figure``: memory per GPU of each chosen plan against the GPU's capacity.
-* ``plan_cells``: a chosen plan as the cells of the plans table.
+* ``hover_text``, ``plan_shape``, ``plan_options``: a plan in words (the plans table in
+  ``tables`` uses them too).
 
 Rows are result rows (``search.evaluate.rows``): plan columns, simulated metrics and
 feasibility. Plan dimensions the rows do not have (cp, ep in older results) are left out.
@@ -60,27 +61,27 @@ CHOSEN_SYMBOLS = {"fastest": "star", "cheapest": "diamond", "baseline": "x"}
 
 
 # ---- plan text ----------------------------------------------------------------------------
-def _has(row: Mapping[str, Any], key: str) -> bool:
+def has(row: Mapping[str, Any], key: str) -> bool:
     v = row.get(key)
     return v is not None and not (isinstance(v, float) and math.isnan(v))
 
 
 def plan_shape(row: Mapping[str, Any]) -> str:
     """'tp=8 pp=15 dp=32' (and cp, ep where the row has them and they are above 1)."""
-    parts = [f"{k}={int(row[k])}" for k in PARALLEL if _has(row, k)]
+    parts = [f"{k}={int(row[k])}" for k in PARALLEL if has(row, k)]
     return " ".join(p for p in parts if p[:2] in ("tp", "pp", "dp") or not p.endswith("=1"))
 
 
 def plan_options(row: Mapping[str, Any]) -> str:
     """Recomputation and the options that differ from the plain plan."""
     parts = [f"recompute={row.get('recompute', '?')}"]
-    if _has(row, "sequence_parallel") and bool(row["sequence_parallel"]):
+    if has(row, "sequence_parallel") and bool(row["sequence_parallel"]):
         parts.append("sp")
-    if _has(row, "vpp") and int(row["vpp"]) > 1:
+    if has(row, "vpp") and int(row["vpp"]) > 1:
         parts.append(f"vpp={int(row['vpp'])}")
-    if _has(row, "zero") and int(row["zero"]):
+    if has(row, "zero") and int(row["zero"]):
         parts.append(f"zero={int(row['zero'])}")
-    if _has(row, "dp_overlap") and not bool(row["dp_overlap"]):
+    if has(row, "dp_overlap") and not bool(row["dp_overlap"]):
         parts.append("no-dp-overlap")
     return " ".join(parts)
 
@@ -92,7 +93,7 @@ def hover_text(row: Mapping[str, Any]) -> str:
         f"{row['training_time_s'] / DAY_S:,.1f} days · {row['gpu_hours']:,.0f} GPU-h · "
         f"{format_usd(row['cost_usd'])}"
     )
-    if not _has(row, "tp"):  # a sampled point: the search kept its time and cost only
+    if not has(row, "tp"):  # a sampled point: the search kept its time and cost only
         return f"<b>{row['gpu']}</b> (sampled plan)<br>{money}"
     lines = [
         f"<b>{int(row['num_gpus']):,} × {row['gpu']}</b>",
@@ -133,10 +134,11 @@ def cloud(plans: pd.DataFrame, sample: pd.DataFrame | None = None) -> Cloud:
     frames = [plans] + ([sample] if sample is not None and len(sample) else [])
     df = pd.concat(frames, ignore_index=True) if len(frames) > 1 else plans
     df = df.dropna(subset=["training_time_s", "cost_usd"])
+    kept = "kept " if len(frames) > 1 else ""  # a sample: counts of what was kept
     out = Cloud()
     # sampled points carry no reason: out of memory, or over a limit when they fit
     reason = df["reason"].astype(object) if "reason" in df else pd.Series(None, index=df.index)
-    fallback = np.where(df["fits_memory"].astype(bool), "over the limits", "out of memory")
+    fallback = np.where(df["fits_memory"].astype(bool), "over a limit", "out of memory")
     df = df.assign(reason=reason.where(reason.notna(), pd.Series(fallback, index=df.index)))
     ok = df["feasible"].astype(bool).to_numpy()
     for gpu, part in df[ok].groupby(df[ok]["gpu"].astype(str), sort=False):
@@ -144,7 +146,7 @@ def cloud(plans: pd.DataFrame, sample: pd.DataFrame | None = None) -> Cloud:
         out.feasible[str(gpu)] = drawn
         if len(drawn) < len(part):
             out.notes.append(
-                f"{len(drawn):,} of the {len(part):,} feasible plans on {gpu} are drawn, "
+                f"{len(drawn):,} of the {len(part):,} {kept}feasible plans on {gpu} are drawn, "
                 "evenly spaced by training time (the Pareto front is drawn in full)."
             )
     bad = df[~ok]
@@ -155,7 +157,7 @@ def cloud(plans: pd.DataFrame, sample: pd.DataFrame | None = None) -> Cloud:
         out.infeasible[str(reason)] = drawn
         if len(drawn) < len(part):
             out.notes.append(
-                f"{len(drawn):,} of the {len(part):,} plans rejected as '{reason}' are drawn."
+                f"{len(drawn):,} of the {len(part):,} {kept}plans rejected as '{reason}' are drawn."
             )
     return out
 
@@ -423,50 +425,3 @@ def memory_figure(chosen: Sequence[tuple[str, Mapping[str, Any]]]) -> dict[str, 
 def bars_height_px(plans: int) -> int:
     """A bar figure's height for ``plans`` bars (room for the legend when there are few)."""
     return max(320, 120 + 34 * plans)
-
-
-# ---- the plans table ----------------------------------------------------------------------
-def table_header(rows: Sequence[Mapping[str, Any]]) -> list[str]:
-    extra = [k for k in ("cp", "ep") if any(_has(r, k) for r in rows)]
-    return [
-        "",
-        "GPUs",
-        "GPU",
-        "tp",
-        "pp",
-        "dp",
-        *extra,
-        "mb",
-        "gb",
-        "options",
-        "days",
-        "GPU-hours",
-        "cost",
-        "MFU",
-        "iteration",
-        "memory GiB",
-        "feasible",
-    ]
-
-
-def plan_cells(label: str, row: Mapping[str, Any], header: Sequence[str]) -> list[str]:
-    """The cells of one plan under ``table_header``'s columns."""
-    mem, cap = float(row["memory_per_gpu_bytes"]), float(row["memory_capacity_bytes"])
-    values: dict[str, str] = {
-        "": label,
-        "GPUs": f"{int(row['num_gpus']):,}",
-        "GPU": str(row["gpu"]),
-        "mb": str(int(row["micro_batch"])),
-        "gb": str(int(row["global_batch"])),
-        "options": plan_options(row).removeprefix("recompute="),
-        "days": f"{float(row['training_time_s']) / DAY_S:,.1f}",
-        "GPU-hours": f"{float(row['gpu_hours']):,.0f}",
-        "cost": format_usd(float(row["cost_usd"])),
-        "MFU": f"{float(row['mfu']):.1%}",
-        "iteration": f"{float(row['iteration_time_s']):.3g} s",
-        "memory GiB": f"{mem / GIB:,.1f} / {cap / GIB:,.0f}",
-        "feasible": "yes" if bool(row["feasible"]) else f"no: {row['reason']}",
-    }
-    for k in PARALLEL:
-        values[k] = str(int(row[k])) if _has(row, k) else "-"
-    return [values[h] for h in header]

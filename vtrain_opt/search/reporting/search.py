@@ -23,9 +23,8 @@ from vtrain_opt.search.reporting.plans import (
     cloud,
     front_figure,
     memory_figure,
-    plan_cells,
-    table_header,
 )
+from vtrain_opt.search.reporting.tables import plan_cells, table_header, table_left
 from vtrain_opt.search.reporting.timeline import timeline_section
 from vtrain_opt.search.results import describe
 from vtrain_opt.units import DAY_S, format_count, format_duration, format_usd
@@ -88,7 +87,9 @@ def search_page(
     page.heading("The chosen plans", "plans")
     rows = [row for _, row in chosen]
     header = table_header(rows)
-    page.table(header, [plan_cells(label, row, header) for label, row in chosen], left=(0, 2, 10))
+    page.table(
+        header, [plan_cells(label, row, header) for label, row in chosen], left=table_left(header)
+    )
     for line in _savings(baseline):
         page.text(line)
 
