@@ -40,9 +40,9 @@ def main() -> None:
         sys.exit("no Chromium found (apt-get install chromium)")
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "run"
+        search = ["search", "--space", "mt-nlg-530b", "--report", "--out", str(out), "--json"]
         subprocess.run(
-            [sys.executable, "-m", "vtrain_opt", "search", "--space", "mt-nlg-530b"]
-            + ["--report", "--out", str(out), "--json"],
+            [sys.executable, "-m", "vtrain_opt", *search],
             check=True,
             stdout=subprocess.DEVNULL,
         )
