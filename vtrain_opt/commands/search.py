@@ -44,7 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Search the plans of a model on one or more GPU types for the one that "
         "finishes soonest, the one that costs least, and the Pareto front between them, "
         "under a budget and limits. Writes pareto.csv, plans.parquet, best.json and "
-        "pareto.png into --out.",
+        "pareto.png into --out (and report.html with --report).",
     )
     g = p.add_argument_group("what to search")
     g.add_argument(
