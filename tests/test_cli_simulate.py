@@ -160,7 +160,11 @@ def test_trace_file(tmp_path, capsys):
             ["--model", "gpt3-175b", "--gpu", "gb200-nvl72", "--gpus-per-node", "16"],
             "nvlink_domain: 72 is not a multiple of gpus_per_node (16)",
         ),
-        (["--model", "gpt3-175b", "--dtype", "fp8"], "invalid choice: 'fp8'"),
+        (["--model", "gpt3-175b", "--dtype", "fp4"], "invalid choice: 'fp4'"),
+        (
+            ["--model", "gpt3-175b", "--gpu", "a100-80gb", "--dtype", "fp8"],
+            "a100-80gb has no fp8 peak; FP8 needs Hopper or Blackwell",
+        ),
     ],
 )
 def test_bad_input_one_line_exit_2(capsys, argv, message):

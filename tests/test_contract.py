@@ -20,6 +20,7 @@ from vtrain_opt.sim.schedule import closed_form_is_exact
 from vtrain_opt.sim.step import make_context, plan_costs, simulate_arrays
 from vtrain_opt.sim.timeline import reference
 from vtrain_opt.spec import ModelSpec, ParallelPlan, PlanBatch, get_cluster, get_model
+from vtrain_opt.spec.setup import Setup
 
 CATALOG = [
     "gpt3-175b",
@@ -82,16 +83,24 @@ def cases(draw):
     # NVLink domains of one node (the catalog's), or of several (GB200 NVL72, NVLink switch
     # systems): which groups stay on NVLink changes, core and replay must still agree
     nodes = None if gpu == "v100-32gb" else draw(st.sampled_from([None, None, 1, 2, 4]))
-    return model, gpu if nodes is None else (gpu, nodes), plan
+    key = gpu if nodes is None else (gpu, nodes)
+    if "fp8" in get_cluster(gpu).gpu.peak_flop_per_s and draw(st.booleans()):
+        # FP8 (Transformer Engine) plans: fp8 GEMMs, their casts, the fp8 weight copies
+        key = (gpu, nodes or 0, draw(st.sampled_from(["delayed", "current"])))
+    return model, key, plan
 
 
 @cache
-def context(model: ModelSpec, gpu: str | tuple[str, int]):
-    """The GPU's catalog cluster, or (gpu, nodes): with an NVLink domain of that many nodes."""
+def context(model: ModelSpec, gpu: str | tuple[str, int] | tuple[str, int, str]):
+    """The GPU's catalog cluster, or (gpu, nodes): with an NVLink domain of that many nodes
+    (0: the catalog's), or (gpu, nodes, fp8 recipe): fp8 training."""
     if isinstance(gpu, str):
         return make_context(model, get_cluster(gpu))
     cluster = get_cluster(gpu[0])
-    return make_context(model, cluster.with_overrides(nvlink_domain=gpu[1] * cluster.gpus_per_node))
+    if gpu[1]:
+        cluster = cluster.with_overrides(nvlink_domain=gpu[1] * cluster.gpus_per_node)
+    setup = Setup(dtype="fp8", fp8_recipe=gpu[2]) if len(gpu) > 2 else None
+    return make_context(model, cluster, setup=setup)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

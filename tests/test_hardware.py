@@ -202,7 +202,7 @@ def test_h800_is_h100_silicon_with_less_nvlink():
     assert "H800" in h800.source
 
 
-def test_blackwell_peaks_per_dtype_and_no_fp8_compute_yet():
+def test_blackwell_peaks_per_dtype_and_no_fp4_compute_yet():
     from vtrain_opt.spec.setup import DTYPES
 
     b200, gb200 = get_gpu("b200"), get_gpu("gb200-nvl72")
@@ -211,10 +211,10 @@ def test_blackwell_peaks_per_dtype_and_no_fp8_compute_yet():
         assert peaks["bf16"] == bf16
         assert peaks["fp8"] == 2 * bf16 and peaks["fp4"] == 4 * bf16  # dense, datasheet
     assert gb200.nvlink_bytes_per_s == 900e9 and "GB200 NVL72 datasheet" in gb200.source
-    # the peaks are data: the simulator computes in none of them until FP8 training exists
-    assert "fp8" not in DTYPES and "fp4" not in DTYPES
-    with pytest.raises(ValueError, match=r"setup\.dtype: 'fp8' is not one of"):
-        Setup(dtype="fp8")
+    # fp8 is a training dtype (Transformer Engine, sim/fp8.py); the fp4 peak is data only
+    assert "fp8" in DTYPES and "fp4" not in DTYPES
+    with pytest.raises(ValueError, match=r"setup\.dtype: 'fp4' is not one of"):
+        Setup(dtype="fp4")
 
 
 def test_every_catalog_gpu_and_cluster_carries_its_source():

@@ -82,6 +82,12 @@ def summary_table(row: Mapping[str, Any]) -> Table:
         f"({float(row['tflops_per_gpu']):.0f} model / {float(row['hw_tflops_per_gpu']):.0f} "
         "hardware TFLOP/s per GPU)",
     )
+    if "mfu_fp8_peak" in row and math.isfinite(float(row["mfu_fp8_peak"])):
+        table.add_row(
+            "",
+            f"MFU against the bf16 peak (as NVIDIA reports FP8 training); "
+            f"{float(row['mfu_fp8_peak']):.1%} of the fp8 peak",
+        )
     if (
         "training_time_s" in row
         and row["training_time_s"] is not None

@@ -36,6 +36,7 @@ class RunSetup:
     framework: str = "megatron"
     dropout: float | None = None  # None: the model family's default
     master_weights: str = "fp32"
+    fp8_recipe: str = "delayed"  # with dtype fp8 (Transformer Engine)
 
     def __post_init__(self) -> None:
         self.setup()  # a bad framework, dropout or optimizer precision raises here
@@ -51,6 +52,7 @@ class RunSetup:
             framework=self.framework,
             dropout=self.dropout,
             master_weights=self.master_weights,
+            fp8_recipe=self.fp8_recipe,
         )
 
     def cluster(self) -> ClusterSpec:

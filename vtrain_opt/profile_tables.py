@@ -35,7 +35,9 @@ from typing import Any
 
 import numpy as np
 
-DTYPES = ("fp16", "bf16", "fp32")
+# fp8: only a GEMM table (``profile --fp8``: torch._scaled_mm); every other op of an fp8 run
+# is read from the bf16 tables.
+DTYPES = ("fp16", "bf16", "fp32", "fp8")
 
 # Memory-bound ops, by the names ``sim/costs.py`` and ``sim/step.py`` pass to ``memory_s``;
 # each table is keyed by the bytes the simulator counts for the op (``sim/convention.py``).

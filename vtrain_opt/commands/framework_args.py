@@ -10,7 +10,7 @@ import argparse
 import math
 from typing import Any
 
-from vtrain_opt.spec.setup import FRAMEWORKS, MASTER_WEIGHTS, custom_framework
+from vtrain_opt.spec.setup import FP8_RECIPES, FRAMEWORKS, MASTER_WEIGHTS, custom_framework
 
 # The commands import it from here; it lives with Setup, where the search library reads it.
 from vtrain_opt.spec.setup import check_torch_plan as check_torch_plan
@@ -53,6 +53,13 @@ def add_framework_args(
         help="fp32: mixed precision with fp32 master weights and Adam states (default); "
         "none: parameters and Adam states in the compute dtype",
     )
+    p.add_argument(
+        "--fp8-recipe",
+        choices=FP8_RECIPES,
+        default="delayed",
+        help="with --dtype fp8 (Transformer Engine): delayed scaling from the amax history "
+        "(default) or current scaling (an amax pass before every cast)",
+    )
 
 
 def framework_kwargs(args: argparse.Namespace) -> dict[str, Any]:
@@ -61,6 +68,7 @@ def framework_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "framework": getattr(args, "framework", "megatron"),
         "dropout": getattr(args, "dropout", None),
         "master_weights": getattr(args, "master_weights", "fp32"),
+        "fp8_recipe": getattr(args, "fp8_recipe", "delayed"),
     }
 
 

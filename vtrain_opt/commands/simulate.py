@@ -168,6 +168,8 @@ def run(args: argparse.Namespace) -> int:
         out["nvlink_domain"] = cluster.domain_gpus
         out["profile"] = ctx.profile.id
         out["dtype"] = ctx.setup.dtype
+        if ctx.setup.fp8:
+            out["fp8_recipe"] = ctx.setup.fp8_recipe
         out["attention"] = ctx.setup.attention
         out["recompute_chosen_by"] = "auto" if args.recompute == "auto" else "user"
         if args.tokens:
@@ -181,13 +183,16 @@ def run(args: argparse.Namespace) -> int:
         return 0
 
     con = console()
+    dtype = ctx.setup.dtype
+    if ctx.setup.fp8:
+        dtype = f"fp8 ({ctx.setup.fp8_recipe} scaling)"
     domain = cluster.domain_gpus
     domain_text = "" if domain == cluster.gpus_per_node else f", {domain} per NVLink domain"
     con.print(
         f"[b]{model.name}[/b] ({model.num_params() / 1e9:.1f}B params, seq {model.seq_length}) on "
         f"[b]{cluster.gpu.name}[/b] x {plan.num_gpus} ({cluster.gpus_per_node} per node"
         f"{domain_text}), "
-        f"profile {ctx.profile.id}, {ctx.setup.dtype}, {ctx.setup.attention} attention"
+        f"profile {ctx.profile.id}, {dtype}, {ctx.setup.attention} attention"
     )
     chosen = " (auto: least recomputation that fits)" if args.recompute == "auto" else ""
     con.print(f"plan: {describe_plan(row)}{chosen}")

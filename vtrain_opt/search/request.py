@@ -78,6 +78,7 @@ class SearchRequest:
     framework: str
     dropout: float | None = None
     master_weights: str
+    fp8_recipe: str = "delayed"
     # budget and limits
     budget: Any = None  # parse_budget's value: money or GPU time
     max_days: float | None = None
@@ -265,6 +266,7 @@ def build_space(req: SearchRequest) -> SearchSpace:
         "framework": req.framework,
         "dropout": req.dropout,
         "master_weights": req.master_weights,
+        "fp8_recipe": req.fp8_recipe,
     }
     if req.dtype or req.attention or custom_framework(**framework):
         # the flag not given takes what every candidate GPU supports (as make_context does)

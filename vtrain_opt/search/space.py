@@ -450,7 +450,7 @@ def _setup_dict(setup: Setup) -> dict[str, Any]:
     from their defaults, so a Megatron space keeps the identity (and study name) it had."""
     out: dict[str, Any] = {"dtype": setup.dtype, "attention": setup.attention}
     defaults = Setup()
-    for key in ("framework", "dropout", "master_weights"):
+    for key in ("framework", "dropout", "master_weights", "fp8_recipe"):
         if getattr(setup, key) != getattr(defaults, key):
             out[key] = getattr(setup, key)
     return out

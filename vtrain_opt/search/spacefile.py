@@ -53,6 +53,7 @@ _KEYS = (
     "framework",
     "dropout",
     "master_weights",
+    "fp8_recipe",
 )
 _GPU_KEYS = (
     "name",
@@ -195,7 +196,7 @@ class _Builder:
         for dim in ("sequence_parallel", "dp_overlap"):
             if dim in s and s[dim] != "both":
                 kwargs[dim] = self.bool_list(f"space.{dim}", s[dim])
-        setup_keys = ("dtype", "attention", "framework", "dropout", "master_weights")
+        setup_keys = ("dtype", "attention", "framework", "dropout", "master_weights", "fp8_recipe")
         if any(k in s for k in setup_keys):
             dropout = s.get("dropout")
             if dropout is not None and (
@@ -209,6 +210,7 @@ class _Builder:
                     framework=str(s.get("framework", "megatron")),
                     dropout=None if dropout is None else float(dropout),
                     master_weights=str(s.get("master_weights", "fp32")),
+                    fp8_recipe=str(s.get("fp8_recipe", "delayed")),
                 )
             except ValueError as e:
                 key = next((k for k in setup_keys if k in s and k in str(e)), "dtype")

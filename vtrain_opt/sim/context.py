@@ -49,7 +49,9 @@ def make_context(
         raise ValueError(
             f"{cluster.gpu.name} has no FlashAttention kernels; use attention 'unfused'"
         )
-    cluster.gpu.peak(setup.dtype)  # raises if the GPU has no such dtype
+    if setup.fp8 and "fp8" not in cluster.gpu.peak_flop_per_s:
+        raise ValueError(f"{cluster.gpu.name} has no fp8 peak; FP8 needs Hopper or Blackwell")
+    cluster.gpu.peak(setup.compute_dtype)  # raises if the GPU has no such dtype
     if profile.tables:
         device = profile.provenance.get("device", profile.gpu)
         if profile.gpu != cluster.gpu.name:
@@ -57,10 +59,11 @@ def make_context(
                 f"profile {profile.name!r} was measured on {device} ({profile.gpu}), not "
                 f"{cluster.gpu.name}; use a profile of {cluster.gpu.name} or --gpu {profile.gpu}"
             )
-        if setup.dtype not in profile.tables:
+        if setup.compute_dtype not in profile.tables:
             raise ValueError(
                 f"profile {profile.name!r} was measured in {', '.join(profile.tables)}, not "
-                f"{setup.dtype}; use --dtype {next(iter(profile.tables))} or another profile"
+                f"{setup.compute_dtype}; use --dtype {next(iter(profile.tables))} or another "
+                "profile"
             )
     return SimContext(model, cluster, profile, setup)
 

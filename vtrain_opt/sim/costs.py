@@ -40,6 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import ndtri
 
+from vtrain_opt.sim.fp8 import layer_cast_s
 from vtrain_opt.sim.ops import OpModel, members_per_domain
 from vtrain_opt.spec.model import ModelSpec
 
@@ -139,11 +140,20 @@ def layer_costs(
     qkv_n = (h + 2 * kvh) / t
     up_n = (2.0 if model.swiglu else 1.0) * f / t
     shapes = ((qkv_n, h), (h, h / t), (up_n, h), (h, f / t))  # (N, K) of each GEMM
-    gemm_fwd = sum(ops.gemm_s(tokens, n, k) for n, k in shapes)
-    gemm_bwd = sum(ops.gemm_s(tokens, k, n) + ops.gemm_s(k, n, tokens) for n, k in shapes)
+    fp8 = ops.setup.fp8  # Transformer Engine's fp8 GEMMs, with their casts (sim/fp8.py)
+    cast_fwd, cast_bwd = layer_cast_s(ops, tokens, shapes)
+    gemm_fwd = sum(ops.gemm_s(tokens, n, k, fp8=fp8) for n, k in shapes) + cast_fwd
+    gemm_bwd = (
+        sum(
+            ops.gemm_s(tokens, k, n, fp8=fp8) + ops.gemm_s(k, n, tokens, fp8=fp8) for n, k in shapes
+        )
+        + cast_bwd
+    )
     # weight-gradient GEMMs of the column-parallel layers (QKV, MLP up): the input-gradient
     # collective runs behind them (Megatron's async tensor-parallel all-reduce)
-    wgrad_col = [ops.gemm_s(k, n, tokens) * compute_scale for n, k in (shapes[0], shapes[2])]
+    wgrad_col = [
+        ops.gemm_s(k, n, tokens, fp8=fp8) * compute_scale for n, k in (shapes[0], shapes[2])
+    ]
 
     # ---- attention core ----------------------------------------------------------------------
     bh = b * local_heads

@@ -19,6 +19,8 @@ input (A sbh, /tp with sequence parallelism) and rebuilds one layer at a time.
 
 Weights and optimizer: bytes per parameter from ``Setup`` (Megatron's table), sharded
 over data parallelism by the ZeRO stage (1: optimizer states; 2: + gradients; 3: + weights).
+FP8 (Transformer Engine) adds an fp8 copy and transpose of each GEMM weight, 2 bytes a
+parameter, unsharded.
 A pipeline stage holds min(pp - i, m) micro-batches in flight (1F1B), or, interleaved,
 min(2 (pp - i - 1) + (vpp - 1) pp + 1, m vpp) model chunks.
 """
@@ -81,6 +83,15 @@ def state_bytes(params: np.ndarray, setup: Setup, zero: np.ndarray, dp: np.ndarr
         (w + g + o) / d,
     )
     return params * per_param
+
+
+def fp8_weight_copy_bytes(
+    model: ModelSpec, setup: Setup, tp: np.ndarray, layers: np.ndarray | float
+) -> np.ndarray:
+    """Bytes of the fp8 weight copies (and their transposes) of ``layers`` layers on one GPU
+    of a tensor-parallel group of ``tp``; 0 outside fp8."""
+    gemm = model.layer_matmul_params() / np.asarray(tp, dtype=np.float64)
+    return np.asarray(layers, dtype=np.float64) * gemm * setup.fp8_weight_copy_bytes
 
 
 def layer_activation_bytes(
@@ -205,6 +216,12 @@ def memory_per_gpu(
     gather = np.where(np.asarray(zero) == 3, 2.0 * params.layer * setup.weight_bytes, 0.0)
     first_states = state_bytes(params.first, setup, zero, dp) + gather
     last_states = state_bytes(params.last, setup, zero, dp) + gather
+    if setup.fp8:
+        # Transformer Engine's fp8 copy and transpose of every local GEMM weight of the
+        # stage, kept whole (not sharded by ZeRO)
+        fp8_copies = fp8_weight_copy_bytes(model, setup, t, model.num_layers / p)
+        first_states = first_states + fp8_copies
+        last_states = last_states + fp8_copies
     first_total = first_states + first_act
     last_total = np.where(single, first_total, last_states + last_act)
     last_worse = last_total > first_total

@@ -59,25 +59,60 @@ class OpModel:
         """Measured times where the profile has a table covering the shape, else analytical."""
         if self.measured is None:
             return analytical
-        return self.measured.override(op, analytical, dtype=self.setup.dtype, **shape)
+        return self.measured.override(op, analytical, dtype=self.setup.compute_dtype, **shape)
 
     # ---- compute -----------------------------------------------------------------------
     @property
     def peak_flop_per_s(self) -> float:
-        return self.cluster.gpu.peak(self.setup.dtype)
+        """Peak of everything but fp8 GEMMs (bf16 under fp8: attention runs in bf16)."""
+        return self.cluster.gpu.peak(self.setup.compute_dtype)
 
     @property
     def memory_bytes_per_s(self) -> float:
         return self.cluster.gpu.hbm_bytes_per_s * self.profile.memory_efficiency
 
-    def gemm_s(self, m: ArrayLike, n: ArrayLike, k: ArrayLike, batch: ArrayLike = 1) -> np.ndarray:
-        """Time of ``batch`` GEMMs of (m x k) @ (k x n)."""
-        p = self.profile
+    def gemm_s(
+        self, m: ArrayLike, n: ArrayLike, k: ArrayLike, batch: ArrayLike = 1, fp8: bool = False
+    ) -> np.ndarray:
+        """Time of ``batch`` GEMMs of (m x k) @ (k x n); ``fp8``: fp8 operands (Transformer
+        Engine's GEMMs, bf16 output) at the GPU's fp8 peak.
+
+        An fp8 GEMM keeps the profile's efficiency curve (the bf16 one's, carried over to the
+        fp8 peak): analytically, the same tiles and k_half at the fp8 peak; from a measured
+        profile, its fp8 GEMM table where it has one, else its bf16 table's time scaled by
+        the analytical fp8 / bf16 ratio at that shape.
+        """
         m, n, k, batch = (np.asarray(x, dtype=np.float64) for x in (m, n, k, batch))
+        a = float(self.setup.act_bytes)
+        bf16 = self._gemm_analytical(m, n, k, batch, self.peak_flop_per_s, a)
+        scale = self.profile.step_gemm_scale
+        if not fp8:
+            return self._override("gemm", bf16, m=m, n=n, k=k, batch=batch) * scale
+        t8 = self._gemm_analytical(m, n, k, batch, self.cluster.gpu.peak("fp8"), 1.0, a)
+        if self.measured is None:
+            return t8 * scale
+        if "gemm" in self.measured.tables.get("fp8", {}):
+            shape = {"m": m, "n": n, "k": k, "batch": batch}
+            return self.measured.override("gemm", t8, dtype="fp8", **shape) * scale
+        measured = self._override("gemm", bf16, m=m, n=n, k=k, batch=batch)
+        return measured * (t8 / bf16) * scale
+
+    def _gemm_analytical(
+        self,
+        m: np.ndarray,
+        n: np.ndarray,
+        k: np.ndarray,
+        batch: np.ndarray,
+        peak_flop_per_s: float,
+        in_bytes: float,
+        out_bytes: float | None = None,
+    ) -> np.ndarray:
+        """The analytical GEMM time at ``peak_flop_per_s``, operands of ``in_bytes`` per
+        element, output of ``out_bytes`` (default the same)."""
+        p = self.profile
+        out_bytes = in_bytes if out_bytes is None else out_bytes
         sms = self.cluster.gpu.num_sms
-        per_sm_flop_per_s = (
-            self.peak_flop_per_s / sms * p.gemm_efficiency * (k / (k + p.gemm_k_half))
-        )
+        per_sm_flop_per_s = peak_flop_per_s / sms * p.gemm_efficiency * (k / (k + p.gemm_k_half))
         best = None
         for tile_m, tile_n, tile_eff in GEMM_TILES:
             tiles = np.ceil(m / tile_m) * np.ceil(n / tile_n) * batch
@@ -85,9 +120,11 @@ class OpModel:
             t = waves * (2.0 * tile_m * tile_n * k) / (per_sm_flop_per_s * tile_eff)
             best = t if best is None else np.minimum(best, t)
         assert best is not None
-        traffic = (m * k + k * n + m * n) * batch * self.setup.act_bytes
-        t = np.maximum(best, traffic / self.memory_bytes_per_s) + p.kernel_overhead_s
-        return self._override("gemm", t, m=m, n=n, k=k, batch=batch) * p.step_gemm_scale
+        if out_bytes == in_bytes:
+            traffic = (m * k + k * n + m * n) * batch * in_bytes
+        else:
+            traffic = ((m * k + k * n) * in_bytes + m * n * out_bytes) * batch
+        return np.maximum(best, traffic / self.memory_bytes_per_s) + p.kernel_overhead_s
 
     def flash_attention_s(
         self, batch_heads: ArrayLike, seq: ArrayLike, head_dim: ArrayLike, backward: bool = False

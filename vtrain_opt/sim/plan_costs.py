@@ -30,6 +30,7 @@ from vtrain_opt.sim.costs_torch import (
     torch_layer_costs,
     torch_optimizer_s,
 )
+from vtrain_opt.sim.fp8 import weight_cast_s
 from vtrain_opt.sim.memory import StageParams, layer_activation_bytes, stage_params
 from vtrain_opt.sim.ops import OpModel, members_per_domain
 from vtrain_opt.spec.plan import PlanBatch
@@ -253,7 +254,9 @@ def plan_costs(ctx: SimContext, batch: PlanBatch, m: np.ndarray | None = None) -
         z3_exposed = np.where(batch.dp_overlap, np.maximum(z3 - step, z3 * bucket_share), z3)
         return np.where(zero3, m * z3_exposed, per_iteration)
 
-    def optimizer(stage: np.ndarray) -> np.ndarray:
+    def optimizer(stage: np.ndarray, layers: np.ndarray | None = None) -> np.ndarray:
+        """The step of a stage of ``stage`` local parameters and ``layers`` layers (default:
+        an even share)."""
         if setup.torch:
             return _torch_optimizer(ops, batch, gather2(stage), gather2(u_d), m) * gather2(
                 u_opt_scale
@@ -262,6 +265,10 @@ def plan_costs(ctx: SimContext, batch: PlanBatch, m: np.ndarray | None = None) -
         per_param = 2 * setup.grad_bytes + 2 * setup.optimizer_bytes + setup.weight_bytes
         full = ops.memory_s(stage * (per_param + setup.grad_bytes), 4, "optimizer")
         sharded = ops.memory_s(stage * (per_param / u_d + setup.grad_bytes), 4, "optimizer")
+        if setup.fp8:  # the new weights' fp8 copies and transposes (sim/fp8.py)
+            layers = model.num_layers / u_p if layers is None else layers
+            cast = weight_cast_s(ops, layers * model.layer_matmul_params() / u_t, layers)
+            full, sharded = full + cast, sharded + cast
         return np.where(
             batch.zero >= 1, gather2(sharded * u_opt_scale), gather2(full * u_opt_scale)
         )

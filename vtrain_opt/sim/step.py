@@ -149,7 +149,8 @@ def _simulate_valid(
         gpus = batch.num_gpus.astype(np.float64)
         tokens_per_iteration = batch.gb.astype(np.float64) * model.seq_length
         tokens_per_s = tokens_per_iteration / iteration
-        peak = ctx.cluster.gpu.peak(setup.dtype)
+        # against the bf16 peak under fp8, as NVIDIA's tables report FP8 training
+        peak = ctx.cluster.gpu.peak(setup.compute_dtype)
         model_flop = model.training_flop_per_token()
         mfu = tokens_per_s * model_flop / (gpus * peak)
         hfu = (
@@ -180,6 +181,8 @@ def _simulate_valid(
             "tflops_per_gpu": mfu * peak / 1e12,  # model FLOPs (as MFU)
             "hw_tflops_per_gpu": hfu * peak / 1e12,  # with recompute, as Megatron reports
         }
+        if setup.fp8:  # the same model FLOPs against the fp8 peak, shown beside it
+            out["mfu_fp8_peak"] = mfu * peak / ctx.cluster.gpu.peak("fp8")
         for key in BREAKDOWN_COLUMNS:
             out[key] = denoise(out[key], iteration)
         if tokens is not None:

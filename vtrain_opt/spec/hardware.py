@@ -10,8 +10,8 @@ import yaml
 from vtrain_opt.resources import data_dir
 from vtrain_opt.spec._check import non_negative_number, positive_int, positive_number
 
-# Bytes per element of each dtype a GPU's datasheet gives a peak for. fp8 and fp4 peaks are
-# catalog data only: the simulator's compute dtypes are spec.setup.DTYPES.
+# Bytes per element of each dtype a GPU's datasheet gives a peak for. The simulator's compute
+# dtypes are spec.setup.DTYPES (fp8: Transformer Engine's GEMMs); fp4 peaks are catalog data.
 DTYPE_BYTES = {"fp4": 0.5, "fp8": 1, "fp16": 2, "bf16": 2, "tf32": 4, "fp32": 4}
 
 

@@ -8,7 +8,11 @@ from typing import Any
 
 from vtrain_opt.spec.model import ModelSpec
 
-DTYPES = ("fp16", "bf16", "fp32")
+DTYPES = ("fp16", "bf16", "fp32", "fp8")
+# FP8 training as Transformer Engine runs it: the scaling factor of each tensor from the amax
+# history of earlier iterations (delayed) or from this tensor's own amax (current: an extra
+# amax reduction pass before each cast).
+FP8_RECIPES = ("delayed", "current")
 ATTENTION_KERNELS = ("flash", "unfused")
 # The implementation whose op list is predicted: Megatron-LM (fused kernels, tp/pp/sp,
 # fp32 master weights) or a plain PyTorch model (nn.Linear, nn.LayerNorm, SDPA, one kernel
@@ -28,7 +32,13 @@ _BYTES_PER_PARAM = {
     "fp16": (2, 2, 16),
     "bf16": (2, 4, 12),
     "fp32": (4, 4, 8),
+    # FP8 (Transformer Engine): bf16 mixed precision for the weights and the optimizer; the
+    # fp8 copies of the GEMM weights are counted apart (``fp8_weight_copy_bytes``).
+    "fp8": (2, 4, 12),
 }
+# Transformer Engine keeps, beside the bf16 weights and the fp32 master copy, an fp8 copy of
+# each GEMM weight and its transpose (for the backward's dgrad): 1 + 1 bytes per parameter.
+FP8_WEIGHT_COPY_BYTES = 2
 
 
 @dataclass(frozen=True)
@@ -45,10 +55,20 @@ class Setup:
     framework: str = "megatron"
     dropout: float | None = None
     master_weights: str = "fp32"
+    fp8_recipe: str = "delayed"
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
             raise ValueError(f"setup.dtype: {self.dtype!r} is not one of {', '.join(DTYPES)}")
+        if self.fp8_recipe not in FP8_RECIPES:
+            raise ValueError(
+                f"fp8 recipe: {self.fp8_recipe!r} is not one of {', '.join(FP8_RECIPES)}"
+            )
+        if self.dtype == "fp8" and self.framework == "torch":
+            raise ValueError(
+                "dtype fp8 is Transformer Engine's recipe under --framework megatron; plain "
+                "PyTorch (--framework torch) has no fp8 training path here"
+            )
         if self.attention not in ATTENTION_KERNELS:
             raise ValueError(
                 f"setup.attention: {self.attention!r} is not one of {', '.join(ATTENTION_KERNELS)}"
@@ -84,8 +104,26 @@ class Setup:
         return DEFAULT_DROPOUT.get(model.family, 0.0)
 
     @property
+    def fp8(self) -> bool:
+        """FP8 GEMMs (Transformer Engine), everything else in bf16."""
+        return self.dtype == "fp8"
+
+    @property
+    def compute_dtype(self) -> str:
+        """The dtype of everything but the fp8 GEMMs (attention, memory-bound ops): bf16 under
+        fp8, else the dtype itself. Also the peak MFU is reported against (as NVIDIA's tables
+        report FP8 training)."""
+        return "bf16" if self.fp8 else self.dtype
+
+    @property
+    def fp8_weight_copy_bytes(self) -> int:
+        """Bytes per GEMM weight parameter of Transformer Engine's fp8 copy and its transpose
+        (0 outside fp8)."""
+        return FP8_WEIGHT_COPY_BYTES if self.fp8 else 0
+
+    @property
     def act_bytes(self) -> int:
-        """Bytes of one activation element."""
+        """Bytes of one activation element (bf16 under fp8: TE casts only GEMM operands)."""
         return 4 if self.dtype == "fp32" else 2
 
     @property
@@ -111,10 +149,17 @@ class Setup:
         return _BYTES_PER_PARAM[self.dtype][2] if self.framework == "megatron" else 8
 
 
-def custom_framework(framework: str, dropout: float | None, master_weights: str) -> bool:
+def custom_framework(
+    framework: str, dropout: float | None, master_weights: str, fp8_recipe: str = "delayed"
+) -> bool:
     """Whether these implementation options differ from their defaults (a setup must be
     built rather than the GPU's default taken)."""
-    return framework != "megatron" or dropout is not None or master_weights != "fp32"
+    return (
+        framework != "megatron"
+        or dropout is not None
+        or master_weights != "fp32"
+        or fp8_recipe != "delayed"
+    )
 
 
 def check_torch_plan(framework: str, **dims: Any) -> None:

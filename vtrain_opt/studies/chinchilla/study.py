@@ -74,7 +74,8 @@ def run_study(
     rules = config.rules
     models = rules.candidates(config.min_params, config.max_params, config.num_sizes)
     ctx = make_context(models[0], config.gpu.cluster, config.gpu.profile, config.setup)
-    peak = ctx.cluster.gpu.peak(ctx.setup.dtype)
+    # the peak MFU is measured against (bf16 under fp8, as NVIDIA reports FP8 training)
+    peak = ctx.cluster.gpu.peak(ctx.setup.compute_dtype)
     price = config.gpu.price_per_gpu_hour_usd
     budgets = sorted(config.budgets, key=lambda b: b.value)
 
