@@ -164,3 +164,44 @@ def test_space_file_and_chinchilla_take_fp8(tmp_path, capsys):
     c = json.loads(capsys.readouterr().out)
     assert c["dtype"] == "fp8"
     assert c["peak_flop_per_s"] == get_cluster("h100-sxm").gpu.peak("bf16")  # MFU's peak
+
+
+def _scaled(nested, factor):
+    if isinstance(nested, list):
+        return [_scaled(x, factor) for x in nested]
+    return None if nested is None else nested * factor
+
+
+def test_fp8_gemm_of_a_measured_profile():
+    import copy
+    import dataclasses
+
+    from vtrain_opt.profiles import load_profile
+
+    measured = load_profile("h100-sxm-measured")
+    cluster = get_cluster("h100-sxm")
+    ops8 = make_context(GPT3, cluster, measured, FP8).ops
+    ops16 = make_context(GPT3, cluster, measured, BF16).ops
+    m, n, k = 2048.0, 1536.0, 12288.0  # on the measured grid
+    t16 = float(ops16.gemm_s(m, n, k))
+    # no fp8 table: the bf16 table's time, scaled as the analytical model scales it
+    p = ops8.profile
+    a = 2.0
+    bf = ops8._gemm_analytical(*(np.float64(x) for x in (m, n, k, 1.0)), ops8.peak_flop_per_s, a)
+    f8 = ops8._gemm_analytical(
+        *(np.float64(x) for x in (m, n, k, 1.0)), cluster.gpu.peak("fp8"), 1.0, a
+    )
+    want = t16 * float(f8 / bf)
+    assert float(ops8.gemm_s(m, n, k, fp8=True)) == pytest.approx(want, rel=1e-9)
+    assert float(ops8.gemm_s(m, n, k, fp8=True)) < 0.6 * t16
+    assert p.tables.keys() == {"bf16"}
+    # an fp8 GEMM table (as torch._scaled_mm would measure it) answers by itself
+    tables = copy.deepcopy(measured.tables)
+    gemm8 = copy.deepcopy(tables["bf16"]["gemm"])
+    gemm8["time_s"] = _scaled(gemm8["time_s"], 0.4)
+    tables["fp8"] = {"gemm": gemm8}
+    with_fp8 = dataclasses.replace(measured, tables=tables)
+    ops8t = make_context(GPT3, cluster, with_fp8, FP8).ops
+    assert float(ops8t.gemm_s(m, n, k, fp8=True)) == pytest.approx(0.4 * t16, rel=1e-6)
+    # the other ops of an fp8 run are read from the bf16 tables
+    assert float(ops8t.memory_s(1e8, 1, "layernorm")) == float(ops16.memory_s(1e8, 1, "layernorm"))
