@@ -15,6 +15,9 @@ Prints, for the calibration half in ../shared/data (absent: says so and exits):
     measured ``h200-measured`` profile; each with its one in-step parameter refitted
     k-fold (cross-validated) and as shipped (training), and peak memory.
 
+The computations are functions, so ``benchmarks/report.py`` writes the Accuracy page from
+the same figures.
+
 Run: python benchmarks/bench_fidelity.py [--folds 5] [--seed 0] [--hopper-only]
 """
 
@@ -24,10 +27,12 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pandas as pd
 
-from vtrain_opt.calibrate import Predictor, RunSetup, calibrate, mape_pct
+from vtrain_opt.calibrate import Calibration, Predictor, RunSetup, calibrate, mape_pct
 from vtrain_opt.consistency import describe
 from vtrain_opt.nccl import error_table, read_sweeps
 from vtrain_opt.profiles import load_profile
@@ -36,8 +41,114 @@ from vtrain_opt.spec.hardware import get_cluster
 from vtrain_opt.validation import ValidationReport, validate
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+A100_FILES = (SHARED / "measured" / "single_node.csv", SHARED / "measured" / "multi_node.csv")
+H200_STEPS = SHARED / "hopper" / "h200_gpt_single_gpu.csv"
+# the H200 steps: a plain PyTorch GPT, bf16, flash attention, no dropout, AdamW on bf16
+HOPPER_SETUP = RunSetup(gpu="h200", dtype="bf16", attention="flash", framework="torch",
+                        dropout=0.0, master_weights="none")  # fmt: skip
+HOPPER_PROFILES = ("h200", "h200-measured")
+GROUP_KEYS = ("num_gpus", "tp", "pp", "micro_batch", "model")
 
 
+# ---- vTrain's A100 set -----------------------------------------------------------------
+def a100_calibration(folds: int = 5, seed: int = 0) -> Calibration:
+    """The shipped A100 profile's calibration: NCCL sweeps, the fit, k-fold CV."""
+    return calibrate(list(A100_FILES), RunSetup(), nccl_dir=SHARED / "nccl", folds=folds, seed=seed)
+
+
+def cv_rows(cal: Calibration) -> pd.DataFrame:
+    """The measured rows with their cross-validated predictions: ``predicted_s``,
+    ``measured_s``, ``ratio`` (predicted / measured), ``ape_pct`` and a ``model`` key."""
+    assert cal.cv is not None
+    m = cal.predictor.measurements
+    rows = m.rows.assign(predicted_s=cal.cv.predicted_s, measured_s=m.measured_s)
+    rows["ratio"] = rows["predicted_s"] / rows["measured_s"]
+    rows["model"] = "h" + rows["hidden_size"].astype(str) + "-l" + rows["num_layers"].astype(str)
+    rows["ape_pct"] = np.abs(rows["ratio"] - 1) * 100
+    return rows
+
+
+def biased_groups(rows: pd.DataFrame, threshold: float = 0.10) -> pd.DataFrame:
+    """Per file and group key, the groups whose mean ratio is off by more than ``threshold``:
+    columns file, key, value, mean, size."""
+    frames = []
+    for key in GROUP_KEYS:
+        agg = rows.groupby(["file", key])["ratio"].agg(["mean", "size"]).reset_index()
+        agg = agg[(agg["mean"] - 1).abs() > threshold]
+        frames.append(agg.rename(columns={key: "value"}).assign(key=key))
+    return pd.concat(frames, ignore_index=True)[["file", "key", "value", "mean", "size"]]
+
+
+def error_shares(rows: pd.DataFrame) -> pd.DataFrame:
+    """(tp, hidden size, micro-batch) combinations by their share of the file's CV MAPE.
+
+    A small spread of predicted/measured inside a combination means the error is one
+    systematic offset per combination (kernel-level), not row noise."""
+    return ValidationReport(rows, []).cross_groups(["tp", "hidden_size", "micro_batch"])
+
+
+def contradicted(cal: Calibration) -> pd.DataFrame:
+    """Runs a neighbouring run contradicts (``vtrain_opt/consistency.py``): error that no
+    model taking at most c times as long for c times the work can remove."""
+    return validate(cal.predictor.measurements, cal.predictor, cal.profile).contradictions()
+
+
+def without(rows: pd.DataFrame, contra: pd.DataFrame) -> pd.DataFrame:
+    """The rows that are not contradicted."""
+    keep = ~rows.set_index(["file", "row"]).index.isin(contra.set_index(["file", "row"]).index)
+    return rows[keep]
+
+
+def cv_summary(folds: int, seed: int) -> dict[str, Any]:
+    """One fold seed's figures as plain numbers, per file name: CV MAPE, and without the
+    contradicted runs (a worker process of ``report.py`` returns it)."""
+    cal = a100_calibration(folds, seed)
+    rows = cv_rows(cal)
+    kept = without(rows, contradicted(cal))
+    return {
+        "cv": {Path(f).name: v for f, v in cal.record["cv"]["mape_pct"].items()},
+        "without": {Path(f).name: float(g["ape_pct"].mean()) for f, g in kept.groupby("file")},
+    }
+
+
+# ---- the NCCL sweeps and the published runs ----------------------------------------------
+def nccl_a100(profile: Any) -> pd.DataFrame:
+    """MAPE % of the intra-node all-reduce model per group size and message-size band."""
+    return error_table(read_sweeps(SHARED / "nccl", "a100"), profile, get_cluster("a100-80gb"))
+
+
+def nccl_v100() -> pd.DataFrame:
+    """The same for the shipped V100 profile on the DGX-1 (hybrid cube-mesh) sweeps."""
+    v100 = read_sweeps(SHARED / "nccl", "v100")
+    return error_table(v100, load_profile("v100-32gb"), get_cluster("v100-32gb"))
+
+
+# ---- Hopper ------------------------------------------------------------------------------
+def hopper_results(folds: int = 5, seed: int = 0) -> dict[str, dict[str, Any]]:
+    """Per shipped Hopper profile: its one in-step parameter refitted k-fold (``cv``, the
+    CV ``ratio`` per row) and the profile as shipped (``shipped``, a ValidationReport)."""
+    out = {}
+    for name in HOPPER_PROFILES:
+        profile = load_profile(name)
+        cal = calibrate([H200_STEPS], HOPPER_SETUP, base=profile, folds=folds, seed=seed)
+        assert cal.cv is not None
+        out[name] = {
+            "cv": cal.cv,
+            "ratio": cal.cv.predicted_s / cal.predictor.measured_s,
+            "shipped": validate(cal.predictor.measurements, cal.predictor, profile),
+            "measurements": cal.predictor.measurements,
+        }
+    return out
+
+
+def megatron_list_on_h200(measurements: Any) -> ValidationReport:
+    """The H200 steps predicted with the Megatron op list (the default flags) and the
+    measured profile: what the prediction was before the torch op list."""
+    before = RunSetup(gpu="h200", dtype="bf16", attention="flash")
+    return validate(measurements, Predictor(measurements, before), load_profile("h200-measured"))
+
+
+# ---- the printout ------------------------------------------------------------------------
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--folds", type=int, default=5)
@@ -50,9 +161,8 @@ def main() -> None:
     if args.hopper_only:
         hopper(args.folds, args.seed)
         return
-    files = [SHARED / "measured" / "single_node.csv", SHARED / "measured" / "multi_node.csv"]
     t0 = time.perf_counter()
-    cal = calibrate(files, RunSetup(), nccl_dir=SHARED / "nccl", folds=args.folds, seed=args.seed)
+    cal = a100_calibration(args.folds, args.seed)
     elapsed = time.perf_counter() - t0
     rec = cal.record
     print(
@@ -64,30 +174,18 @@ def main() -> None:
             f"  {Path(f).name:16s} CV MAPE {rec['cv']['mape_pct'][f]:5.2f}%   "
             f"training MAPE {rec['train_mape_pct'][f]:5.2f}%"
         )
-    # groups of the cross-validated predictions
-    assert cal.cv is not None
-    m = cal.predictor.measurements
-    rows = m.rows.assign(predicted_s=cal.cv.predicted_s, measured_s=m.measured_s)
-    rows["ratio"] = rows["predicted_s"] / rows["measured_s"]
-    rows["model"] = "h" + rows["hidden_size"].astype(str) + "-l" + rows["num_layers"].astype(str)
+    rows = cv_rows(cal)
     print("  cross-validated groups off by more than 10% on average:")
-    found = False
-    for key in ("num_gpus", "tp", "pp", "micro_batch", "model"):
-        agg = rows.groupby(["file", key])["ratio"].agg(["mean", "size"]).reset_index()
-        for _, r in agg[(agg["mean"] - 1).abs() > 0.10].iterrows():
-            found = True
-            print(f"    {Path(r['file']).name}: {key}={r[key]}: {r['mean']:.2f}x (n={r['size']})")
-    if not found:
+    for _, r in biased_groups(rows).iterrows():
+        print(
+            f"    {Path(r['file']).name}: {r['key']}={r['value']}: {r['mean']:.2f}x (n={r['size']})"
+        )
+    if biased_groups(rows).empty:
         print("    none")
-    ape = np.abs(rows["ratio"] - 1) * 100
+    ape = rows["ape_pct"]
     print(f"  max CV error {ape.max():.1f}%; rows over 20%: {(ape > 20).sum()}")
-    # Where the error sits: (tp, hidden size, micro-batch) combinations by their share of the
-    # file's CV MAPE. A small spread of predicted/measured inside a combination means the
-    # error is one systematic offset per combination (kernel-level), not row noise.
-    rows["ape_pct"] = ape
-    agg = ValidationReport(rows, []).cross_groups(["tp", "hidden_size", "micro_batch"])
     print("  largest shares of CV MAPE by (tp, hidden size, micro-batch):")
-    for file, g in agg.groupby("file"):
+    for file, g in error_shares(rows).groupby("file"):
         items = [
             f"tp{r['tp']}/h{r['hidden_size']}/mb{r['micro_batch']}: {r['share_pct']:.2f} pts "
             f"({r['mean_ratio']:.2f}x, n={r['rows']}"
@@ -95,23 +193,19 @@ def main() -> None:
             for _, r in g.head(5).iterrows()
         ]
         print(f"    {Path(file).name}: " + "; ".join(items))
-    # runs a neighbouring run contradicts (vtrain_opt/consistency.py): error that no model
-    # taking at most c times as long for c times the work can remove
-    contra = validate(m, cal.predictor, cal.profile).contradictions()
+    contra = contradicted(cal)
     print("  measured runs their neighbours contradict:")
     for _, r in contra.iterrows():
         print(f"    {describe(r)}")
     if contra.empty:
         print("    none")
     else:
-        keep = ~rows.set_index(["file", "row"]).index.isin(contra.set_index(["file", "row"]).index)
-        for f, g in rows[keep].groupby("file"):
+        for f, g in without(rows, contra).groupby("file"):
             print(
                 f"  {Path(f).name} without them: CV MAPE {g['ape_pct'].mean():.2f}% ({len(g)} rows)"
             )
 
-    sweep = read_sweeps(SHARED / "nccl", "a100")
-    table = error_table(sweep, cal.profile, get_cluster("a100-80gb"))
+    table = nccl_a100(cal.profile)
     print("NCCL all-reduce (A100, 2-8 GPUs, 1 MiB-1 GiB), MAPE % by size band:")
     print(table.round(1).to_string(index=False))
     print(f"  mean over group sizes: {table['all'].mean():.2f}%")
@@ -123,8 +217,7 @@ def main() -> None:
         f"MAPE {pub_mape:.2f}%, predicted/published {pub['ratio'].min():.3f}-"
         f"{pub['ratio'].max():.3f}"
     )
-    v100 = read_sweeps(SHARED / "nccl", "v100")
-    vt = error_table(v100, load_profile("v100-32gb"), get_cluster("v100-32gb"))
+    vt = nccl_v100()
     print(
         "V100 (DGX-1 hybrid cube-mesh; the shipped profile's collective model, fitted on these "
         "sweeps): MAPE by group size "
@@ -135,28 +228,19 @@ def main() -> None:
 
 def hopper(folds: int, seed: int) -> None:
     """The shared H200 steps with the torch op list, per shipped Hopper profile."""
-    steps = SHARED / "hopper" / "h200_gpt_single_gpu.csv"
-    setup = RunSetup(gpu="h200", dtype="bf16", attention="flash", framework="torch",
-                     dropout=0.0, master_weights="none")  # fmt: skip
-    print(f"H200 steps ({steps.name}), --framework torch --dropout 0 --master-weights none:")
-    for name in ("h200", "h200-measured"):
-        profile = load_profile(name)
-        cal = calibrate([steps], setup, base=profile, folds=folds, seed=seed)
-        shipped = validate(cal.predictor.measurements, cal.predictor, profile)
-        cv = cal.cv
-        assert cv is not None
-        ratio = cv.predicted_s / cal.predictor.measured_s
+    print(f"H200 steps ({H200_STEPS.name}), --framework torch --dropout 0 --master-weights none:")
+    results = hopper_results(folds, seed)
+    for name, res in results.items():
+        shipped, ratio = res["shipped"], res["ratio"]
         memory = shipped.peak_memory() or {}
         print(
-            f"  {name:14s} {folds}-fold CV MAPE {cv.mape_pct:4.2f}% (max "
+            f"  {name:14s} {folds}-fold CV MAPE {res['cv'].mape_pct:4.2f}% (max "
             f"{np.abs(ratio - 1).max() * 100:.1f}%, predicted/measured {ratio.min():.3f}-"
             f"{ratio.max():.3f}); shipped: MAPE {shipped.mape_pct:.2f}%, max "
             f"{shipped.max_ape_pct:.1f}%; peak memory MAPE {memory.get('mape_pct', np.nan):.1f}%, "
             f"max {memory.get('max_ape_pct', np.nan):.1f}%"
         )
-    before = RunSetup(gpu="h200", dtype="bf16", attention="flash")
-    m = cal.predictor.measurements
-    old = validate(m, Predictor(m, before), load_profile("h200-measured"))
+    old = megatron_list_on_h200(results[HOPPER_PROFILES[-1]]["measurements"])
     print(
         f"  for comparison, the Megatron op list (default flags) with h200-measured: MAPE "
         f"{old.mape_pct:.1f}%, max {old.max_ape_pct:.1f}%"
