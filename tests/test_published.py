@@ -57,3 +57,19 @@ def test_hardware_flops_are_counted_as_the_paper_counts_them():
     b, s, n_layers, h, v = run.global_batch, 2048, run.num_layers, run.hidden_size, 51200
     flop = 96 * b * s * n_layers * h * h * (1 + s / (6 * h) + v / (16 * n_layers * h))
     assert row["predicted_tflops"] == pytest.approx(flop / time_s / run.num_gpus / 1e12, rel=1e-9)
+
+
+def test_interleaved_stages_are_tried_only_where_the_layers_divide():
+    plain = predict_published("a100-80gb")
+    interleaved = predict_published("a100-80gb", max_vpp=6)
+    assert (plain["vpp"] == 1).all()
+    pipelined = interleaved["pp"] > 1
+    # a run without pipeline stages keeps its figure; a pipelined one is never slower
+    assert (interleaved.loc[~pipelined, "vpp"] == 1).all()
+    assert np.array_equal(
+        interleaved.loc[~pipelined, "predicted_tflops"], plain.loc[~pipelined, "predicted_tflops"]
+    )
+    assert (interleaved["predicted_tflops"] >= plain["predicted_tflops"]).all()
+    for _, row in interleaved[pipelined].iterrows():
+        assert 1 <= row["vpp"] <= 6
+        assert row["num_layers"] % (row["pp"] * row["vpp"]) == 0

@@ -75,18 +75,22 @@ def predict_published(
     runs: tuple[PublishedRun, ...] = MEGATRON_2021,
     *,
     dp_overlap: bool = False,
+    max_vpp: int = 1,
 ) -> pd.DataFrame:
     """Each run's predicted hardware TFLOP/s per GPU at its fastest micro-batch that fits.
 
     One row per run: the run's columns, ``micro_batch`` (the one chosen), ``predicted_tflops``,
     ``ratio`` (predicted / published) and ``by_micro_batch`` ({mb: TFLOP/s} of every
-    micro-batch that divides the batch and fits).
+    micro-batch that divides the batch and fits). With ``max_vpp`` > 1 a pipelined run may
+    also use the interleaved schedule (1 to ``max_vpp`` model chunks per stage, where the
+    layers divide): the fastest of each micro-batch, and the one chosen in ``vpp``.
     """
     cluster = get_cluster("a100-80gb").with_overrides(inter_node_gbps=SELENE_INTER_NODE_GBPS)
     setup = Setup(dtype="fp16", attention="unfused")
     rows = []
     for run in runs:
         dp = run.num_gpus // (run.tp * run.pp)
+        chunks = [v for v in range(1, max_vpp + 1) if v == 1 or _interleaves(run, v)]
         plans = [
             ParallelPlan(
                 tp=run.tp,
@@ -96,22 +100,34 @@ def predict_published(
                 global_batch=run.global_batch,
                 recompute="full",
                 dp_overlap=dp_overlap,
+                vpp=v,
             )
+            for v in chunks
             for mb in MICRO_BATCHES
             if run.global_batch % (dp * mb) == 0
         ]
         df = simulate(run.model(), cluster, plans, profile=profile, setup=setup)
         df = df[df["feasible"]]
+        # the fastest schedule of each micro-batch (the first, vpp 1, on a tie)
+        df = df.sort_values("hw_tflops_per_gpu", ascending=False, kind="stable")
+        df = df.drop_duplicates("micro_batch")
         by_mb = dict(zip(df["micro_batch"].astype(int), df["hw_tflops_per_gpu"], strict=True))
+        vpp = dict(zip(df["micro_batch"].astype(int), df["vpp"].astype(int), strict=True))
         best = max(by_mb, key=by_mb.__getitem__) if by_mb else None
         predicted = by_mb[best] if best is not None else float("nan")
         rows.append(
             {
                 **asdict(run),
                 "micro_batch": best,
+                "vpp": vpp[best] if best is not None else None,
                 "predicted_tflops": predicted,
                 "ratio": predicted / run.tflops_per_gpu,
-                "by_micro_batch": by_mb,
+                "by_micro_batch": dict(sorted(by_mb.items())),
             }
         )
     return pd.DataFrame(rows)
+
+
+def _interleaves(run: PublishedRun, vpp: int) -> bool:
+    """Whether the run's stages can each hold ``vpp`` model chunks (interleaved 1F1B)."""
+    return run.pp > 1 and run.num_layers % (run.pp * vpp) == 0
