@@ -205,3 +205,29 @@ def test_fp8_gemm_of_a_measured_profile():
     assert float(ops8t.gemm_s(m, n, k, fp8=True)) == pytest.approx(0.4 * t16, rel=1e-6)
     # the other ops of an fp8 run are read from the bf16 tables
     assert float(ops8t.memory_s(1e8, 1, "layernorm")) == float(ops16.memory_s(1e8, 1, "layernorm"))
+
+
+def test_profiler_fp8_gemm_table_on_cpu_or_skipped_cleanly():
+    torch = pytest.importorskip("torch")
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    from vtrain_opt.profile_tables import parse_tables
+    from vtrain_opt.profiler.grid import grid_for
+    from vtrain_opt.profiler.ops import measure_fp8_gemm
+
+    grid = replace(grid_for("cpu", True), gemm=(64, 128), warmup=0, repeats=2, min_sample_s=1e-4)
+    steps: list[str] = []
+    table, note = measure_fp8_gemm(torch, torch.device("cpu"), grid, steps.append)
+    if table is None:  # this torch has no fp8 GEMM on the CPU: a note, no table
+        assert "not supported" in note or "has no" in note
+    else:
+        assert "_scaled_mm" in note and len(steps) == 8
+        assert np.all(np.array(table["time_s"], dtype=float) > 0)
+        parsed = parse_tables({"fp8": {"gemm": table}}, origin="test")
+        assert set(parsed) == {"fp8"}
+    old = SimpleNamespace(__version__="1.13")  # no float8 dtypes: skipped, with the reason
+    assert measure_fp8_gemm(old, None, grid, steps.append) == (
+        None,
+        "torch 1.13 has no float8_e4m3fn / _scaled_mm",
+    )

@@ -56,6 +56,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="a small grid (under a minute on a CPU): for tests and a first look",
     )
+    p.add_argument(
+        "--fp8",
+        action="store_true",
+        help="also time fp8 GEMMs (torch._scaled_mm, bf16 output) into an fp8 GEMM table for "
+        "--dtype fp8 simulations; skipped, with a note, where torch or the device has none",
+    )
     p.add_argument("--out", metavar="FILE", help="where to write the profile (profiles/NAME.json)")
     p.add_argument("--name", help="profile name (default: the --out file's stem)")
     p.add_argument(
@@ -251,7 +257,7 @@ def _measure(
 ) -> Profile:
     from vtrain_opt.profiler.collectives import group_sizes, measure_collectives
     from vtrain_opt.profiler.grid import grid_for
-    from vtrain_opt.profiler.ops import measure_ops
+    from vtrain_opt.profiler.ops import measure_fp8_gemm, measure_ops
     from vtrain_opt.profiler.writer import build_profile
 
     world = args.world_size or (torch.cuda.device_count() if kind == "cuda" else 1)
@@ -269,6 +275,10 @@ def _measure(
             bar.update(task, advance=1, description=what[:34])
 
         tables, notes = measure_ops(torch, device, dtype, grid, step, frameworks)
+        fp8_gemm = None
+        if args.fp8:
+            bar.update(task, description="fp8 GEMMs (torch._scaled_mm)")
+            fp8_gemm, notes["fp8_gemm"] = measure_fp8_gemm(torch, device, grid, step)
         host = _measure_host(torch, device, dtype, frameworks, step)
         instep_framework = "torch" if "torch" in frameworks else "megatron"
         bar.update(task, description="in-step GEMMs (torch.profiler)")
@@ -285,7 +295,7 @@ def _measure(
     profile = build_profile(
         name=args.name or out.stem,
         info=info,
-        tables={dtype: tables},
+        tables={dtype: tables, **({"fp8": {"gemm": fp8_gemm}} if fp8_gemm else {})},
         grid=grid,
         quick=args.quick,
         notes=notes,
@@ -354,6 +364,8 @@ def _argv(args: argparse.Namespace) -> list[str]:
             out += [f"--{key.replace('_', '-')}", str(value)]
     if args.quick:
         out.append("--quick")
+    if getattr(args, "fp8", False):
+        out.append("--fp8")
     return out
 
 

@@ -407,6 +407,43 @@ def _table(
     return out
 
 
+def measure_fp8_gemm(
+    torch: Any, device: Any, grid: Grid, on_step: OnStep
+) -> tuple[dict[str, Any] | None, str]:
+    """The fp8 GEMM table (``tables.fp8.gemm``: ``torch._scaled_mm`` of E4M3 operands, unit
+    scales, bf16 output, over the GEMM grid), or None with the reason where this torch or
+    device has no fp8 GEMM (before Hopper; an old torch)."""
+    fp8 = getattr(torch, "float8_e4m3fn", None)
+    scaled_mm = getattr(torch, "_scaled_mm", None)
+    if fp8 is None or scaled_mm is None:
+        return None, f"torch {torch.__version__} has no float8_e4m3fn / _scaled_mm"
+    bench = OpBench(torch, device, "bf16", grid, on_step, ("megatron",))
+    one = torch.ones((), device=device, dtype=torch.float32)
+
+    def operand(rows: int, cols: int) -> Any:
+        return bench._t(rows, cols).to(fp8)
+
+    def mm(a: Any, w: Any) -> Any:  # w is (n, k) row-major: w.t() is the column-major B
+        return scaled_mm(a, w.t(), scale_a=one, scale_b=one, out_dtype=torch.bfloat16)
+
+    try:
+        g0 = grid.gemm[0]
+        mm(operand(g0, g0), operand(g0, g0))
+    except (RuntimeError, NotImplementedError, TypeError) as e:
+        return None, f"torch._scaled_mm is not supported here: {str(e).splitlines()[0][:160]}"
+    g = grid.gemm
+    cell = Cell.empty((len(g),) * 3)
+    for i, m in enumerate(g):
+        for k_i, k in enumerate(g):
+            a = operand(m, k)
+            for j, n in enumerate(g):
+                w = operand(n, k)
+                t = bench._time(lambda a=a, w=w: mm(a, w), f"fp8 gemm {m}x{n}x{k}")
+                cell.put((i, j, k_i), t, f"{m}x{n}x{k}")
+    impl = "torch._scaled_mm (float8_e4m3fn operands, unit scales, bf16 output)"
+    return _table(("m", "n", "k"), (g, g, g), cell, {"impl": impl}), impl
+
+
 def measure_ops(
     torch: Any,
     device: Any,

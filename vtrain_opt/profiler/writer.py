@@ -67,6 +67,8 @@ def summarize(tables: dict[str, Any]) -> dict[str, float]:
     rate = flop / _times(g)
     out["gemm_best_flop_per_s"] = float(np.nanmax(rate))
     out["gemm_largest_flop_per_s"] = float(rate[-1, -1, -1])
+    if "attention_fwd" not in tables:  # an fp8 GEMM table alone
+        return out
     a = tables["attention_fwd"]
     bh, s, d = (_grid(a, x) for x in ("batch_heads", "seq", "head_dim"))
     # causal: half of 4*bh*s^2*d, as the simulator counts it
