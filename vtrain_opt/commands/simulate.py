@@ -27,6 +27,7 @@ from vtrain_opt.sim.measured import measured_coverage
 from vtrain_opt.sim.step import results_frame, simulate_arrays
 from vtrain_opt.sim.timeline import reference
 from vtrain_opt.spec.plan import RECOMPUTE_MODES, ParallelPlan, PlanBatch
+from vtrain_opt.spec.stages import accounted_split
 from vtrain_opt.units import format_duration
 
 
@@ -76,6 +77,30 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="virtual pipeline stages per GPU: interleaved 1F1B when > 1 (default 1)",
     )
     g.add_argument(
+        "--first-stage-layers",
+        type=positive_int,
+        metavar="N",
+        help="layers of the first pipeline stage; the other stages split the rest evenly "
+        "(Megatron-core's decoder_first_pipeline_num_layers; default: an even share)",
+    )
+    g.add_argument(
+        "--last-stage-layers",
+        type=positive_int,
+        metavar="N",
+        help="layers of the last pipeline stage (decoder_last_pipeline_num_layers)",
+    )
+    g.add_argument(
+        "--account-for-embedding-in-pipeline-split",
+        action="store_true",
+        help="count the embedding as a layer in the even split: the first stage holds one "
+        "layer fewer (Megatron-core's flag of that name)",
+    )
+    g.add_argument(
+        "--account-for-loss-in-pipeline-split",
+        action="store_true",
+        help="count the output head and loss as a layer: the last stage holds one layer fewer",
+    )
+    g.add_argument(
         "--zero",
         type=non_negative_int,
         default=0,
@@ -101,8 +126,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _plan(args: argparse.Namespace, global_batch: int, recompute: str) -> ParallelPlan:
+def _plan(args: argparse.Namespace, global_batch: int, recompute: str, layers: int) -> ParallelPlan:
     tp, pp = args.tp, args.pp
+    first, last = args.first_stage_layers or 0, args.last_stage_layers or 0
+    if args.account_for_embedding_in_pipeline_split or args.account_for_loss_in_pipeline_split:
+        first, last = accounted_split(
+            layers,
+            pp,
+            args.vpp,
+            embedding=args.account_for_embedding_in_pipeline_split,
+            loss=args.account_for_loss_in_pipeline_split,
+            first=first,
+            last=last,
+        )
     if args.dp is not None:
         dp = args.dp
         if args.num_gpus is not None and args.num_gpus != tp * pp * dp:
@@ -129,6 +165,8 @@ def _plan(args: argparse.Namespace, global_batch: int, recompute: str) -> Parall
         vpp=args.vpp,
         zero=args.zero,
         dp_overlap=not args.no_dp_overlap,
+        first_stage_layers=first,
+        last_stage_layers=last,
     )
 
 
@@ -139,7 +177,7 @@ def run(args: argparse.Namespace) -> int:
     if global_batch is None:
         raise ValueError(f"model {model.name!r} has no catalog global batch; give --global-batch")
     modes = RECOMPUTE_MODES if args.recompute == "auto" else (args.recompute,)
-    plans = [_plan(args, global_batch, mode) for mode in modes]
+    plans = [_plan(args, global_batch, mode, model.num_layers) for mode in modes]
     plans[0].validate(model)
     p0 = plans[0]
     check_torch_plan(

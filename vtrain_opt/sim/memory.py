@@ -48,8 +48,17 @@ class StageParams:
     output: np.ndarray  # local output layer (last stage): untied, or the tied copy when pp > 1
 
 
-def stage_params(model: ModelSpec, tp: np.ndarray, pp: np.ndarray) -> StageParams:
-    """Local parameter counts per stage under tensor and pipeline parallelism."""
+def stage_params(
+    model: ModelSpec,
+    tp: np.ndarray,
+    pp: np.ndarray,
+    layers: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+) -> StageParams:
+    """Local parameter counts per stage under tensor and pipeline parallelism.
+
+    ``layers``: the (first, middle, last) stages' layer counts (uneven stages,
+    ``spec.plan.stage_layer_counts``); default an even share of ``num_layers / pp``.
+    """
     t = np.asarray(tp, dtype=np.float64)
     p = np.asarray(pp)
     h, kvh, f = float(model.hidden_size), float(model.kv_hidden_size), float(model.ffn)
@@ -64,9 +73,12 @@ def stage_params(model: ModelSpec, tp: np.ndarray, pp: np.ndarray) -> StageParam
     final_norm = float(model.final_norm_params())
     per_stage_layers = model.num_layers / p
     body = per_stage_layers * layer
+    body_first = body_last = body
+    if layers is not None:
+        body_first, body, body_last = (n * layer for n in layers)
     single = p == 1
-    first = body + embedding + np.where(single, output + final_norm, 0.0)
-    last = np.where(single, first, body + output + final_norm)
+    first = body_first + embedding + np.where(single, output + final_norm, 0.0)
+    last = np.where(single, first, body_last + output + final_norm)
     return StageParams(
         layer=layer, first=first, middle=body, last=last, embedding=embedding, output=output
     )
@@ -175,8 +187,12 @@ def memory_per_gpu(
     num_microbatches: np.ndarray,
     params: StageParams | None = None,
     layer_bytes: tuple[np.ndarray, np.ndarray] | None = None,
+    layers: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
 ) -> MemoryBreakdown:
-    """Peak bytes on one GPU of the worst stage (the first or the last).
+    """Peak bytes on one GPU of the worst stage (the first or the last; with uneven
+    ``layers`` = (first, middle, last) stage layer counts, also the second stage, the
+    middle stage with the most micro-batches in flight; a stage's in-flight chunks hold
+    its layers / vpp each).
 
     ``params`` and ``layer_bytes`` (from ``stage_params`` and ``layer_activation_bytes``)
     may be passed in when the caller has them already.
@@ -188,6 +204,9 @@ def memory_per_gpu(
     p = np.asarray(pp)
     v = np.asarray(vpp)
     layers_per_chunk = model.num_layers / (p * v)
+    first_per_chunk = last_per_chunk = layers_per_chunk
+    if layers is not None:
+        first_per_chunk, last_per_chunk = layers[0] / v, layers[2] / v
     b, t = np.asarray(mb, dtype=np.float64), np.asarray(tp, dtype=np.float64)
     s, h, a = float(model.seq_length), float(model.hidden_size), float(setup.act_bytes)
     sbh = s * b * h
@@ -198,7 +217,7 @@ def memory_per_gpu(
     embed_act = np.where(sp, sbh / t, sbh) if setup.dropout_p(model) > 0 else 0.0
     # first stage: one embedding output per in-flight micro-batch (chunk 0 of each)
     first_act = (
-        first_chunks * layers_per_chunk * stored + embed_act * np.ceil(first_chunks / v) + transient
+        first_chunks * first_per_chunk * stored + embed_act * np.ceil(first_chunks / v) + transient
     )
     vocab_local = np.ceil(model.vocab_size / (128.0 * t)) * 128.0
     if setup.torch:
@@ -209,7 +228,7 @@ def memory_per_gpu(
         head_act = (
             a * np.where(sp, sbh / t, sbh) + (a + 4.0) * s * b * vocab_local
         )  # norm in, logits, fp32 CE
-    last_act = last_chunks * layers_per_chunk * stored + head_act + transient
+    last_act = last_chunks * last_per_chunk * stored + head_act + transient
     single = p == 1
     first_act = np.where(single, first_act + head_act, first_act)
 
@@ -225,10 +244,24 @@ def memory_per_gpu(
     first_total = first_states + first_act
     last_total = np.where(single, first_total, last_states + last_act)
     last_worse = last_total > first_total
+    total = np.maximum(first_total, last_total)
+    states = np.where(last_worse, last_states, first_states)
+    activations = np.where(last_worse, last_act, first_act)
+    worst = np.where(last_worse, p - 1, 0)
+    if layers is not None:  # the second stage (a middle one) may hold more than both
+        mid_act = in_flight(p, v, num_microbatches, np.ones_like(p)) * (layers[1] / v) * stored
+        mid_act = mid_act + transient
+        mid_states = state_bytes(params.middle, setup, zero, dp) + gather
+        mid_total = np.where(p >= 3, mid_states + mid_act, 0.0)
+        mid_worse = mid_total > total
+        total = np.maximum(total, mid_total)
+        states = np.where(mid_worse, mid_states, states)
+        activations = np.where(mid_worse, mid_act, activations)
+        worst = np.where(mid_worse, 1, worst)
     return MemoryBreakdown(
-        total_bytes=np.maximum(first_total, last_total) + reserved_bytes,
-        states_bytes=np.where(last_worse, last_states, first_states),
-        activations_bytes=np.where(last_worse, last_act, first_act),
+        total_bytes=total + reserved_bytes,
+        states_bytes=states,
+        activations_bytes=activations,
         reserved_bytes=reserved_bytes,
-        worst_stage=np.where(last_worse, p - 1, 0),
+        worst_stage=worst,
     )

@@ -34,6 +34,7 @@ from vtrain_opt.sim.fp8 import weight_cast_s
 from vtrain_opt.sim.memory import StageParams, layer_activation_bytes, stage_params
 from vtrain_opt.sim.ops import OpModel, members_per_domain
 from vtrain_opt.spec.plan import PlanBatch
+from vtrain_opt.spec.stages import chunk_layers, stage_layer_counts
 
 # Megatron-LM's default gradient bucket for overlapping the reduction with the backward.
 DP_BUCKET_PARAMS = 40e6
@@ -43,7 +44,7 @@ DP_BUCKET_PARAMS = 40e6
 class PlanCosts:
     """Per-plan costs shared by the closed forms and the reference replay; arrays (N,)."""
 
-    chunk_fwd_s: np.ndarray  # one model chunk (L/(pp*vpp) layers), forward, incl. overhead
+    chunk_fwd_s: np.ndarray  # one model chunk of a middle stage, forward, incl. overhead
     chunk_bwd_s: np.ndarray  # its backward, incl. recomputation
     # the same on a node of mean speed (no straggler factor): the stages off the critical path
     chunk_fwd_mean_s: np.ndarray
@@ -63,6 +64,13 @@ class PlanCosts:
     busy_recompute_s: np.ndarray
     busy_tp_comm_s: np.ndarray
     busy_overhead_s: np.ndarray
+    # one layer (forward, backward; at the last stage's pace and at the mean speed) and the
+    # per-micro-batch overhead of each chunk: uneven stages (``sim/uneven.py``)
+    layer_fwd_s: np.ndarray
+    layer_bwd_s: np.ndarray
+    layer_fwd_mean_s: np.ndarray
+    layer_bwd_mean_s: np.ndarray
+    microbatch_overhead_s: float
     # for the memory model
     params: StageParams
     layer_bytes: tuple[np.ndarray, np.ndarray]  # activation bytes per layer: stored, transient
@@ -188,7 +196,8 @@ def plan_costs(ctx: SimContext, batch: PlanBatch, m: np.ndarray | None = None) -
     embed_comm = gather(ec.embed_fwd_comm_s + ec.embed_bwd_comm_s)
 
     m = batch.num_microbatches.astype(np.float64) if m is None else m
-    layers_per_chunk = model.num_layers / (p * v)
+    n_first, n_mid, n_last = stage_layer_counts(batch, model.num_layers)
+    layers_per_chunk = n_mid / v
     # Megatron's per-micro-batch scheduling; a plain PyTorch loop's is in its host dispatch
     mb_overhead = 0.0 if setup.torch else profile.microbatch_overhead_s
     chunk_fwd = layers_per_chunk * layer_fwd + mb_overhead
@@ -198,7 +207,7 @@ def plan_costs(ctx: SimContext, batch: PlanBatch, m: np.ndarray | None = None) -
     c = p2p_costs(model, ops, batch.mb, t, d, p)
 
     # Busy time of the last stage per micro-batch (the single stage's when pp = 1).
-    stage_layers = model.num_layers / p
+    stage_layers = n_last
     busy_compute = (
         stage_layers * layer_compute + head_compute + np.where(single, embed_compute, 0.0)
     )
@@ -209,10 +218,28 @@ def plan_costs(ctx: SimContext, batch: PlanBatch, m: np.ndarray | None = None) -
     # ---- data-parallel gradient communication and optimizer, first and last stage -----------
     # The collectives depend only on (tp, pp, dp): computed once per distinct triple.
     key2 = (t.astype(np.int64) << 40) | (p.astype(np.int64) << 20) | d.astype(np.int64)
+    any_uneven = bool(batch.uneven.any())
+    if any_uneven:  # and the first and last stages' layers
+        tpd_codes, tpd = pd.factorize(key2, sort=False)
+        key2 = (
+            (tpd_codes.astype(np.int64) << 24)
+            | (batch.first.astype(np.int64) << 12)
+            | batch.last.astype(np.int64)
+        )
     codes2, uniq2 = pd.factorize(key2, sort=False)
     uniq2 = np.asarray(uniq2, dtype=np.int64)
+    if any_uneven:
+        u_first, u_last = (uniq2 >> 12) & 0xFFF, uniq2 & 0xFFF
+        uniq2 = np.asarray(tpd, dtype=np.int64)[uniq2 >> 24]
     u_t, u_p, u_d = uniq2 >> 40, (uniq2 >> 20) & 0xFFFFF, uniq2 & 0xFFFFF
-    u_params = stage_params(model, u_t, u_p)
+    if any_uneven:
+        u_layers = stage_layer_counts(
+            PlanBatch(tp=u_t, pp=u_p, dp=u_d, mb=1, gb=1, first=u_first, last=u_last),
+            model.num_layers,
+        )
+        u_params = stage_params(model, u_t, u_p, u_layers)
+    else:
+        u_params = stage_params(model, u_t, u_p)
     u_opt_scale = straggler_factor(profile.node_straggler, -(-(u_t * u_p * u_d) // gpn))
     domain = ctx.cluster.domain_gpus  # what the collectives see as one node
     u_per_node = members_per_domain(u_d, u_t, domain)
@@ -236,6 +263,22 @@ def plan_costs(ctx: SimContext, batch: PlanBatch, m: np.ndarray | None = None) -
     window_last = v * chunk_bwd + last_bwd
     step_first = v * (chunk_fwd_first + chunk_bwd_first) + first_fwd + first_bwd
     step_last = v * (chunk_fwd + chunk_bwd) + last_fwd + last_bwd
+    if any_uneven:  # the first and last stages' own layers
+        uneven = batch.uneven
+        lb_first = np.where(single, layer_bwd, layer_bwd_mean)
+        lf_first = np.where(single, layer_fwd, layer_fwd_mean)
+        window_first = np.where(uneven, n_first * lb_first + first_bwd, window_first)
+        window_last = np.where(uneven, n_last * layer_bwd + last_bwd, window_last)
+        step_first = np.where(
+            uneven,
+            n_first * (lf_first + lb_first) + v * mb_overhead + first_fwd + first_bwd,
+            step_first,
+        )
+        step_last = np.where(
+            uneven,
+            n_last * (layer_fwd + layer_bwd) + v * mb_overhead + last_fwd + last_bwd,
+            step_last,
+        )
 
     zero3 = batch.zero == 3
     any_zero3 = bool(zero3.any())
@@ -302,8 +345,42 @@ def plan_costs(ctx: SimContext, batch: PlanBatch, m: np.ndarray | None = None) -
         busy_recompute_s=busy_recompute,
         busy_tp_comm_s=busy_tp_comm,
         busy_overhead_s=busy_overhead,
+        layer_fwd_s=layer_fwd,
+        layer_bwd_s=layer_bwd,
+        layer_fwd_mean_s=layer_fwd_mean,
+        layer_bwd_mean_s=layer_bwd_mean,
+        microbatch_overhead_s=mb_overhead,
         params=StageParams(
             **{f.name: gather2(getattr(u_params, f.name)) for f in fields(StageParams)}
         ),
         layer_bytes=(gather(u_stored), gather(u_transient)),
     )
+
+
+def stage_chunk_times(
+    k: PlanCosts, batch: PlanBatch, num_layers: int, idx: np.ndarray, p: int, v: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Forward and backward time of model chunk j on stage i for one micro-batch, arrays
+    (p, v, len(idx)) for the plans ``idx`` (all with pipeline p and v virtual stages).
+
+    Stages run at the mean speed; the last stage's last chunk carries the slowest node's
+    extra time (as the closed forms carry it) and the head; the first stage's chunk 0 the
+    embedding."""
+    layers = {name: x[idx] for name, x in chunk_layers(batch, num_layers).items()}
+    grid = np.empty((p, v, len(idx)))
+    grid[:] = layers["middle"]
+    grid[0, :] = layers["first"]
+    grid[0, 0] = layers["first0"]
+    grid[p - 1, :] = layers["last"]
+    grid[p - 1, v - 1] = layers["last_end"]
+    ovh = k.microbatch_overhead_s
+    fwd = grid * k.layer_fwd_mean_s[idx] + ovh
+    bwd = grid * k.layer_bwd_mean_s[idx]
+    n_last = grid[p - 1].sum(axis=0)
+    fwd[p - 1, v - 1] += n_last * (k.layer_fwd_s[idx] - k.layer_fwd_mean_s[idx])
+    bwd[p - 1, v - 1] += n_last * (k.layer_bwd_s[idx] - k.layer_bwd_mean_s[idx])
+    fwd[0, 0] += k.first_fwd_s[idx]
+    bwd[0, 0] += k.first_bwd_s[idx]
+    fwd[p - 1, v - 1] += k.last_fwd_s[idx]
+    bwd[p - 1, v - 1] += k.last_bwd_s[idx]
+    return fwd, bwd

@@ -26,6 +26,7 @@ from vtrain_opt.sim.context import SimContext, make_context
 from vtrain_opt.sim.memory import memory_per_gpu
 from vtrain_opt.sim.plan_costs import PlanCosts, plan_costs
 from vtrain_opt.sim.schedule import pipeline_times
+from vtrain_opt.sim.uneven import uneven_pipeline_times
 from vtrain_opt.spec.hardware import ClusterSpec
 from vtrain_opt.spec.model import ModelSpec
 from vtrain_opt.spec.plan import (
@@ -38,6 +39,7 @@ from vtrain_opt.spec.plan import (
     torch_framework_violations,
 )
 from vtrain_opt.spec.setup import Setup
+from vtrain_opt.spec.stages import stage_layer_counts
 
 HOUR_S = 3600.0
 
@@ -115,6 +117,9 @@ def _simulate_valid(
             vpp=v,
             m=m,
         )
+        any_uneven = bool(batch.uneven.any())
+        if any_uneven:  # the slowest stage sets the pace: the schedule's exact recurrence
+            pipe = uneven_pipeline_times(k, batch, model.num_layers, m, pipe)
         tail_first = k.dp_first_s + k.optimizer_first_s
         tail_last = k.dp_last_s + k.optimizer_last_s
         has_sync = k.embedding_sync_s > 0
@@ -142,6 +147,7 @@ def _simulate_valid(
             num_microbatches=microbatches,
             params=k.params,
             layer_bytes=k.layer_bytes,
+            layers=stage_layer_counts(batch, model.num_layers) if any_uneven else None,
         )
         capacity = float(ctx.cluster.gpu.hbm_bytes)
         reason = np.where(mem.total_bytes > capacity, REASON_OOM, 0).astype(np.int16)

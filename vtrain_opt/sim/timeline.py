@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from vtrain_opt.sim.context import SimContext
-from vtrain_opt.sim.plan_costs import plan_costs
+from vtrain_opt.sim.plan_costs import plan_costs, stage_chunk_times
 from vtrain_opt.sim.taskgraph import TaskGraph
 from vtrain_opt.spec.plan import ParallelPlan, PlanBatch
 
@@ -189,6 +189,9 @@ def reference(ctx: SimContext, plan: ParallelPlan) -> ReferenceResult:
     bwd[0, 0] += float(k.first_bwd_s[0])
     fwd[p - 1, v - 1] += float(k.last_fwd_s[0])
     bwd[p - 1, v - 1] += float(k.last_bwd_s[0])
+    if plan.first_stage_layers or plan.last_stage_layers:  # uneven stages: chunk by chunk
+        f3, b3 = stage_chunk_times(k, batch, ctx.model.num_layers, np.array([0]), p, v)
+        fwd, bwd = f3[:, :, 0], b3[:, :, 0]
     first_tail = (float(k.dp_first_s[0]), float(k.optimizer_first_s[0]))
     last_tail = (float(k.dp_last_s[0]), float(k.optimizer_last_s[0]))
     # Middle stages hold fewer parameters than the first; their tails never bind, but they

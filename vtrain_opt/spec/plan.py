@@ -15,6 +15,7 @@ import pandas as pd
 
 from vtrain_opt.spec._check import as_int, positive_int
 from vtrain_opt.spec.model import ModelSpec
+from vtrain_opt.spec.stages import _chunks_fit, _split_adds_up, _stage_sum, stage_layer_counts
 
 RECOMPUTE_MODES = ("none", "selective", "full")
 # The columns that identify a plan in result tables (PlanBatch.to_frame adds num_microbatches).
@@ -30,6 +31,8 @@ PLAN_COLUMNS = (
     "vpp",
     "zero",
     "dp_overlap",
+    "first_stage_layers",
+    "last_stage_layers",
 )
 ZERO_STAGES = (0, 1, 2, 3)
 
@@ -71,9 +74,35 @@ def _rules() -> list[_Rule]:
             lambda b, m: m.ffn % np.maximum(b.tp, 1) != 0,
         ),
         _Rule(
+            "stage layers need pp > 1",
+            "first/last stage layers ({first_stage_layers}/{last_stage_layers}) need "
+            "pipeline parallelism pp > 1, got pp={pp}",
+            lambda b, m: b.uneven & (b.pp < 2),
+        ),
+        _Rule(
+            "stage layers out of range",
+            "first and last stage layers must be in [1, {layers}) (0: an even share), got "
+            "first={first_stage_layers} last={last_stage_layers}",
+            lambda b, m: (
+                (b.first < 0) | (b.last < 0) | (b.first >= m.num_layers) | (b.last >= m.num_layers)
+            ),
+        ),
+        _Rule(
+            "stage layers do not add up",
+            "stage layers do not add up to the layers ({layers}): {stage_sum}",
+            lambda b, m: b.uneven & ~_split_adds_up(b, m.num_layers),
+        ),
+        _Rule(
             "pp*vpp does not divide layers",
             "pipeline stages x virtual stages (pp={pp} x vpp={vpp}) must divide the layers ({layers})",
-            lambda b, m: m.num_layers % np.maximum(b.pp * b.vpp, 1) != 0,
+            lambda b, m: ~b.uneven & (m.num_layers % np.maximum(b.pp * b.vpp, 1) != 0),
+        ),
+        _Rule(
+            "vpp does not divide stage layers",
+            "with vpp={vpp} the middle stages' layers ({middle_layers}) must be a multiple of "
+            "vpp and the first/last stages ({first_stage_layers}/{last_stage_layers}) must "
+            "fill their vpp chunks (at most one chunk short, holding at least one layer)",
+            lambda b, m: b.uneven & ~_chunks_fit(b, m.num_layers),
         ),
         _Rule(
             "dp*mb does not divide global batch",
@@ -138,6 +167,10 @@ class ParallelPlan:
     vpp: int = 1  # virtual pipeline stages per GPU (interleaved 1F1B when > 1)
     zero: int = 0  # ZeRO stage (0 = none; 1 = distributed optimizer)
     dp_overlap: bool = True  # overlap the gradient reduction with the backward pass
+    # layers of the first / last pipeline stage; 0: an even share (the other stages split
+    # the rest evenly), as Megatron-core's decoder_first/last_pipeline_num_layers
+    first_stage_layers: int = 0
+    last_stage_layers: int = 0
 
     def __post_init__(self) -> None:
         for f in ("tp", "pp", "dp", "micro_batch", "global_batch", "vpp"):
@@ -162,7 +195,10 @@ class ParallelPlan:
         batch = PlanBatch.from_plans([self])
         for rule in _RULE_LIST:
             if bool(rule.broken(batch, model)[0]):
+                mid = stage_layer_counts(batch, model.num_layers)[1]
                 values = asdict(self) | {
+                    "stage_sum": _stage_sum(self, model.num_layers),
+                    "middle_layers": f"{mid[0]:g}",
                     "heads": model.num_attention_heads,
                     "kv_heads": model.kv_heads,
                     "ffn": model.ffn,
@@ -184,6 +220,8 @@ class ParallelPlan:
             extras.append("sp")
         if self.zero:
             extras.append(f"zero={self.zero}")
+        if self.first_stage_layers or self.last_stage_layers:
+            extras.append(f"stage_layers={self.first_stage_layers},{self.last_stage_layers}")
         extras.append(f"recompute={self.recompute}")
         return (
             f"tp={self.tp} pp={self.pp} dp={self.dp} mb={self.micro_batch} gb={self.global_batch} "
@@ -193,11 +231,17 @@ class ParallelPlan:
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> ParallelPlan:
         """From a dict with the field names (or the short aliases mb, gb, sp)."""
-        aliases = {"mb": "micro_batch", "gb": "global_batch", "sp": "sequence_parallel"}
+        aliases = {
+            "mb": "micro_batch",
+            "gb": "global_batch",
+            "sp": "sequence_parallel",
+            "first": "first_stage_layers",
+            "last": "last_stage_layers",
+        }
         kwargs: dict[str, Any] = {}
         for key, value in data.items():
             name = aliases.get(key, key)
-            if name in ("tp", "pp", "dp", "micro_batch", "global_batch", "vpp", "zero"):
+            if name in _INT_PLAN_FIELDS:
                 kwargs[name] = as_int("plan", name, value)
             elif name in ("sequence_parallel", "dp_overlap"):
                 kwargs[name] = _as_bool(name, value)
@@ -207,7 +251,8 @@ class ParallelPlan:
                 continue
             else:
                 raise ValueError(
-                    f"plan: unknown field {key!r}; allowed: tp, pp, dp, mb, gb, recompute, sp, vpp, zero, dp_overlap"
+                    f"plan: unknown field {key!r}; allowed: tp, pp, dp, mb, gb, recompute, sp, vpp, zero, dp_overlap, "
+                    "first_stage_layers, last_stage_layers"
                 )
         plan = cls(**kwargs)
         if "num_gpus" in data and as_int("plan", "num_gpus", data["num_gpus"]) != plan.num_gpus:
@@ -236,18 +281,34 @@ def _as_bool(name: str, value: Any) -> bool:
     raise ValueError(f"plan.{name}: {value!r} is not a boolean")
 
 
-_INT_FIELDS = ("tp", "pp", "dp", "mb", "gb", "vpp", "zero")
+_INT_FIELDS = ("tp", "pp", "dp", "mb", "gb", "vpp", "zero", "first", "last")
+_INT_PLAN_FIELDS = ("tp", "pp", "dp", "micro_batch", "global_batch", "vpp", "zero")
+_INT_PLAN_FIELDS += ("first_stage_layers", "last_stage_layers")
 _BOOL_FIELDS = ("sp", "dp_overlap")
 
 
 class PlanBatch:
     """N plans as a struct of arrays (each shape (N,)). Invalid plans are marked, not raised.
 
-    Columns: tp, pp, dp, mb (micro-batch), gb (global batch), vpp, zero (int64);
+    Columns: tp, pp, dp, mb (micro-batch), gb (global batch), vpp, zero, first and last
+    (the first/last stage's layers, 0: an even share) (int64);
     recompute (int8 code into RECOMPUTE_MODES); sp, dp_overlap (bool).
     """
 
-    __slots__ = ("dp", "dp_overlap", "gb", "mb", "pp", "recompute", "sp", "tp", "vpp", "zero")
+    __slots__ = (
+        "dp",
+        "dp_overlap",
+        "first",
+        "gb",
+        "last",
+        "mb",
+        "pp",
+        "recompute",
+        "sp",
+        "tp",
+        "vpp",
+        "zero",
+    )
 
     tp: np.ndarray
     pp: np.ndarray
@@ -259,6 +320,8 @@ class PlanBatch:
     recompute: np.ndarray
     sp: np.ndarray
     dp_overlap: np.ndarray
+    first: np.ndarray
+    last: np.ndarray
 
     def __init__(
         self,
@@ -273,6 +336,8 @@ class PlanBatch:
         vpp: Any = 1,
         zero: Any = 0,
         dp_overlap: Any = True,
+        first: Any = 0,
+        last: Any = 0,
     ) -> None:
         cols: dict[str, Any] = {
             "tp": tp,
@@ -285,6 +350,8 @@ class PlanBatch:
             "recompute": _recompute_codes(recompute),
             "sp": sp,
             "dp_overlap": dp_overlap,
+            "first": first,
+            "last": last,
         }
         n = max(np.size(v) for v in cols.values())
         for name, value in cols.items():
@@ -323,12 +390,17 @@ class PlanBatch:
             vpp=[p.vpp for p in plans],
             zero=[p.zero for p in plans],
             dp_overlap=[p.dp_overlap for p in plans],
+            first=[p.first_stage_layers for p in plans],
+            last=[p.last_stage_layers for p in plans],
         )
 
     @classmethod
     def from_frame(cls, df: pd.DataFrame) -> PlanBatch:
         """From a DataFrame with the batch's column names (missing optional ones take defaults)."""
         kwargs = {c: df[c].to_numpy() for c in cls.__slots__ if c in df.columns}
+        for name, col in (("first", "first_stage_layers"), ("last", "last_stage_layers")):
+            if col in df.columns and name not in kwargs:
+                kwargs[name] = df[col].to_numpy()
         if "recompute" in kwargs and kwargs["recompute"].dtype.kind in "OUS":
             kwargs["recompute"] = _recompute_codes(kwargs["recompute"])
         return cls(**kwargs)
@@ -348,6 +420,11 @@ class PlanBatch:
     @property
     def num_microbatches(self) -> np.ndarray:
         return self.gb // np.maximum(self.dp * self.mb, 1)
+
+    @property
+    def uneven(self) -> np.ndarray:
+        """Plans that set the first or the last stage's layers."""
+        return (self.first != 0) | (self.last != 0)
 
     def check(self, model: ModelSpec) -> np.ndarray:
         """Reason code per plan (0 = valid): the first rule each plan breaks."""
@@ -372,6 +449,8 @@ class PlanBatch:
             vpp=int(self.vpp[i]),
             zero=int(self.zero[i]),
             dp_overlap=bool(self.dp_overlap[i]),
+            first_stage_layers=int(self.first[i]),
+            last_stage_layers=int(self.last[i]),
         )
 
     def to_frame(self) -> pd.DataFrame:
@@ -392,6 +471,8 @@ class PlanBatch:
                 "vpp": self.vpp,
                 "zero": self.zero,
                 "dp_overlap": self.dp_overlap,
+                "first_stage_layers": self.first,
+                "last_stage_layers": self.last,
             }
         )
 
