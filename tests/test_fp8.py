@@ -231,3 +231,21 @@ def test_profiler_fp8_gemm_table_on_cpu_or_skipped_cleanly():
         None,
         "torch 1.13 has no float8_e4m3fn / _scaled_mm",
     )
+
+
+def test_sweep_scenarios_take_fp8_and_record_a_gpu_without_it(tmp_path):
+    from vtrain_opt.studies.sweep import build_search, run_scenario
+    from vtrain_opt.studies.sweepfile import load_sweep
+
+    f = tmp_path / "s.yaml"
+    f.write_text(
+        "name: fp8\nproduct:\n  gpu: [a100-80gb, h100-sxm]\nsearch:\n  model: llama3-8b\n"
+        "  tokens: 100B\n  dtype: fp8\n  fp8_recipe: current\n  max_gpus: 16\n"
+    )
+    a100, h100 = sorted(load_sweep(f).scenarios, key=lambda s: s.inputs["gpu"])
+    space, _, _ = build_search(h100.inputs, h100.model_spec)
+    setup = space.context(0).setup
+    assert (setup.dtype, setup.fp8_recipe) == ("fp8", "current")
+    record = run_scenario(a100)  # marked with the rule, never raised
+    assert record["status"] == "failed"
+    assert record["error"].endswith("a100-80gb has no fp8 peak; FP8 needs Hopper or Blackwell")

@@ -70,11 +70,12 @@ def build_search(
         for n in names
     ]
     setup = None
-    if "dtype" in inputs or "attention" in inputs:
+    if "dtype" in inputs or "attention" in inputs or "fp8_recipe" in inputs:
         default = make_context(model, gpus[0].cluster, gpus[0].profile).setup
         setup = Setup(
             dtype=inputs.get("dtype", default.dtype),
             attention=inputs.get("attention", default.attention),
+            fp8_recipe=inputs.get("fp8_recipe", "delayed"),
         )
     lo, hi = inputs.get("min_gpus"), inputs.get("max_gpus")
     if "num_gpus" in inputs:

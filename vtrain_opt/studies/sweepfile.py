@@ -21,7 +21,7 @@ relative to the sweep file), ``gpu`` (a name; a list of names searches them toge
 ``pp``, ``micro_batch``, ``recompute``, ``sequence_parallel``, ``vpp``, ``zero``,
 ``dp_overlap`` (one value or a list of candidates; in ``product`` a list of such), and
 ``seq_length``, ``price_per_gpu_hour``, ``gpus_per_node``, ``nvlink_domain``,
-``inter_node_gbps``, ``profile``, ``dtype``, ``attention``, ``strategy``, ``trials``,
+``inter_node_gbps``, ``profile``, ``dtype``, ``fp8_recipe``, ``attention``, ``strategy``, ``trials``,
 ``sampler``, ``seed``.
 
 Every mistake names the file, the line and the key. A scenario's id is a hash of its
@@ -46,7 +46,7 @@ from vtrain_opt.search.engine import OBJECTIVES, STRATEGIES
 from vtrain_opt.spec.hardware import gpu_names
 from vtrain_opt.spec.model import ModelSpec, load_model
 from vtrain_opt.spec.plan import RECOMPUTE_MODES
-from vtrain_opt.spec.setup import ATTENTION_KERNELS, DTYPES
+from vtrain_opt.spec.setup import ATTENTION_KERNELS, DTYPES, FP8_RECIPES
 from vtrain_opt.units import parse_budget, parse_count, parse_duration_s, parse_money_usd
 
 FORMAT = "vtrain_opt.sweep/1"
@@ -250,6 +250,7 @@ PARSERS: dict[str, Callable[[Any], Any]] = {
     "inter_node_gbps": _positive,
     "profile": _text,
     "dtype": _choice(DTYPES),
+    "fp8_recipe": _choice(FP8_RECIPES),
     "attention": _choice(ATTENTION_KERNELS),
     "strategy": _choice(STRATEGIES),
     "trials": _int,
