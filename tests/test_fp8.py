@@ -249,3 +249,22 @@ def test_sweep_scenarios_take_fp8_and_record_a_gpu_without_it(tmp_path):
     record = run_scenario(a100)  # marked with the rule, never raised
     assert record["status"] == "failed"
     assert record["error"].endswith("a100-80gb has no fp8 peak; FP8 needs Hopper or Blackwell")
+
+
+@pytest.mark.parametrize("edges", [(7, 7), (6, 8)])
+def test_fp8_weight_copies_and_casts_follow_uneven_stages(edges):
+    from vtrain_opt.sim.costs import straggler_factor
+
+    model = get_model("llama3-405b")  # Meta's split: 7 + 14 x 8 + 7 layers
+    p = plan(pp=16, dp=8, global_batch=64, first_stage_layers=edges[0], last_stage_layers=edges[1])
+    a, b = run(BF16, p, model=model), run(FP8, p, model=model)
+    gemm = model.layer_matmul_params() / 8
+    stage_layers = (*edges, (model.num_layers - sum(edges)) / 14)
+    diff = float(b["memory_states_bytes"][0] - a["memory_states_bytes"][0])
+    assert any(pytest.approx(2.0 * gemm * n) == diff for n in stage_layers)
+    # the weights' casts, with the step of the stage whose tail binds: its own layers
+    ctx = ctx_of(FP8, model=model)
+    scale = float(straggler_factor(ctx.profile.node_straggler, np.array([1024 / 8]))[0])
+    extra = float(b["optimizer_s"][0] - a["optimizer_s"][0])
+    casts = [scale * float(weight_cast_s(ctx.ops, np.array([n * gemm]), n)[0]) for n in edges]
+    assert any(pytest.approx(c, rel=1e-6) == extra for c in casts)

@@ -235,12 +235,15 @@ def memory_per_gpu(
     gather = np.where(np.asarray(zero) == 3, 2.0 * params.layer * setup.weight_bytes, 0.0)
     first_states = state_bytes(params.first, setup, zero, dp) + gather
     last_states = state_bytes(params.last, setup, zero, dp) + gather
+    # Transformer Engine's fp8 copy and transpose of every local GEMM weight of the stage,
+    # kept whole (not sharded by ZeRO); 0 outside fp8
+    stage_layers = (model.num_layers / p,) * 3 if layers is None else layers
+    fp8_copies = [
+        fp8_weight_copy_bytes(model, setup, t, n) if setup.fp8 else 0.0 for n in stage_layers
+    ]
     if setup.fp8:
-        # Transformer Engine's fp8 copy and transpose of every local GEMM weight of the
-        # stage, kept whole (not sharded by ZeRO)
-        fp8_copies = fp8_weight_copy_bytes(model, setup, t, model.num_layers / p)
-        first_states = first_states + fp8_copies
-        last_states = last_states + fp8_copies
+        first_states = first_states + fp8_copies[0]
+        last_states = last_states + fp8_copies[2]
     first_total = first_states + first_act
     last_total = np.where(single, first_total, last_states + last_act)
     last_worse = last_total > first_total
@@ -251,7 +254,7 @@ def memory_per_gpu(
     if layers is not None:  # the second stage (a middle one) may hold more than both
         mid_act = in_flight(p, v, num_microbatches, np.ones_like(p)) * (layers[1] / v) * stored
         mid_act = mid_act + transient
-        mid_states = state_bytes(params.middle, setup, zero, dp) + gather
+        mid_states = state_bytes(params.middle, setup, zero, dp) + gather + fp8_copies[1]
         mid_total = np.where(p >= 3, mid_states + mid_act, 0.0)
         mid_worse = mid_total > total
         total = np.maximum(total, mid_total)

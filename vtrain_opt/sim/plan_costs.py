@@ -197,7 +197,7 @@ def plan_costs(ctx: SimContext, batch: PlanBatch, m: np.ndarray | None = None) -
 
     m = batch.num_microbatches.astype(np.float64) if m is None else m
     n_first, n_mid, n_last = stage_layer_counts(batch, model.num_layers)
-    layers_per_chunk = n_mid / v
+    layers_per_chunk = n_mid / v if batch.any_uneven else model.num_layers / (p * v)
     # Megatron's per-micro-batch scheduling; a plain PyTorch loop's is in its host dispatch
     mb_overhead = 0.0 if setup.torch else profile.microbatch_overhead_s
     chunk_fwd = layers_per_chunk * layer_fwd + mb_overhead
@@ -218,7 +218,7 @@ def plan_costs(ctx: SimContext, batch: PlanBatch, m: np.ndarray | None = None) -
     # ---- data-parallel gradient communication and optimizer, first and last stage -----------
     # The collectives depend only on (tp, pp, dp): computed once per distinct triple.
     key2 = (t.astype(np.int64) << 40) | (p.astype(np.int64) << 20) | d.astype(np.int64)
-    any_uneven = bool(batch.uneven.any())
+    any_uneven = batch.any_uneven
     if any_uneven:  # and the first and last stages' layers
         tpd_codes, tpd = pd.factorize(key2, sort=False)
         key2 = (
@@ -338,8 +338,8 @@ def plan_costs(ctx: SimContext, batch: PlanBatch, m: np.ndarray | None = None) -
         p2p_s=c,
         dp_first_s=exposed_dp(u_params.first, window_first, step_first),
         dp_last_s=exposed_dp(u_params.last, window_last, step_last),
-        optimizer_first_s=optimizer(u_params.first),
-        optimizer_last_s=optimizer(u_params.last),
+        optimizer_first_s=optimizer(u_params.first, u_layers[0] if any_uneven else None),
+        optimizer_last_s=optimizer(u_params.last, u_layers[2] if any_uneven else None),
         embedding_sync_s=sync,
         busy_compute_s=busy_compute,
         busy_recompute_s=busy_recompute,
