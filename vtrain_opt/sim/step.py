@@ -117,7 +117,7 @@ def _simulate_valid(
             vpp=v,
             m=m,
         )
-        any_uneven = bool(batch.uneven.any())
+        any_uneven = batch.any_uneven
         if any_uneven:  # the slowest stage sets the pace: the schedule's exact recurrence
             pipe = uneven_pipeline_times(k, batch, model.num_layers, m, pipe)
         tail_first = k.dp_first_s + k.optimizer_first_s

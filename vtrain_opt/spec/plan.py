@@ -13,9 +13,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from vtrain_opt.spec import stages as _st
 from vtrain_opt.spec._check import as_int, positive_int
 from vtrain_opt.spec.model import ModelSpec
-from vtrain_opt.spec.stages import _chunks_fit, _split_adds_up, _stage_sum, stage_layer_counts
 
 RECOMPUTE_MODES = ("none", "selective", "full")
 # The columns that identify a plan in result tables (PlanBatch.to_frame adds num_microbatches).
@@ -77,32 +77,33 @@ def _rules() -> list[_Rule]:
             "stage layers need pp > 1",
             "first/last stage layers ({first_stage_layers}/{last_stage_layers}) need "
             "pipeline parallelism pp > 1, got pp={pp}",
-            lambda b, m: b.uneven & (b.pp < 2),
+            lambda b, m: _st._if_uneven(b, lambda: b.uneven & (b.pp < 2)),
         ),
         _Rule(
             "stage layers out of range",
             "first and last stage layers must be in [1, {layers}) (0: an even share), got "
             "first={first_stage_layers} last={last_stage_layers}",
-            lambda b, m: (
-                (b.first < 0) | (b.last < 0) | (b.first >= m.num_layers) | (b.last >= m.num_layers)
-            ),
+            lambda b, m: _st._if_uneven(b, lambda: _st._out_of_range(b, m.num_layers)),
         ),
         _Rule(
             "stage layers do not add up",
             "stage layers do not add up to the layers ({layers}): {stage_sum}",
-            lambda b, m: b.uneven & ~_split_adds_up(b, m.num_layers),
+            lambda b, m: _st._if_uneven(b, lambda: b.uneven & ~_st._split_adds_up(b, m.num_layers)),
         ),
         _Rule(
             "pp*vpp does not divide layers",
             "pipeline stages x virtual stages (pp={pp} x vpp={vpp}) must divide the layers ({layers})",
-            lambda b, m: ~b.uneven & (m.num_layers % np.maximum(b.pp * b.vpp, 1) != 0),
+            lambda b, m: (
+                (m.num_layers % np.maximum(b.pp * b.vpp, 1) != 0)
+                & _st._if_uneven(b, lambda: ~b.uneven, True)
+            ),
         ),
         _Rule(
             "vpp does not divide stage layers",
             "with vpp={vpp} the middle stages' layers ({middle_layers}) must be a multiple of "
             "vpp and the first/last stages ({first_stage_layers}/{last_stage_layers}) must "
             "fill their vpp chunks (at most one chunk short, holding at least one layer)",
-            lambda b, m: b.uneven & ~_chunks_fit(b, m.num_layers),
+            lambda b, m: _st._if_uneven(b, lambda: b.uneven & ~_st._chunks_fit(b, m.num_layers)),
         ),
         _Rule(
             "dp*mb does not divide global batch",
@@ -195,9 +196,9 @@ class ParallelPlan:
         batch = PlanBatch.from_plans([self])
         for rule in _RULE_LIST:
             if bool(rule.broken(batch, model)[0]):
-                mid = stage_layer_counts(batch, model.num_layers)[1]
+                mid = _st.stage_layer_counts(batch, model.num_layers)[1]
                 values = asdict(self) | {
-                    "stage_sum": _stage_sum(self, model.num_layers),
+                    "stage_sum": _st._stage_sum(self, model.num_layers),
                     "middle_layers": f"{mid[0]:g}",
                     "heads": model.num_attention_heads,
                     "kv_heads": model.kv_heads,
@@ -262,22 +263,16 @@ class ParallelPlan:
         return plan
 
 
+_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+
+
 def _as_bool(name: str, value: Any) -> bool:
     if isinstance(value, (bool, np.bool_)):
         return bool(value)
     if isinstance(value, (int, np.integer)) and value in (0, 1):
         return bool(value)
-    if isinstance(value, str) and value.lower() in (
-        "true",
-        "false",
-        "yes",
-        "no",
-        "on",
-        "off",
-        "1",
-        "0",
-    ):
-        return value.lower() in ("true", "yes", "on", "1")
+    if isinstance(value, str) and value.lower() in _TRUE + _FALSE:
+        return value.lower() in _TRUE
     raise ValueError(f"plan.{name}: {value!r} is not a boolean")
 
 
@@ -420,6 +415,10 @@ class PlanBatch:
     @property
     def num_microbatches(self) -> np.ndarray:
         return self.gb // np.maximum(self.dp * self.mb, 1)
+
+    @property
+    def any_uneven(self) -> bool:
+        return bool(self.first.any() or self.last.any())
 
     @property
     def uneven(self) -> np.ndarray:

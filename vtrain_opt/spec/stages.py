@@ -9,9 +9,15 @@ for an even share. The functions take a ``PlanBatch`` (or a ``ParallelPlan``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+
+
+def _if_uneven(b: Any, mask: Callable[[], Any], even: bool = False) -> Any:
+    """``mask()`` where the batch has uneven stages, else ``even`` (skips the work)."""
+    return mask() if b.any_uneven else np.broadcast_to(np.bool_(even), (len(b.pp),))
 
 
 def stage_layer_counts(batch: Any, num_layers: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -22,6 +28,9 @@ def stage_layer_counts(batch: Any, num_layers: int) -> tuple[np.ndarray, np.ndar
     The middle count may be fractional for a plan that breaks the rules.
     """
     p = batch.pp.astype(np.float64)
+    if not batch.any_uneven:
+        even = num_layers / np.maximum(p, 1)
+        return even, even, even
     f, last = batch.first.astype(np.float64), batch.last.astype(np.float64)
     rest_stages = p - (f > 0) - (last > 0)
     rest = num_layers - f - last
@@ -43,6 +52,10 @@ def _stage_sum(plan: Any, num_layers: int) -> str:
         f"{given} leaves {rest} layers for the other {rest_stages} stages "
         f"({rest / rest_stages:g} each, not a whole number of at least 1)"
     )
+
+
+def _out_of_range(b: Any, num_layers: int) -> np.ndarray:
+    return (b.first < 0) | (b.last < 0) | (b.first >= num_layers) | (b.last >= num_layers)
 
 
 def _split_adds_up(b: Any, num_layers: int) -> np.ndarray:
