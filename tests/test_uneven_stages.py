@@ -194,3 +194,86 @@ def test_account_flags_simulate(capsys):
     data = json.loads(capsys.readouterr().out)
     text = json.dumps(data)
     assert "15" in text
+
+
+# ---- search ----------------------------------------------------------------------------------
+def _space(**kw):
+    from vtrain_opt.search import SearchSpace
+
+    base = dict(
+        min_gpus=8192,
+        max_gpus=8192,
+        global_batch=2048,
+        tp=8,
+        micro_batch=1,
+        recompute="full",
+        sequence_parallel=True,
+        zero=1,
+    )
+    return SearchSpace.create(L405, ["h100-sxm"], **base | kw)
+
+
+def test_space_auto_split_finds_meta_plan():
+    s = _space(stage_layers="auto")
+    assert 16 in s.pp and 1 in s.pp  # pp 16 only with an uneven split; pp 1 even
+    b = s.plans(0)
+    cols = zip(b.pp, b.vpp, b.first, b.last, strict=True)
+    combos = {(int(p), int(v), int(f), int(x)) for p, v, f, x in cols}
+    assert (16, 1, 7, 7) in combos and (16, 2, 7, 7) in combos and (1, 1, 0, 0) in combos
+    assert (8, 1, 15, 15) in combos  # 15 + 6 x 16 + 15
+    assert (b.check(L405) == 0).all()
+    frame = b.to_frame()
+    assert not frame.duplicated().any()  # no split tried twice
+    assert s.to_dict()["stage_layers"] == "auto"
+    assert "stage_layers" not in _space().to_dict()  # even spaces keep their fingerprint
+
+
+def test_space_fixed_split_and_errors():
+    s = _space(stage_layers=[7, 7])
+    # the pipelines where 7 + 7 leaves whole middle stages: 112 / (pp - 2) layers each
+    assert 16 in s.pp and s.pp == tuple(p for p in range(3, 115) if 112 % (p - 2) == 0)
+    assert set(s.plans(0).first.tolist()) == {7}
+    with pytest.raises(ValueError, match="stage_layers"):
+        _space(stage_layers="uneven")
+    with pytest.raises(ValueError, match=r"space\.pp: 5 allows no pipeline split"):
+        _space(stage_layers="7,7", pp=[5, 16])
+
+
+def test_space_file_stage_layers():
+    from vtrain_opt.search.spacefile import SpaceFileError, parse_space
+
+    text = """space:
+  model: llama3.1-405b
+  gpus: [h100-sxm]
+  num_gpus: {min: 8192, max: 8192}
+  global_batch: 2048
+  tp: 8
+  micro_batch: 1
+  stage_layers: STAGES
+"""
+    assert parse_space(text.replace("STAGES", "auto"), "s.yaml").stage_layers == "auto"
+    assert parse_space(text.replace("STAGES", "[7, 7]"), "s.yaml").stage_layers == "7,7"
+    with pytest.raises(SpaceFileError) as e:
+        parse_space(text.replace("STAGES", "sometimes"), "s.yaml")
+    assert str(e.value).startswith("s.yaml:8: space.stage_layers:"), str(e.value)
+
+
+def test_search_stage_layers_results_carry_the_split(capsys, tmp_path):
+    import json
+
+    argv = [
+        "search", "--model", "llama3.1-405b", "--gpu", "h100-sxm", "--min-gpus", "8192",
+        "--max-gpus", "8192", "--global-batch", "2048", "--tp", "8", "--micro-batch", "1",
+        "--pp", "8,16", "--vpp", "1", "--recompute", "full", "--sequence-parallel", "on",
+        "--zero", "1", "--stage-layers", "auto", "--tokens", "15T",
+        "--strategy", "exhaustive", "--json", "--out", str(tmp_path / "r"),
+    ]  # fmt: skip
+    assert main(argv) == 0
+    doc = json.loads(capsys.readouterr().out)
+    best = doc["best_time"]
+    assert "first_stage_layers" in best and "last_stage_layers" in best
+    assert (best["pp"], best["first_stage_layers"]) in ((8, 15), (16, 7))
+    # Optuna samples even splits only: refused, one line
+    assert main([*argv[:-5], "--strategy", "optuna", "--trials", "5"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--strategy exhaustive" in err and len(err.splitlines()) == 1

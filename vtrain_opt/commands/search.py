@@ -91,6 +91,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     g.add_argument("--sequence-parallel", choices=("on", "off", "both"), help="default: both")
     g.add_argument("--dp-overlap", choices=("on", "off", "both"), help="default: on")
+    g.add_argument(
+        "--stage-layers",
+        metavar="even|auto|F,L",
+        help="pipeline split: even (default), auto (even and uneven variants: first/last "
+        "stages one or two layers lighter than the middle) or F,L (first and last stage "
+        "layers, 0 for an even share); results carry first_stage_layers, last_stage_layers",
+    )
 
     c = p.add_argument_group("cluster and device (one GPU type; several: use a space file)")
     c.add_argument("--price-per-gpu-hour", type=price, metavar="USD", help="USD per GPU-hour")

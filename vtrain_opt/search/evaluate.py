@@ -51,7 +51,10 @@ class Evaluated:
         """Plan columns in PLAN_KEY order, for deterministic ordering."""
         b = self.batch
         g = np.full(b.n, self.gpu_index, dtype=np.int64)
-        return [g, b.tp, b.pp, b.dp, b.mb, b.gb, b.recompute, b.sp, b.vpp, b.zero, b.dp_overlap]
+        return [
+            *(g, b.tp, b.pp, b.dp, b.mb, b.gb, b.recompute, b.sp, b.vpp, b.zero, b.dp_overlap),
+            *(b.first, b.last),
+        ]
 
 
 def evaluate(
@@ -97,6 +100,8 @@ def rows(
         "vpp": b.vpp[idx],
         "zero": b.zero[idx],
         "dp_overlap": b.dp_overlap[idx],
+        "first_stage_layers": b.first[idx],
+        "last_stage_layers": b.last[idx],
     }
     for name, arr in ev.cols.items():
         if name not in ("reason_code", "feasible"):

@@ -48,7 +48,8 @@ def evaluate_chunk(
 
 def raw_size(space: SearchSpace) -> int:
     """Core rows x extras: an upper bound of the space's size, known without enumerating."""
-    return sum(len(space.core(g)["tp"]) for g in range(len(space.gpus))) * len(space.extras["vpp"])
+    extras = len(space.extras["vpp"]) * space.split_count
+    return sum(len(space.core(g)["tp"]) for g in range(len(space.gpus))) * extras
 
 
 def run_exhaustive(
@@ -61,7 +62,7 @@ def run_exhaustive(
     keep_all_max: int = KEEP_ALL_MAX,
 ) -> Partial:
     """Evaluate the whole space on ``backend``; chunks are spread over its workers."""
-    ex = len(space.extras["vpp"])
+    ex = len(space.extras["vpp"]) * space.split_count
     raw = raw_size(space)
     chunk_plans = CHUNK_PLANS
     if backend.workers > 1:  # at least two chunks per worker, so that all of them work

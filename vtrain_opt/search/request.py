@@ -67,6 +67,7 @@ class SearchRequest:
     recompute: list[str] | None = None
     sequence_parallel: str | None = None  # on, off or both
     dp_overlap: str | None = None  # on, off or both
+    stage_layers: str | None = None  # even, auto or F,L
     # cluster and device (one GPU type)
     price_per_gpu_hour: float | None = None
     gpus_per_node: int | None = None
@@ -138,6 +139,11 @@ def run_search(
     strategy = req.strategy
     if strategy == "auto":
         strategy = "exhaustive" if raw <= AUTO_EXHAUSTIVE_MAX else "optuna"
+    if strategy == "optuna" and narrowed.stage_layers != "even":
+        raise ValueError(
+            f"stage_layers {narrowed.stage_layers}: the Optuna strategy samples even pipeline "
+            f"splits only; search this space with --strategy exhaustive ({raw:,} plans at most)"
+        )
     ray_address = cluster_address(req.ray_address)  # RAY_ADDRESS counts as the flag
     workers = req.workers
     if workers == "auto":
@@ -253,6 +259,7 @@ def build_space(req: SearchRequest) -> SearchSpace:
         "zero": req.zero,
         "sequence_parallel": _switch(req.sequence_parallel),
         "dp_overlap": _switch(req.dp_overlap),
+        "stage_layers": req.stage_layers,
     }
     setup = None
     check_torch_plan(

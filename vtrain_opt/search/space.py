@@ -26,11 +26,13 @@ from typing import Any
 import numpy as np
 
 from vtrain_opt.profiles import load_profile
+from vtrain_opt.search.space_rules import check_values, split_ok, tp_ok
 from vtrain_opt.sim.step import SimContext, make_context
 from vtrain_opt.spec.hardware import ClusterSpec, cluster_for_profile, get_cluster, gpu_names
 from vtrain_opt.spec.model import ModelSpec
 from vtrain_opt.spec.plan import RECOMPUTE_MODES, PlanBatch
 from vtrain_opt.spec.setup import Setup
+from vtrain_opt.spec.stages import parse_stage_layers, split_variants
 
 # Raw (core x extras) combinations per enumeration chunk: bounds memory (the simulator's
 # outputs are ~30 float64 columns per plan, so 2**18 plans are ~60 MB).
@@ -112,6 +114,8 @@ class SearchSpace:
     zero: tuple[int, ...]
     dp_overlap: tuple[bool, ...]
     tokens: float | None = None  # the default amount of work, if the space names one
+    # the pipeline split: 'even', 'auto' (even and four uneven variants) or 'F,L'
+    stage_layers: str = "even"
     setup: Setup | None = None  # None: each GPU's default (bf16 + flash where supported)
     name: str = ""
     description: str = field(default="", compare=False)
@@ -131,7 +135,8 @@ class SearchSpace:
         for dim in ("global_batch", *DIMENSIONS):
             if not getattr(self, dim):
                 raise ValueError(f"space.{dim}: the candidate list is empty")
-        _check_values(self)
+        object.__setattr__(self, "stage_layers", parse_stage_layers(self.stage_layers))
+        check_values(self)
         for g in self.gpus:
             step = self.step_of(g)
             if self.max_gpus // step * step < self.min_gpus:
@@ -164,6 +169,7 @@ class SearchSpace:
         setup: Setup | None = None,
         name: str = "",
         description: str = "",
+        stage_layers: str | Sequence[int] | None = None,
     ) -> SearchSpace:
         """A space with every unset dimension at its default (see docs/spaces.md).
 
@@ -174,8 +180,11 @@ class SearchSpace:
         recompute mode; sequence parallelism on and off; vpp 1 and each of 2..8 that some
         pp allows; ZeRO 0 to 3; gradient reduction overlapped. A plain PyTorch setup
         (framework 'torch') has no model parallelism: tp, pp and vpp default to 1 and
-        sequence parallelism to off.
+        sequence parallelism to off. ``stage_layers`` ('even', 'auto', 'F,L' or [F, L]):
+        the pipeline split (``spec.stages.split_variants``); with a split other than even,
+        the default pp and vpp are the values some variant of it allows.
         """
+        split = parse_stage_layers("even" if stage_layers is None else stage_layers)
         if setup is not None and setup.torch:
             tp = 1 if tp is None else tp
             pp = 1 if pp is None else pp
@@ -195,9 +204,15 @@ class SearchSpace:
         max_n = DEFAULT_MAX_GPUS if max_gpus is None else int(max_gpus)
         min_n = int(min_gpus) if min_gpus is not None else 1
         if tp is None:
-            tp = [t for t in _powers_of_two(domain) if _tp_ok(model, t)]
+            tp = [t for t in _powers_of_two(domain) if tp_ok(model, t)]
         if pp is None:
             pp = [p for p in _divisors(model.num_layers) if p <= max_n]
+            if split != "even":
+                pp = [
+                    p
+                    for p in range(1, min(max_n, model.num_layers) + 1)
+                    if split_ok(model, split, p, 1)
+                ]
         pps = _tuple(pp, int)
         if micro_batch is None:
             micro_batch = _powers_of_two(max(gbs))
@@ -206,11 +221,10 @@ class SearchSpace:
         if sequence_parallel is None:
             sequence_parallel = (False, True)
         if vpp is None:
-            layers = model.num_layers
             vpp = [1] + [
                 v
                 for v in range(2, DEFAULT_MAX_VPP + 1)
-                if any(p > 1 and layers % (p * v) == 0 for p in pps)
+                if any(p > 1 and split_ok(model, split, p, v) for p in pps)
             ]
         if zero is None:
             zero = (0, 1, 2, 3)
@@ -235,6 +249,7 @@ class SearchSpace:
             setup=setup,
             name=name or model.name,
             description=description,
+            stage_layers=split,
         )
 
     def with_changes(self, **changes: Any) -> SearchSpace:
@@ -248,6 +263,11 @@ class SearchSpace:
                 kept[key] = _tuple(kept[key], bool)
         if "recompute" in kept:
             kept["recompute"] = _tuple(kept["recompute"], str)
+        if "stage_layers" in kept:
+            kept["stage_layers"] = split = parse_stage_layers(kept["stage_layers"])
+            model = kept.get("model", self.model)
+            if "pp" not in kept:  # the pipeline sizes the new split allows
+                kept["pp"] = tuple(p for p in self.pp if split_ok(model, split, p, 1))
         return replace(self, **kept)
 
     # ---- what the space is ----------------------------------------------------------------
@@ -280,6 +300,8 @@ class SearchSpace:
             **{d: list(getattr(self, d)) for d in DIMENSIONS},
             "tokens": self.tokens,
             "setup": None if self.setup is None else _setup_dict(self.setup),
+            # only when not even: the fingerprints of earlier spaces stay
+            **({} if self.stage_layers == "even" else {"stage_layers": self.stage_layers}),
         }
 
     def fingerprint(self) -> str:
@@ -352,7 +374,7 @@ class SearchSpace:
 
     def chunks(self, chunk_plans: int = CHUNK_PLANS) -> list[tuple[int, int, int]]:
         """Deterministic (gpu_index, first core row, end core row) ranges of bounded size."""
-        e = len(self.extras["vpp"])
+        e = len(self.extras["vpp"]) * self.split_count
         rows = max(1, chunk_plans // e)
         out: list[tuple[int, int, int]] = []
         for g in range(len(self.gpus)):
@@ -371,14 +393,21 @@ class SearchSpace:
         stop = len(core["tp"]) if stop is None else stop
         shape, free = self._shape_extras, self._free_extras
         k, ns, nf = stop - start, len(shape["vpp"]), len(free["recompute"])
-        probe = PlanBatch(
+        cols = {
             **{name: np.repeat(arr[start:stop], ns) for name, arr in core.items()},
             **{name: np.tile(arr, k) for name, arr in shape.items()},
-            recompute=free["recompute"][0],
-            dp_overlap=free["dp_overlap"][0],
-        )
+        }
+        names: tuple[str, ...] = (*core, *shape)
+        if self.stage_layers != "even":  # each (pp, vpp) with its split variants
+            variants = split_variants(
+                self.stage_layers, self.model.num_layers, cols["pp"], cols["vpp"]
+            )
+            cols = {name: np.tile(arr, len(variants)) for name, arr in cols.items()}
+            cols["first"] = np.concatenate([f for f, _ in variants])
+            cols["last"] = np.concatenate([last for _, last in variants])
+            names = (*names, "first", "last")
+        probe = PlanBatch(**cols, recompute=free["recompute"][0], dp_overlap=free["dp_overlap"][0])
         idx = np.flatnonzero(self.member_mask(gpu_index, probe))
-        names = (*core, *shape)
         batch = PlanBatch(
             **{name: np.repeat(getattr(probe, name)[idx], nf) for name in names},
             **{name: np.tile(arr, idx.size) for name, arr in free.items()},
@@ -410,6 +439,11 @@ class SearchSpace:
 
     def __len__(self) -> int:
         return self.size
+
+    @property
+    def split_count(self) -> int:
+        """Pipeline splits tried per (pp, vpp): 1, or 5 for stage_layers 'auto'."""
+        return 5 if self.stage_layers == "auto" else 1
 
     def candidate_dp(self) -> tuple[int, ...]:
         """Data-parallel sizes that can occur: divisors of some global batch, within range."""
@@ -454,34 +488,3 @@ def _setup_dict(setup: Setup) -> dict[str, Any]:
         if getattr(setup, key) != getattr(defaults, key):
             out[key] = getattr(setup, key)
     return out
-
-
-def _tp_ok(model: ModelSpec, tp: int) -> bool:
-    return model.num_attention_heads % tp == 0 and model.kv_heads % tp == 0 and model.ffn % tp == 0
-
-
-def _check_values(space: SearchSpace) -> None:
-    """Candidate values that can never form a valid plan are errors, not silent no-ops."""
-    m = space.model
-    for gb in space.global_batch:
-        if gb < 1:
-            raise ValueError(f"space.global_batch: must be positive, got {gb}")
-    for t in space.tp:
-        if t < 1 or not _tp_ok(m, t):
-            raise ValueError(
-                f"space.tp: {t} must divide the heads ({m.num_attention_heads}), "
-                f"kv heads ({m.kv_heads}) and ffn ({m.ffn}) of {m.name}"
-            )
-    for p in space.pp:
-        if p < 1 or m.num_layers % p:
-            raise ValueError(f"space.pp: {p} must divide the layers ({m.num_layers}) of {m.name}")
-    for key in ("micro_batch", "vpp"):
-        for v in getattr(space, key):
-            if v < 1:
-                raise ValueError(f"space.{key}: must be positive, got {v}")
-    for r in space.recompute:
-        if r not in RECOMPUTE_MODES:
-            raise ValueError(f"space.recompute: {r!r} is not one of {', '.join(RECOMPUTE_MODES)}")
-    for z in space.zero:
-        if z not in (0, 1, 2, 3):
-            raise ValueError(f"space.zero: {z!r} is not one of 0, 1, 2, 3")

@@ -36,6 +36,7 @@ from vtrain_opt.search.space import DIMENSIONS, SearchSpace, gpu_choice
 from vtrain_opt.spec.model import ModelSpec, get_model
 from vtrain_opt.spec.plan import RECOMPUTE_MODES
 from vtrain_opt.spec.setup import Setup
+from vtrain_opt.spec.stages import parse_stage_layers
 from vtrain_opt.units import parse_count, parse_money_usd
 
 _KEYS = (
@@ -54,6 +55,7 @@ _KEYS = (
     "dropout",
     "master_weights",
     "fp8_recipe",
+    "stage_layers",
 )
 _GPU_KEYS = (
     "name",
@@ -196,6 +198,13 @@ class _Builder:
         for dim in ("sequence_parallel", "dp_overlap"):
             if dim in s and s[dim] != "both":
                 kwargs[dim] = self.bool_list(f"space.{dim}", s[dim])
+        if "stage_layers" in s:
+            try:
+                kwargs["stage_layers"] = parse_stage_layers(s["stage_layers"])
+            except ValueError as e:
+                raise self.fail(
+                    "space.stage_layers", str(e).removeprefix("stage_layers: ")
+                ) from None
         setup_keys = ("dtype", "attention", "framework", "dropout", "master_weights", "fp8_recipe")
         if any(k in s for k in setup_keys):
             dropout = s.get("dropout")

@@ -117,6 +117,8 @@ def plan_options(row: pd.Series) -> str:
         parts.append(f"z{int(row['zero'])}")
     if not bool(row["dp_overlap"]):
         parts.append("no-overlap")
+    if int(row.get("first_stage_layers", 0)) or int(row.get("last_stage_layers", 0)):
+        parts.append(f"stages {int(row['first_stage_layers'])}/{int(row['last_stage_layers'])}")
     return " ".join(parts)
 
 

@@ -128,3 +128,60 @@ def accounted_split(
         )
     per = total // pp
     return (per - 1 if embedding else 0), (per - 1 if loss else 0)
+
+
+STAGE_LAYER_MODES = ("even", "auto")
+
+
+def parse_stage_layers(value: Any) -> str:
+    """A space's ``stage_layers``: 'even', 'auto' or 'F,L' (a list [F, L] too), normalized;
+    raises ValueError (one line)."""
+    if isinstance(value, (list, tuple)):
+        value = ",".join(str(v) for v in value)
+    text = str(value).strip().replace(" ", "")
+    if text in STAGE_LAYER_MODES:
+        return text
+    parts = text.strip("[]").split(",")
+    if len(parts) == 2 and all(p.isdigit() for p in parts) and any(int(p) for p in parts):
+        return f"{int(parts[0])},{int(parts[1])}"
+    raise ValueError(
+        f"stage_layers: {value!r} is not even, auto or [first, last] (layers of the first and "
+        "last stage, 0 for an even share)"
+    )
+
+
+def split_variants(
+    mode: str, num_layers: int, pp: np.ndarray, vpp: np.ndarray
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The (first, last) stage layers a search tries for each plan's (pp, vpp), arrays (N,).
+
+    'even': (0, 0). 'F,L': that split. 'auto': the even split and four uneven ones around
+    it, with x the edge stages' layers and the middle stages holding one or two more:
+    first = last = x with middle x + 1 (x = (L - pp + 2) / pp) or x + 2 (x = (L - 2 pp + 4)
+    / pp), and first or last alone = x with the others x + 1 (x = (L - pp + 1) / pp). A
+    variant whose counts are not whole, or that breaks a rule, is marked -1 (out of the
+    space): the plan rules drop it.
+    """
+    p = np.asarray(pp, dtype=np.int64)
+    zero = np.zeros_like(p)
+    if mode == "even":
+        return [(zero, zero)]
+    if mode != "auto":
+        f, last = (int(x) for x in mode.split(","))
+        return [(np.full_like(p, f), np.full_like(p, last))]
+    L = num_layers
+    out = [(zero, zero)]
+    safe = np.maximum(p, 1)
+
+    def whole(num: np.ndarray, ok: np.ndarray) -> np.ndarray:
+        x = num // safe
+        return np.where(ok & (num % safe == 0) & (x >= 1), x, -1)
+
+    both1 = whole(L - p + 2, p > 2)
+    both2 = whole(L - 2 * p + 4, p > 2)
+    one = whole(L - p + 1, p > 1)
+    out += [(both1, both1), (both2, both2), (one, zero), (zero, one)]
+    return [
+        (np.where((f < 0) | (last < 0), -1, f), np.where((f < 0) | (last < 0), -1, last))
+        for f, last in out
+    ]

@@ -83,6 +83,12 @@ def plan_options(row: Mapping[str, Any]) -> str:
         parts.append(f"zero={int(row['zero'])}")
     if has(row, "dp_overlap") and not bool(row["dp_overlap"]):
         parts.append("no-dp-overlap")
+    if has(row, "first_stage_layers") and (
+        int(row["first_stage_layers"]) or int(row["last_stage_layers"])
+    ):
+        parts.append(
+            f"stage_layers={int(row['first_stage_layers'])},{int(row['last_stage_layers'])}"
+        )
     return " ".join(parts)
 
 

@@ -1,0 +1,61 @@
+"""The checks of a search space's candidate values, and which pipeline splits they allow."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from vtrain_opt.spec.model import ModelSpec
+from vtrain_opt.spec.plan import RECOMPUTE_MODES, PlanBatch
+from vtrain_opt.spec.stages import split_variants
+
+
+def tp_ok(model: ModelSpec, tp: int) -> bool:
+    return model.num_attention_heads % tp == 0 and model.kv_heads % tp == 0 and model.ffn % tp == 0
+
+
+def split_ok(model: ModelSpec, split: str, pp: int, vpp: int) -> bool:
+    """Whether some variant of the space's pipeline split (``stage_layers``) gives a valid
+    pipeline of pp stages with vpp chunks each."""
+    if split == "even" or pp == 1:
+        return model.num_layers % (pp * vpp) == 0 and split in ("even", "auto")
+    p, v = np.array([pp]), np.array([vpp])
+    for f, last in split_variants(split, model.num_layers, p, v):
+        # the other dimensions set to pass the rules
+        batch = PlanBatch(tp=1, pp=p, dp=1, mb=1, gb=pp, vpp=v, first=f, last=last)
+        if batch.check(model)[0] == 0:
+            return True
+    return False
+
+
+def check_values(space: Any) -> None:
+    """Candidate values that can never form a valid plan are errors, not silent no-ops."""
+    m = space.model
+    for gb in space.global_batch:
+        if gb < 1:
+            raise ValueError(f"space.global_batch: must be positive, got {gb}")
+    for t in space.tp:
+        if t < 1 or not tp_ok(m, t):
+            raise ValueError(
+                f"space.tp: {t} must divide the heads ({m.num_attention_heads}), "
+                f"kv heads ({m.kv_heads}) and ffn ({m.ffn}) of {m.name}"
+            )
+    for p in space.pp:
+        if space.stage_layers == "even" and (p < 1 or m.num_layers % p):
+            raise ValueError(f"space.pp: {p} must divide the layers ({m.num_layers}) of {m.name}")
+        if space.stage_layers != "even" and (p < 1 or not split_ok(m, space.stage_layers, p, 1)):
+            raise ValueError(
+                f"space.pp: {p} allows no pipeline split of the {m.num_layers} layers of "
+                f"{m.name} with stage_layers {space.stage_layers}"
+            )
+    for key in ("micro_batch", "vpp"):
+        for v in getattr(space, key):
+            if v < 1:
+                raise ValueError(f"space.{key}: must be positive, got {v}")
+    for r in space.recompute:
+        if r not in RECOMPUTE_MODES:
+            raise ValueError(f"space.recompute: {r!r} is not one of {', '.join(RECOMPUTE_MODES)}")
+    for z in space.zero:
+        if z not in (0, 1, 2, 3):
+            raise ValueError(f"space.zero: {z!r} is not one of 0, 1, 2, 3")
