@@ -8,6 +8,10 @@ class (the logits and loss outweigh the embedding); a 3,000-plan run found no ex
 and a largest difference of 1.4e-14. The inexact regime needs synthetic stage times
 (a first stage heavier than the last): ``test_schedule_closed_forms_on_synthetic_stages``
 covers it, where the closed form overestimates by up to about 10%.
+
+Half the drawn plans have uneven stages (first/last stage layers, ``stage_split``): the
+core evaluates their schedule by the replay's own task graph (``sim/uneven.py``), so they
+must agree to 1e-6 as well.
 """
 
 from functools import cache

@@ -28,6 +28,9 @@ Outside the exact regimes (only reachable with synthetic stage times: a first st
 heavier than the last, or transfers longer than the head's extra work) the closed forms
 overestimate the replay by up to about 10% (measured on 2,586 synthetic cases); see
 ``tests/test_contract.py``.
+
+Uneven stages (first/last stage layers) have no exact closed form here: their plans are
+evaluated by ``sim/uneven.py`` (the schedule's recurrence, exact) instead.
 """
 
 from __future__ import annotations
