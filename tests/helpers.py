@@ -5,6 +5,20 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+# A sweep of 4 scenarios: one ok, one over budget (infeasible), two with a tp that cannot
+# split 24 heads.
+STATUSES_SWEEP = """\
+name: statuses
+product:
+  budget: [$100k, $1]
+  tp: [[1, 2, 4], 5]
+search:
+  model: megatron-1.7b
+  gpu: a100-80gb
+  tokens: 10B
+  max_gpus: 16
+"""
+
 
 def search_argv(max_gpus: int = 32, **options: str) -> list[str]:
     """A small `search`: llama2-7b on a100-40gb GPUs, 100B tokens, at most ``max_gpus``;

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from chromium import assert_rendered
+from helpers import STATUSES_SWEEP
 
 from vtrain_opt.cli import main
 
@@ -18,18 +19,6 @@ from vtrain_opt.cli import main
 STUDY = ["chinchilla", "--num-gpus", "64", "--budgets", "7d,30d", "--min-params", "0.3B"]
 STUDY += ["--max-params", "20B", "--num-sizes", "6", "--workers", "0", "--no-plots"]
 
-# 4 scenarios: one ok, one over budget (infeasible), two with a tp that cannot split 24 heads.
-SWEEP = """\
-name: statuses
-product:
-  budget: [$100k, $1]
-  tp: [[1, 2, 4], 5]
-search:
-  model: megatron-1.7b
-  gpu: a100-80gb
-  tokens: 10B
-  max_gpus: 16
-"""
 
 
 def _run(argv: list[str]) -> tuple[int, dict]:
@@ -82,7 +71,7 @@ def test_chinchilla_report_renders(study, tmp_path) -> None:
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory) -> tuple[Path, dict]:
     tmp = tmp_path_factory.mktemp("sweep")
-    (tmp / "statuses.yaml").write_text(SWEEP)
+    (tmp / "statuses.yaml").write_text(STATUSES_SWEEP)
     out = tmp / "out"
     code, _ = _run(
         ["sweep", str(tmp / "statuses.yaml"), "--workers", "0", "--out", str(out), "--json"]
@@ -127,7 +116,7 @@ def test_sweep_report_renders(sweep, tmp_path) -> None:
 
 @pytest.mark.parametrize("command", ["chinchilla", "sweep"])
 def test_report_with_json_needs_out(command, capsys, tmp_path) -> None:
-    (tmp_path / "s.yaml").write_text(SWEEP)
+    (tmp_path / "s.yaml").write_text(STATUSES_SWEEP)
     argv = STUDY if command == "chinchilla" else ["sweep", str(tmp_path / "s.yaml")]
     code = main([*argv, "--report", "--json"])
     out, err = capsys.readouterr()

@@ -12,25 +12,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from helpers import session_pids
+from helpers import STATUSES_SWEEP, session_pids
 
 from vtrain_opt.cli import main
 from vtrain_opt.studies.sweep import comparable, run_sweep
 from vtrain_opt.studies.sweepfile import load_sweep
 from vtrain_opt.studies.sweepstore import SweepStore
 
-# 4 scenarios: one ok, one over budget (infeasible), two with a tp that cannot split 24 heads.
-STATUSES = """\
-name: statuses
-product:
-  budget: [$100k, $1]
-  tp: [[1, 2, 4], 5]
-search:
-  model: megatron-1.7b
-  gpu: a100-80gb
-  tokens: 10B
-  max_gpus: 16
-"""
 
 # 48 fast scenarios (about 60 ms each here) for the kill-and-resume test.
 MANY = """\
@@ -68,7 +56,7 @@ def records(folder: Path) -> dict[str, dict]:
 
 
 def test_statuses_resume_and_retry(tmp_path) -> None:
-    path = write(tmp_path, STATUSES, "statuses.yaml")
+    path = write(tmp_path, STATUSES_SWEEP, "statuses.yaml")
     out = tmp_path / "out"
     code, doc = run_cli(str(path), "--workers", "0", "--out", str(out))
     assert code == 1  # failures are recorded, and the exit status says so
@@ -97,7 +85,7 @@ def test_statuses_resume_and_retry(tmp_path) -> None:
 
 
 def test_summary_only_and_plot(tmp_path) -> None:
-    path = write(tmp_path, STATUSES, "statuses.yaml")
+    path = write(tmp_path, STATUSES_SWEEP, "statuses.yaml")
     out = tmp_path / "out"
     code, _ = run_cli(str(path), "--summary", "--out", str(out))
     assert code == 2  # nothing run yet
@@ -110,10 +98,10 @@ def test_summary_only_and_plot(tmp_path) -> None:
 
 def test_a_folder_of_another_sweep_is_refused(tmp_path, capsys) -> None:
     out = tmp_path / "out"
-    first = write(tmp_path, STATUSES, "first.yaml")
+    first = write(tmp_path, STATUSES_SWEEP, "first.yaml")
     run_cli(str(first), "--workers", "0", "--out", str(out))
     before = records(out)
-    other = write(tmp_path, STATUSES.replace("tokens: 10B", "tokens: 20B"), "other.yaml")
+    other = write(tmp_path, STATUSES_SWEEP.replace("tokens: 10B", "tokens: 20B"), "other.yaml")
     capsys.readouterr()
     assert main(["sweep", str(other), "--workers", "0", "--out", str(out)]) == 2
     err = capsys.readouterr().err
@@ -128,7 +116,7 @@ def test_a_folder_of_another_sweep_is_refused(tmp_path, capsys) -> None:
 
 
 def test_a_running_sweep_locks_its_folder(tmp_path, capsys) -> None:
-    path = write(tmp_path, STATUSES, "s.yaml")
+    path = write(tmp_path, STATUSES_SWEEP, "s.yaml")
     out = tmp_path / "out"
     with SweepStore(out, load_sweep(path)):
         assert main(["sweep", str(path), "--workers", "0", "--out", str(out)]) == 2
@@ -137,7 +125,7 @@ def test_a_running_sweep_locks_its_folder(tmp_path, capsys) -> None:
 
 
 def test_ray_run_matches_in_process(tmp_path, ray_local) -> None:
-    sweep = load_sweep(write(tmp_path, STATUSES, "statuses.yaml"))
+    sweep = load_sweep(write(tmp_path, STATUSES_SWEEP, "statuses.yaml"))
     with SweepStore(tmp_path / "ray", sweep) as store:
         run = run_sweep(sweep, store, workers=2)
     assert (run.backend, run.ran, run.failed) == ("ray", 4, 2)
@@ -205,7 +193,7 @@ def test_a_task_whose_worker_dies_is_recorded_as_failed(tmp_path, ray_local, mon
         os._exit(1)
 
     monkeypatch.setattr(sweep_module, "run_scenario", dying)
-    sweep = load_sweep(write(tmp_path, STATUSES, "statuses.yaml"))
+    sweep = load_sweep(write(tmp_path, STATUSES_SWEEP, "statuses.yaml"))
     with SweepStore(tmp_path / "out", sweep) as store:
         run = run_sweep(sweep, store, workers=2)
     recs = records(tmp_path / "out")

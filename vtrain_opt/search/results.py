@@ -20,6 +20,20 @@ from vtrain_opt.io import write_json_atomic, write_with
 from vtrain_opt.search.engine import SearchResult
 from vtrain_opt.search.study_store import redact
 
+
+def evaluated_text(result: SearchResult) -> tuple[str, str]:
+    """("strategy: N of M plans evaluated[, K trials (sampler, seed S)]", the rejected
+    plans per reason), as the terminal summary and the HTML report both state them."""
+    size = f" of {result.space_size:,}" if result.space_size else ""
+    trials = (
+        f", {result.trials:,} trials ({result.sampler}, seed {result.seed})"
+        if result.trials
+        else ""
+    )
+    reasons = ", ".join(f"{n:,} {k}" for k, n in result.infeasible_reasons.items())
+    return f"{result.strategy}: {result.evaluated:,}{size} plans evaluated{trials}", reasons
+
+
 RESULTS_FORMAT = "vtrain_opt.search/1"
 
 

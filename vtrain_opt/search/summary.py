@@ -13,6 +13,7 @@ import pandas as pd
 
 from vtrain_opt.search.engine import SearchResult
 from vtrain_opt.search.request import SearchRun
+from vtrain_opt.search.results import evaluated_text
 from vtrain_opt.units import DAY_S, format_usd
 
 
@@ -20,19 +21,12 @@ def headline(result: SearchResult) -> list[str]:
     """The model, tokens, GPUs and limits; then what was evaluated, how and what was found."""
     space = result.space
     gpus = ", ".join(f"{g.name} (${g.price_per_gpu_hour_usd:g}/GPU-h)" for g in space.gpus)
-    size = f" of {result.space_size:,}" if result.space_size else ""
-    trials = (
-        f", {result.trials:,} trials ({result.sampler}, seed {result.seed})"
-        if result.trials
-        else ""
-    )
-    reasons = ", ".join(f"{n:,} {k}" for k, n in result.infeasible_reasons.items())
+    evaluated, reasons = evaluated_text(result)
     return [
         f"[b]{space.model.name}[/b] ({space.model.num_params() / 1e9:.0f}B params), "
         f"{result.tokens / 1e9:,.0f}B tokens on {gpus}; "
         f"{result.limits.describe()}",
-        f"{result.strategy}: {result.evaluated:,}{size} plans evaluated{trials} in "
-        f"{result.elapsed_s:.1f} s ({result.backend}); {result.feasible:,} feasible"
+        f"{evaluated} in {result.elapsed_s:.1f} s ({result.backend}); {result.feasible:,} feasible"
         + (f"; rejected: {reasons}" if reasons else ""),
     ]
 

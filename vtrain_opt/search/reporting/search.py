@@ -26,7 +26,7 @@ from vtrain_opt.search.reporting.plans import (
 )
 from vtrain_opt.search.reporting.tables import plan_cells, table_header, table_left
 from vtrain_opt.search.reporting.timeline import timeline_section
-from vtrain_opt.search.results import describe
+from vtrain_opt.search.results import describe, evaluated_text
 from vtrain_opt.units import DAY_S, format_count, format_duration, format_usd
 
 Chosen = list[tuple[str, Mapping[str, Any]]]
@@ -123,16 +123,9 @@ def chosen_plans(result: SearchResult, baseline_row: pd.Series | None, top: int)
 
 # ---- sections -----------------------------------------------------------------------------
 def _headline(result: SearchResult) -> str:
-    size = f" of {result.space_size:,}" if result.space_size else ""
-    trials = (
-        f", {result.trials:,} trials ({result.sampler}, seed {result.seed})"
-        if result.trials
-        else ""
-    )
-    reasons = ", ".join(f"{n:,} {k}" for k, n in result.infeasible_reasons.items())
+    evaluated, reasons = evaluated_text(result)
     return (
-        f"{result.strategy}: {result.evaluated:,}{size} plans evaluated{trials} in "
-        f"{format_duration(result.elapsed_s)}; {result.feasible:,} feasible"
+        f"{evaluated} in {format_duration(result.elapsed_s)}; {result.feasible:,} feasible"
         + (f" (rejected: {reasons})" if reasons else "")
         + f"; {result.limits.describe()}."
     )
