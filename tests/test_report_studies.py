@@ -20,7 +20,6 @@ STUDY = ["chinchilla", "--num-gpus", "64", "--budgets", "7d,30d", "--min-params"
 STUDY += ["--max-params", "20B", "--num-sizes", "6", "--workers", "0", "--no-plots"]
 
 
-
 def _run(argv: list[str]) -> tuple[int, dict]:
     out = io.StringIO()
     with contextlib.redirect_stdout(out):

@@ -19,7 +19,6 @@ from vtrain_opt.studies.sweep import comparable, run_sweep
 from vtrain_opt.studies.sweepfile import load_sweep
 from vtrain_opt.studies.sweepstore import SweepStore
 
-
 # 48 fast scenarios (about 60 ms each here) for the kill-and-resume test.
 MANY = """\
 name: many
