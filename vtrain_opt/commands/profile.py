@@ -279,10 +279,6 @@ def _measure(
         if args.fp8:
             bar.update(task, description="fp8 GEMMs (torch._scaled_mm)")
             fp8_gemm, notes["fp8_gemm"] = measure_fp8_gemm(torch, device, grid, step)
-        host = _measure_host(torch, device, dtype, frameworks, step)
-        instep_framework = "torch" if "torch" in frameworks else "megatron"
-        bar.update(task, description="in-step GEMMs (torch.profiler)")
-        instep = _measure_instep(torch, device, dtype, grid, instep_framework, step)
         collectives = None
         if world >= 2:
             bar.update(task, description=f"collectives x{world} processes")
@@ -292,17 +288,25 @@ def _measure(
                 "processes": world,
                 "groups": group_sizes(world),
             }
-    profile = build_profile(
-        name=args.name or out.stem,
-        info=info,
-        tables={dtype: tables, **({"fp8": {"gemm": fp8_gemm}} if fp8_gemm else {})},
-        grid=grid,
-        quick=args.quick,
-        notes=notes,
-        collectives=collectives,
-        elapsed_s=time.perf_counter() - start,
-        command="python -m vtrain_opt profile " + shlex.join(_argv(args)),
-    )
+        profile = build_profile(
+            name=args.name or out.stem,
+            info=info,
+            tables={dtype: tables, **({"fp8": {"gemm": fp8_gemm}} if fp8_gemm else {})},
+            grid=grid,
+            quick=args.quick,
+            notes=notes,
+            collectives=collectives,
+            elapsed_s=time.perf_counter() - start,
+            command="python -m vtrain_opt profile " + shlex.join(_argv(args)),
+        )
+        # the tables are minutes of device time: written now, they survive a failure of
+        # the steps below (the file is rewritten with their parameters once they are done)
+        write_json_atomic(out, profile.to_json_dict())
+        host = _measure_host(torch, device, dtype, frameworks, step)
+        instep_framework = "torch" if "torch" in frameworks else "megatron"
+        bar.update(task, description="in-step GEMMs (torch.profiler)")
+        instep = _measure_instep(torch, device, dtype, grid, instep_framework, step)
+    profile.provenance["elapsed_s"] = round(time.perf_counter() - start, 1)
     return _with_host_and_instep(profile, info, dtype, host, instep_framework, instep)
 
 
