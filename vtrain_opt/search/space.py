@@ -26,7 +26,11 @@ from typing import Any
 import numpy as np
 
 from vtrain_opt.profiles import load_profile
+from vtrain_opt.search.space_rules import as_tuple as _tuple
 from vtrain_opt.search.space_rules import check_values, split_ok, tp_ok
+from vtrain_opt.search.space_rules import divisors as _divisors
+from vtrain_opt.search.space_rules import powers_of_two as _powers_of_two
+from vtrain_opt.search.targets import setup_dict as _setup_dict
 from vtrain_opt.sim.step import SimContext, make_context
 from vtrain_opt.spec.hardware import ClusterSpec, cluster_for_profile, get_cluster, gpu_names
 from vtrain_opt.spec.model import ModelSpec
@@ -449,42 +453,3 @@ class SearchSpace:
         """Data-parallel sizes that can occur: divisors of some global batch, within range."""
         values = {d for gb in self.global_batch for d in _divisors(gb) if d <= self.max_gpus}
         return tuple(sorted(values))
-
-
-# ---- helpers ---------------------------------------------------------------------------------
-def _tuple(value: Any, kind: type) -> tuple[Any, ...]:
-    if isinstance(value, (str, bytes)) or not isinstance(value, (Sequence, np.ndarray, set)):
-        value = [value]
-    out: list[Any] = []
-    for v in value:
-        if kind is bool:
-            if not isinstance(v, (bool, np.bool_)):
-                raise ValueError(f"expected true or false, got {v!r}")
-            out.append(bool(v))
-        elif kind is int:
-            if isinstance(v, (bool, np.bool_)) or not float(v).is_integer():
-                raise ValueError(f"expected a whole number, got {v!r}")
-            out.append(int(v))
-        else:
-            out.append(kind(v))
-    return tuple(sorted(set(out), key=lambda x: (str(type(x)), x)))
-
-
-def _powers_of_two(limit: int) -> list[int]:
-    return [1 << i for i in range(int(limit).bit_length()) if (1 << i) <= limit]
-
-
-def _divisors(n: int) -> list[int]:
-    small = [d for d in range(1, int(n**0.5) + 1) if n % d == 0]
-    return sorted(set(small + [n // d for d in small]))
-
-
-def _setup_dict(setup: Setup) -> dict[str, Any]:
-    """The setup's fields; framework, dropout and optimizer precision only where they differ
-    from their defaults, so a Megatron space keeps the identity (and study name) it had."""
-    out: dict[str, Any] = {"dtype": setup.dtype, "attention": setup.attention}
-    defaults = Setup()
-    for key in ("framework", "dropout", "master_weights", "fp8_recipe"):
-        if getattr(setup, key) != getattr(defaults, key):
-            out[key] = getattr(setup, key)
-    return out

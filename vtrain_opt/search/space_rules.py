@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -59,3 +60,31 @@ def check_values(space: Any) -> None:
     for z in space.zero:
         if z not in (0, 1, 2, 3):
             raise ValueError(f"space.zero: {z!r} is not one of 0, 1, 2, 3")
+
+
+def as_tuple(value: Any, kind: type) -> tuple[Any, ...]:
+    """A candidate list as a sorted tuple of ``kind`` (one value: a list of one)."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, (Sequence, np.ndarray, set)):
+        value = [value]
+    out: list[Any] = []
+    for v in value:
+        if kind is bool:
+            if not isinstance(v, (bool, np.bool_)):
+                raise ValueError(f"expected true or false, got {v!r}")
+            out.append(bool(v))
+        elif kind is int:
+            if isinstance(v, (bool, np.bool_)) or not float(v).is_integer():
+                raise ValueError(f"expected a whole number, got {v!r}")
+            out.append(int(v))
+        else:
+            out.append(kind(v))
+    return tuple(sorted(set(out), key=lambda x: (str(type(x)), x)))
+
+
+def powers_of_two(limit: int) -> list[int]:
+    return [1 << i for i in range(int(limit).bit_length()) if (1 << i) <= limit]
+
+
+def divisors(n: int) -> list[int]:
+    small = [d for d in range(1, int(n**0.5) + 1) if n % d == 0]
+    return sorted(set(small + [n // d for d in small]))
