@@ -12,6 +12,10 @@ Two families are modelled:
 non-gated two-GEMM MLP (up, activation, down), true a gated three-GEMM one (SwiGLU).
 Nemotron-4's squared-ReLU MLP is a non-gated ``llama`` layer (its activation priced as
 GeLU's: the same bytes).
+
+Mixture-of-Experts layers and Multi-head Latent Attention (and ``kv_channels``, a head size
+other than hidden / heads) are described in ``spec/moe.py``; without them (``num_experts``
+unset or 1) a model is exactly the dense one.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from typing import Any
 import yaml
 
 from vtrain_opt.resources import data_dir
+from vtrain_opt.spec import moe as _moe
 from vtrain_opt.spec._check import as_int, positive_int
 
 FAMILIES = ("gpt", "llama")
@@ -48,6 +53,8 @@ _OPTIONAL = (
     "trained_seq_lengths",
     "description",
     "source",
+    *_moe.INT_FIELDS,
+    *_moe.BOOL_FIELDS,
 )
 
 
@@ -67,6 +74,20 @@ class ModelSpec:
     name: str = "custom"
     global_batch: int | None = None  # catalog default global batch, in sequences
     gated_linear_unit: bool | None = None  # gated MLP (SwiGLU); None: llama yes, gpt no
+    # Mixture-of-Experts and Multi-head Latent Attention (spec/moe.py); None/0/1: dense
+    num_experts: int | None = None
+    moe_router_topk: int | None = None  # None: 2 (Megatron's default) on a MoE model
+    moe_ffn_hidden_size: int | None = None  # None: ffn_hidden_size
+    num_shared_experts: int = 0
+    moe_layer_freq: int = 1
+    moe_first_k_dense: int = 0
+    multi_latent_attention: bool = False
+    q_lora_rank: int | None = None
+    kv_lora_rank: int | None = None
+    qk_head_dim: int | None = None
+    qk_pos_emb_head_dim: int | None = None
+    v_head_dim: int | None = None
+    kv_channels: int | None = None  # head size; None: hidden_size / num_attention_heads
     # the sequence lengths the published model was trained at, in the order of its stages
     # (catalog information; ``seq_length`` is the one simulated)
     trained_seq_lengths: tuple[int, ...] = field(default=(), compare=False)
@@ -94,7 +115,10 @@ class ModelSpec:
             positive_int(owner, f"trained_seq_lengths[{i}]", n)
         if self.global_batch is not None:
             positive_int(owner, "global_batch", self.global_batch)
-        if self.hidden_size % self.num_attention_heads:
+        if self.is_moe and self.moe_router_topk is None:
+            object.__setattr__(self, "moe_router_topk", 2)
+        _moe.check(self)
+        if self._plain_heads and self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"{owner}: hidden_size {self.hidden_size} must be divisible by "
                 f"num_attention_heads {self.num_attention_heads}"
@@ -118,7 +142,29 @@ class ModelSpec:
 
     @property
     def head_dim(self) -> int:
+        if self.kv_channels is not None:
+            return self.kv_channels
         return self.hidden_size // self.num_attention_heads
+
+    @property
+    def _plain_heads(self) -> bool:
+        """Heads of hidden / heads dimensions (no kv_channels, no MLA): the dense formulas."""
+        return self.kv_channels is None and not self.multi_latent_attention
+
+    @property
+    def is_moe(self) -> bool:
+        """Mixture-of-Experts layers (more than one expert)."""
+        return self.num_experts is not None and self.num_experts > 1
+
+    @property
+    def moe_ffn(self) -> int:
+        """One expert's MLP width."""
+        return self.moe_ffn_hidden_size or self.ffn
+
+    @property
+    def moe_layer_share(self) -> float:
+        """The fraction of the layers that are MoE layers (0 for a dense model)."""
+        return _moe.num_moe_layers(self) / self.num_layers if self.is_moe else 0.0
 
     @property
     def kv_hidden_size(self) -> int:
@@ -144,17 +190,45 @@ class ModelSpec:
         return -(-self.vocab_size // multiple) * multiple
 
     # ---- parameter counts ----------------------------------------------------------
-    def layer_matmul_params(self) -> int:
-        """Weights of the GEMMs of one layer (QKV, output projection, MLP)."""
-        h, f = self.hidden_size, self.ffn
-        qkv = h * (h + 2 * self.kv_hidden_size)
-        mlp = (3 if self.swiglu else 2) * h * f
-        return qkv + h * h + mlp
+    def layer_matmul_params(self) -> float:
+        """Weights of the GEMMs of one layer (QKV, output projection, MLP).
 
-    def layer_params(self) -> int:
-        """All parameters of one transformer layer (weights, biases, norms)."""
+        A MoE model: the mean over its layers of the weights outside the routed experts
+        (attention, the dense MLPs, the routers and shared experts), all split over tp;
+        the routed experts are ``routed_expert_params_per_layer``."""
         h, f = self.hidden_size, self.ffn
-        n = self.layer_matmul_params()
+        mlp = (3 if self.swiglu else 2) * h * f
+        if self._plain_heads:
+            attention = h * (h + 2 * self.kv_hidden_size) + h * h
+        else:
+            attention = _moe.attention_matmul_params(self)
+        if not self.is_moe:
+            return attention + mlp
+        share = self.moe_layer_share
+        moe = _moe.moe_layer_matmul_params(self, active=True)
+        routed = self.moe_router_topk * _moe.expert_params(self)  # type: ignore[operator]
+        return attention + (1.0 - share) * mlp + share * (moe - routed)
+
+    def routed_expert_params_per_layer(self) -> float:
+        """The routed experts' weights, mean over the layers (0 for a dense model)."""
+        if not self.is_moe:
+            return 0.0
+        assert self.num_experts is not None
+        return self.moe_layer_share * self.num_experts * _moe.expert_params(self)
+
+    def active_layer_matmul_params(self) -> float:
+        """GEMM weights one token passes through in a layer, mean over the layers (MoE: the
+        top-k routed experts; a dense model: ``layer_matmul_params``)."""
+        if not self.is_moe:
+            return self.layer_matmul_params()
+        routed = self.moe_router_topk * _moe.expert_params(self)  # type: ignore[operator]
+        return self.layer_matmul_params() + self.moe_layer_share * routed
+
+    def layer_params(self) -> float:
+        """All parameters of one transformer layer (weights, biases, norms); a MoE model:
+        the mean over the layers without the routed experts."""
+        h, f = self.hidden_size, self.ffn
+        n = self.layer_matmul_params() + _moe.mla_norm_params(self)
         if self.has_bias:
             n += (h + 2 * self.kv_hidden_size) + h + f + h
             n += 2 * 2 * h  # two LayerNorms, weight and bias
@@ -177,11 +251,28 @@ class ModelSpec:
 
     def num_params(self) -> int:
         """Total trainable parameters (unpadded vocabulary, as published counts use)."""
-        return (
+        if self.is_moe:
+            return self._moe_params(active=False)
+        return int(
             self.num_layers * self.layer_params()
             + self.embedding_params()
             + self.final_norm_params()
         )
+
+    def active_params(self) -> int:
+        """Parameters one token passes through (MoE: the top-k routed experts and the shared
+        ones; the embedding and output layer counted whole, as the published counts do)."""
+        return self._moe_params(active=True) if self.is_moe else self.num_params()
+
+    def _moe_params(self, active: bool) -> int:
+        """A MoE model's parameters, counted layer by layer (exact integers)."""
+        dense = replace(self, **{k: _moe.DEFAULTS[k] for k in _moe.MOE_FIELDS})
+        dense_layer = int(dense.layer_params())
+        dense_mlp = (3 if self.swiglu else 2) * self.hidden_size * self.ffn
+        moe_layer = dense_layer - dense_mlp + _moe.moe_layer_matmul_params(self, active)
+        n_moe = _moe.num_moe_layers(self)
+        layers = n_moe * moe_layer + (self.num_layers - n_moe) * dense_layer
+        return layers + self.embedding_params() + self.final_norm_params()
 
     # ---- FLOPs ------------------------------------------------------------------------
     def forward_flop_per_token(self, seq_length: int | None = None) -> float:
@@ -191,8 +282,19 @@ class ModelSpec:
         in full, causal masking not subtracted), so MFU compares with published figures.
         """
         s = self.seq_length if seq_length is None else seq_length
-        layer = 2.0 * self.layer_matmul_params() + 4.0 * s * self.hidden_size
+        layer = 2.0 * self.active_layer_matmul_params() + self.attention_core_flop_per_token(s)
         return self.num_layers * layer + 2.0 * self.hidden_size * self.vocab_size
+
+    def attention_core_flop_per_token(self, seq_length: int | None = None) -> float:
+        """Q K^T and P V of one layer, per token: 2 s (query/key width + value width)."""
+        s = self.seq_length if seq_length is None else seq_length
+        if self._plain_heads:
+            return 4.0 * s * self.hidden_size
+        a = self.num_attention_heads
+        if self.multi_latent_attention:
+            qk = self.qk_head_dim + self.qk_pos_emb_head_dim  # type: ignore[operator]
+            return 2.0 * s * a * (qk + self.v_head_dim)  # type: ignore[operator]
+        return 4.0 * s * a * self.head_dim
 
     def training_flop_per_token(self, seq_length: int | None = None) -> float:
         """Model FLOPs per trained token (forward + backward = 3x forward, no recompute)."""
@@ -208,6 +310,9 @@ class ModelSpec:
         d = asdict(self)
         for key in ("description", "source", "trained_seq_lengths"):
             d.pop(key)
+        for key, default in _moe.DEFAULTS.items():  # dense models keep their identity
+            if d[key] == default:
+                d.pop(key)
         if self.gated_linear_unit == (self.family == "llama"):
             d.pop("gated_linear_unit")
         return d
@@ -218,6 +323,7 @@ class ModelSpec:
         if not isinstance(data, dict):
             raise ValueError(f"model {name!r}: expected a mapping of Megatron fields, got {data!r}")
         owner = f"model {name or data.get('name', 'custom')!r}"
+        data = {_moe.ALIASES.get(k, k): v for k, v in data.items()}
         unknown = sorted(set(data) - set(_FIELDS) - set(_OPTIONAL))
         if unknown:
             raise ValueError(
@@ -235,10 +341,10 @@ class ModelSpec:
         if missing:
             raise ValueError(f"{owner}: missing field(s) {', '.join(missing)}")
         kwargs: dict[str, Any] = {"family": str(data["family"]).lower()}
-        for key in (*_FIELDS[1:], "global_batch"):
+        for key in (*_FIELDS[1:], "global_batch", *_moe.INT_FIELDS):
             if data.get(key) is not None:
                 kwargs[key] = as_int(owner, key, data[key])
-        for key in ("tied_embeddings", "gated_linear_unit"):
+        for key in ("tied_embeddings", "gated_linear_unit", *_moe.BOOL_FIELDS):
             if data.get(key) is not None:
                 if not isinstance(data[key], bool):
                     raise ValueError(f"{owner}.{key}: must be true or false, got {data[key]!r}")

@@ -1,0 +1,170 @@
+"""Mixture-of-Experts and Multi-head Latent Attention fields of a ModelSpec: their checks and
+parameter counts.
+
+Names follow Megatron-LM (``num_experts``, ``moe_router_topk``, ``moe_ffn_hidden_size``,
+``moe_layer_freq``, ``multi_latent_attention``, ``q_lora_rank``, ``kv_lora_rank``,
+``qk_head_dim``, ``qk_pos_emb_head_dim``, ``v_head_dim``, ``kv_channels``) with two from the
+HF configs that Megatron spells as a pattern: ``num_shared_experts`` (HF
+``n_shared_experts``; Megatron's ``moe_shared_expert_intermediate_size`` is
+``num_shared_experts x moe_ffn_hidden_size``) and ``moe_first_k_dense`` (HF
+``first_k_dense_replace``: the first k layers keep a dense MLP).
+
+Layer ``i`` (0-based) is a MoE layer when ``i >= moe_first_k_dense`` and
+``i % moe_layer_freq == 0`` (Megatron's integer ``moe_layer_freq``). A MoE layer's MLP is a
+router (a GEMM h x num_experts), ``num_experts`` routed experts of which each token uses
+``moe_router_topk``, and ``num_shared_experts`` experts every token uses; each expert is a
+gated (SwiGLU) or plain MLP of ``moe_ffn_hidden_size``. The other layers keep the dense MLP
+of ``ffn_hidden_size``.
+
+MLA (DeepSeek-V2/V3): queries through a low-rank ``q_lora_rank`` bottleneck (or directly when
+it is unset), keys and values through a shared ``kv_lora_rank`` latent plus a
+``qk_pos_emb_head_dim`` rotary key shared by the heads; each head has ``qk_head_dim``
+non-rotary query/key dimensions, ``qk_pos_emb_head_dim`` rotary ones and ``v_head_dim``
+value dimensions. The two latents each have an RMSNorm.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vtrain_opt.spec._check import positive_int
+
+# spec/model.py imports this module: a ModelSpec is typed Any here (no import cycle)
+ModelSpec = Any
+
+MOE_FIELDS = (
+    "num_experts",
+    "moe_router_topk",
+    "moe_ffn_hidden_size",
+    "num_shared_experts",
+    "moe_layer_freq",
+    "moe_first_k_dense",
+)
+MLA_RANKS = ("q_lora_rank", "kv_lora_rank", "qk_head_dim", "qk_pos_emb_head_dim", "v_head_dim")
+# integer fields of a model file beside the dense ones; the booleans are in BOOL_FIELDS
+INT_FIELDS = (*MOE_FIELDS, *MLA_RANKS, "kv_channels")
+BOOL_FIELDS = ("multi_latent_attention",)
+# names accepted in model files for the same field (HF's and the issue's spelling)
+ALIASES = {
+    "moe_top_k": "moe_router_topk",
+    "qk_rope_head_dim": "qk_pos_emb_head_dim",
+    "first_k_dense_replace": "moe_first_k_dense",
+    "n_shared_experts": "num_shared_experts",
+}
+# the value of each field that leaves a dense model as it was (dropped from ``to_dict``)
+DEFAULTS: dict[str, object] = {
+    "num_experts": None,
+    "moe_router_topk": None,
+    "moe_ffn_hidden_size": None,
+    "num_shared_experts": 0,
+    "moe_layer_freq": 1,
+    "moe_first_k_dense": 0,
+    "multi_latent_attention": False,
+    "q_lora_rank": None,
+    "kv_lora_rank": None,
+    "qk_head_dim": None,
+    "qk_pos_emb_head_dim": None,
+    "v_head_dim": None,
+    "kv_channels": None,
+}
+
+
+def check(m: ModelSpec) -> None:
+    """Raise ValueError naming the field for inconsistent MoE or MLA settings."""
+    owner = f"model {m.name!r}"
+    for f in INT_FIELDS:
+        value = getattr(m, f)
+        if value is not None and f not in ("num_shared_experts", "moe_first_k_dense"):
+            positive_int(owner, f, value)
+    for f in ("num_shared_experts", "moe_first_k_dense"):
+        value = getattr(m, f)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{owner}.{f}: must be a non-negative integer, got {value!r}")
+    if m.num_experts is None:
+        extra = [f for f in MOE_FIELDS[1:] if getattr(m, f) != DEFAULTS[f]]
+        if extra:
+            raise ValueError(
+                f"{owner}: {', '.join(extra)} set on a model without experts; set num_experts"
+            )
+    elif m.moe_router_topk is not None and m.moe_router_topk > m.num_experts:
+        raise ValueError(
+            f"{owner}.moe_router_topk: {m.moe_router_topk} is above the expert count "
+            f"(num_experts {m.num_experts})"
+        )
+    if m.is_moe:
+        assert m.num_experts is not None and m.moe_router_topk is not None
+        if m.moe_first_k_dense >= m.num_layers:
+            raise ValueError(
+                f"{owner}.moe_first_k_dense: {m.moe_first_k_dense} leaves no MoE layer of "
+                f"{m.num_layers}"
+            )
+    if not m.multi_latent_attention:
+        ranks = [f for f in MLA_RANKS if getattr(m, f) is not None]
+        if ranks:
+            raise ValueError(
+                f"{owner}: {', '.join(ranks)} are Multi-head Latent Attention ranks, but the "
+                "model has no MLA; set multi_latent_attention: true"
+            )
+    else:
+        missing = [f for f in MLA_RANKS[1:] if getattr(m, f) is None]
+        if missing:
+            raise ValueError(f"{owner}: MLA needs {', '.join(missing)}")
+        if m.kv_channels is not None:
+            raise ValueError(
+                f"{owner}.kv_channels: MLA sets the head sizes by qk_head_dim, "
+                "qk_pos_emb_head_dim and v_head_dim; drop kv_channels"
+            )
+        if m.num_query_groups != m.num_attention_heads:
+            raise ValueError(
+                f"{owner}.num_query_groups: MLA has no query groups (every head has its own "
+                f"key and value from the latent), got {m.num_query_groups}"
+            )
+
+
+def moe_layer_flags(m: ModelSpec) -> list[bool]:
+    """Whether each layer (in order) is a MoE layer."""
+    if not m.is_moe:
+        return [False] * m.num_layers
+    return [i >= m.moe_first_k_dense and i % m.moe_layer_freq == 0 for i in range(m.num_layers)]
+
+
+def attention_matmul_params(m: ModelSpec) -> int:
+    """Weights of one layer's attention GEMMs (QKV or MLA's projections, output)."""
+    h = m.hidden_size
+    if not m.multi_latent_attention:
+        q = m.num_attention_heads * m.head_dim
+        return h * (q + 2 * m.kv_hidden_size) + q * h
+    a = m.num_attention_heads
+    qk, rope, v = m.qk_head_dim, m.qk_pos_emb_head_dim, m.v_head_dim
+    kv_lora = m.kv_lora_rank
+    assert qk is not None and rope is not None and v is not None and kv_lora is not None
+    q_lora = m.q_lora_rank
+    q = h * a * (qk + rope) if q_lora is None else h * q_lora + q_lora * a * (qk + rope)
+    kv = h * (kv_lora + rope) + kv_lora * a * (qk + v)
+    return q + kv + a * v * h
+
+
+def mla_norm_params(m: ModelSpec) -> int:
+    """The RMSNorms of MLA's latents (0 without MLA)."""
+    if not m.multi_latent_attention:
+        return 0
+    assert m.kv_lora_rank is not None
+    return m.kv_lora_rank + (m.q_lora_rank or 0)
+
+
+def expert_params(m: ModelSpec) -> int:
+    """Weights of one expert's MLP (gated: three GEMMs)."""
+    return (3 if m.swiglu else 2) * m.hidden_size * m.moe_ffn
+
+
+def moe_layer_matmul_params(m: ModelSpec, active: bool) -> int:
+    """A MoE layer's MLP GEMM weights: router, shared experts and the routed experts (all of
+    them, or the top-k a token uses when ``active``)."""
+    assert m.num_experts is not None and m.moe_router_topk is not None
+    routed = m.moe_router_topk if active else m.num_experts
+    router = m.hidden_size * m.num_experts
+    return router + (m.num_shared_experts + routed) * expert_params(m)
+
+
+def num_moe_layers(m: ModelSpec) -> int:
+    return sum(moe_layer_flags(m))
