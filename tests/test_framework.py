@@ -77,7 +77,7 @@ def test_torch_framework_marks_model_parallel_plans_in_a_batch():
     plans = [ONE, ParallelPlan(tp=2, pp=1, dp=1, micro_batch=2, global_batch=8)]
     df = simulate(GPT, get_cluster("h200"), plans, setup=TORCH)
     assert bool(df["feasible"].iloc[0])
-    assert df["reason"].iloc[1] == "framework torch: no tp/pp/vpp/sp"
+    assert df["reason"].iloc[1] == "framework torch: no tp/cp/pp/vpp/sp"
     assert np.isnan(df["iteration_time_s"].iloc[1])
 
 
@@ -165,7 +165,9 @@ def test_shipped_hopper_profiles_record_what_they_were_fitted_on():
     assert "h200_gpt_single_gpu.csv" in h200.description
     h100 = load_profile("h100-sxm")
     assert h100.fit["tables"]["profile"].startswith("h100-sxm-measured")
-    assert "carried from" in h100.sources["step_gemm_scale"]
+    # the H100's own in-step GEMM times (profiler), against the fitted curves
+    assert h100.sources["step_gemm_scale"].startswith("in-step GEMM times of h100-sxm-measured")
+    assert h100.step_gemm_scale != load_profile("h100-sxm-measured").step_gemm_scale
     b200 = load_profile("b200")
     assert b200.gemm_efficiency == h100.gemm_efficiency and b200.kind == "derived"
     for name in ("h200-measured", "h100-sxm-measured"):
@@ -199,7 +201,7 @@ def test_search_where_no_plan_passes_the_rules_says_so():
     assert result.feasible == 0 and not result.ok
     assert result.binding == [
         f"no plan of the space passes the rules: {result.space_size} of {result.space_size} "
-        "break 'framework torch: no tp/pp/vpp/sp'"
+        "break 'framework torch: no tp/cp/pp/vpp/sp'"
     ]
 
 

@@ -31,7 +31,9 @@ def console(stderr: bool = False) -> Console:
 def describe_plan(row: Mapping[str, Any]) -> str:
     parts = [
         f"{int(row['num_gpus'])} GPUs",
-        f"tp={int(row['tp'])} pp={int(row['pp'])} dp={int(row['dp'])}",
+        f"tp={int(row['tp'])}"
+        + (f" cp={int(row['cp'])}" if int(row.get("cp", 1)) > 1 else "")
+        + f" pp={int(row['pp'])} dp={int(row['dp'])}",
         f"mb={int(row['micro_batch'])} gb={int(row['global_batch'])}",
         f"recompute={row['recompute']}",
     ]

@@ -118,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
             base or load_profile(setup.gpu), load_profile(args.tables), setup.cluster(), setup.dtype
         )
     if args.carry:
-        base = carry_step_params(base or load_profile(setup.gpu), load_profile(args.carry))
+        base = carry_step_params(base or load_profile(setup.gpu), load_profile(args.carry), setup)
     if (args.tables or args.carry) and not args.measurements and not args.nccl:
         return _write_curves(args, base, out, derived)
     if not args.measurements:
@@ -173,13 +173,33 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def carry_step_params(profile: Profile, source: Profile) -> Profile:
-    """``profile`` with the in-step parameters of ``source`` (calibrated on real steps)."""
+def carry_step_params(profile: Profile, source: Profile, setup: RunSetup) -> Profile:
+    """``profile`` with the in-step parameters of ``source`` (calibrated on real steps, or
+    measured by the profiler). Where ``source`` holds the profiler's in-step GEMM times of
+    this very GPU, ``step_gemm_scale`` is recomputed against ``profile``'s own GEMM model
+    (the same kernels timed, a different model of them); else its value is copied."""
     sources = dict(profile.sources)
     for k in STEP_PARAMS:
         why = source.sources.get(k, "")
         sources[k] = f"carried from {source.id} ({source.gpu}; same profiler and framework): {why}"
     values = {k: source.params[k] for k in STEP_PARAMS}
+    instep = source.provenance.get("in_step_gemm") or {}
+    if instep.get("shapes") and source.gpu == profile.gpu:
+        from vtrain_opt.profiler.instep import gemm_scale
+
+        scale, why, _ = gemm_scale(
+            profile,
+            setup.cluster(),
+            setup.dtype,
+            instep["framework"],
+            instep["shapes"],
+            on_device=source.provenance.get("kind") == "cuda",
+        )
+        values["step_gemm_scale"] = scale
+        sources["step_gemm_scale"] = (
+            f"in-step GEMM times of {source.id} ({source.gpu}), against this profile's "
+            f"GEMM model: {why}"
+        )
     return replace(profile.with_params(**values), sources=sources)
 
 

@@ -80,7 +80,11 @@ def add_model_args(parser: argparse.ArgumentParser, required: bool = True) -> No
         help="a catalog name (see `catalog`) or a YAML/JSON file with Megatron's field names",
     )
     g.add_argument(
-        "--seq-len", type=positive_int, metavar="N", help="sequence length (default: the model's)"
+        "--seq-len",
+        "--seq-length",
+        type=positive_int,
+        metavar="N",
+        help="sequence length (default: the model's)",
     )
 
 

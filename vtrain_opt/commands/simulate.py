@@ -42,12 +42,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_cluster_args(p)
     g = p.add_argument_group("plan")
     g.add_argument(
-        "--num-gpus", type=positive_int, metavar="N", help="GPUs in all (default: tp*pp*dp)"
+        "--num-gpus", type=positive_int, metavar="N", help="GPUs in all (default: tp*cp*pp*dp)"
     )
     g.add_argument("--tp", type=positive_int, default=1, help="tensor parallelism (default 1)")
+    g.add_argument(
+        "--cp",
+        type=positive_int,
+        default=1,
+        help="context parallelism: the sequence split over cp GPUs, ring attention; the "
+        "sequence must be divisible by 2*cp (default 1)",
+    )
     g.add_argument("--pp", type=positive_int, default=1, help="pipeline parallelism (default 1)")
     g.add_argument(
-        "--dp", type=positive_int, help="data parallelism (default: num-gpus / (tp*pp), else 1)"
+        "--dp", type=positive_int, help="data parallelism (default: num-gpus / (tp*cp*pp), else 1)"
     )
     g.add_argument(
         "--micro-batch",
@@ -139,19 +146,29 @@ def _plan(args: argparse.Namespace, global_batch: int, recompute: str, layers: i
             first=first,
             last=last,
         )
+    cp = args.cp
     if args.dp is not None:
         dp = args.dp
-        if args.num_gpus is not None and args.num_gpus != tp * pp * dp:
+        if args.num_gpus is not None and args.num_gpus != tp * cp * pp * dp:
+            dims, sizes = (
+                ("tp x cp x pp", f"{tp} x {cp} x {pp}") if cp > 1 else ("tp x pp", f"{tp} x {pp}")
+            )
             raise ValueError(
-                f"--num-gpus {args.num_gpus} must equal tp x pp x dp = {tp} x {pp} x {dp} = {tp * pp * dp}"
+                f"--num-gpus {args.num_gpus} must equal {dims} x dp = {sizes} x {dp} = "
+                f"{tp * cp * pp * dp}"
             )
     elif args.num_gpus is not None:
-        if args.num_gpus % (tp * pp):
+        if args.num_gpus % (tp * cp * pp):
+            if cp > 1:
+                raise ValueError(
+                    f"--num-gpus {args.num_gpus} is not a multiple of tp x cp x pp = "
+                    f"{tp * cp * pp}; choose tp, cp and pp whose product divides it"
+                )
             raise ValueError(
                 f"--num-gpus {args.num_gpus} is not a multiple of tp x pp = {tp * pp}; "
                 "choose tp and pp whose product divides it"
             )
-        dp = args.num_gpus // (tp * pp)
+        dp = args.num_gpus // (tp * cp * pp)
     else:
         dp = 1
     return ParallelPlan(
@@ -167,6 +184,7 @@ def _plan(args: argparse.Namespace, global_batch: int, recompute: str, layers: i
         dp_overlap=not args.no_dp_overlap,
         first_stage_layers=first,
         last_stage_layers=last,
+        cp=cp,
     )
 
 
@@ -181,7 +199,12 @@ def run(args: argparse.Namespace) -> int:
     plans[0].validate(model)
     p0 = plans[0]
     check_torch_plan(
-        args.framework, tp=p0.tp, pp=p0.pp, vpp=p0.vpp, sequence_parallel=p0.sequence_parallel
+        args.framework,
+        tp=p0.tp,
+        cp=p0.cp,
+        pp=p0.pp,
+        vpp=p0.vpp,
+        sequence_parallel=p0.sequence_parallel,
     )
     ctx = resolve_context(args, model, cluster)
     batch = PlanBatch.from_plans(plans)

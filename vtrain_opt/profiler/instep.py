@@ -158,9 +158,18 @@ def predicted_gemm_s(
 
 
 def gemm_scale(
-    profile: Profile, cluster: Any, dtype: str, framework: str, measured: list[dict[str, Any]]
+    profile: Profile,
+    cluster: Any,
+    dtype: str,
+    framework: str,
+    measured: list[dict[str, Any]],
+    on_device: bool | None = None,
 ) -> tuple[float, str, dict[str, Any]]:
-    """``step_gemm_scale`` (clipped to its bounds), its source line, and the details."""
+    """``step_gemm_scale`` (clipped to its bounds), its source line, and the details.
+    ``on_device``: whether ``measured`` are kernel times (default: ``profile`` was measured
+    on a GPU)."""
+    if on_device is None:
+        on_device = profile_is_cuda(profile)
     rows = []
     for m in measured:
         shape = (m["hidden"], m["heads"], m["seq"], m["micro_batch"])
@@ -183,7 +192,7 @@ def gemm_scale(
     )
     clipped = "" if value == ratio else f"; clipped from {ratio:.3f} to the bounds"
     source = (
-        f"measured: GEMM {'kernel (device)' if profile_is_cuda(profile) else 'op (CPU)'} time "
+        f"measured: GEMM {'kernel (device)' if on_device else 'op (CPU)'} time "
         f"inside a {what} GPT layer's forward + backward (torch.profiler) / the op model's "
         f"time for the same GEMMs from the measured tables, {ratio:.3f} over all shapes "
         f"({per_shape}){clipped}"

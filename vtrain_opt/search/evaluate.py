@@ -52,7 +52,8 @@ class Evaluated:
         b = self.batch
         g = np.full(b.n, self.gpu_index, dtype=np.int64)
         return [
-            *(g, b.tp, b.pp, b.dp, b.mb, b.gb, b.recompute, b.sp, b.vpp, b.zero, b.dp_overlap),
+            *(g, b.tp, b.cp, b.pp, b.dp, b.mb, b.gb, b.recompute, b.sp, b.vpp, b.zero),
+            b.dp_overlap,
             *(b.first, b.last),
         ]
 
@@ -86,8 +87,9 @@ def rows(
         "gpu": pd.Categorical.from_codes(
             np.full(n, ev.gpu_index, dtype=np.int16), dtype=gpu_dtype(space)
         ),
-        "num_gpus": tp * pp * dp,
+        "num_gpus": tp * b.cp[idx] * pp * dp,
         "tp": tp,
+        "cp": b.cp[idx],
         "pp": pp,
         "dp": dp,
         "micro_batch": mb,

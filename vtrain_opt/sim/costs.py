@@ -62,6 +62,14 @@ class LayerCosts:
     recompute_comm_s: np.ndarray
     host_stall_fwd_s: np.ndarray  # time the GPU waits for the host to dispatch the forward
     host_stall_bwd_s: np.ndarray  # likewise for the backward (with recomputation)
+    # context parallelism's ring attention, per layer (0 without cp): one ring step's
+    # attention forward / backward (at the plan's compute pace), one step's send/recv of the
+    # local K,V (forward) and of K,V + dK,dV (backward), and the last dK,dV sent home
+    ring_attn_fwd_s: np.ndarray | float = 0.0
+    ring_attn_bwd_s: np.ndarray | float = 0.0
+    ring_send_fwd_s: np.ndarray | float = 0.0
+    ring_send_bwd_s: np.ndarray | float = 0.0
+    ring_home_s: np.ndarray | float = 0.0
 
 
 @dataclass
@@ -122,12 +130,15 @@ def layer_costs(
     sp: np.ndarray,
     recompute: np.ndarray,
     compute_scale: np.ndarray | float = 1.0,
+    cp: np.ndarray | float = 1.0,
 ) -> LayerCosts:
     """One layer's forward/backward/recompute costs for each plan.
 
-    ``compute_scale`` multiplies the GPU ops (``straggler_factor`` of the plan's nodes)."""
-    b, t = _f(mb), _f(tp)
-    s, h, f = float(model.seq_length), float(model.hidden_size), float(model.ffn)
+    ``compute_scale`` multiplies the GPU ops (``straggler_factor`` of the plan's nodes).
+    ``cp``: context parallelism, each GPU holds seq/cp tokens (``ring_attention``)."""
+    b, t, c = _f(mb), _f(tp), _f(cp)
+    h, f = float(model.hidden_size), float(model.ffn)
+    s = float(model.seq_length) / c  # the tokens of a sequence on this GPU
     kvh = float(model.kv_hidden_size)
     d = float(model.head_dim)
     a_bytes = float(ops.setup.act_bytes)
@@ -225,6 +236,15 @@ def layer_costs(
     one = tp_comm / 2
     bwd_comm = sum(np.maximum(one - w, 0.0) for w in wgrad_col)
 
+    # ---- context parallelism: cp ring steps of the attention, K,V passed around -------------
+    ring = RingCosts.none() if np.all(c == 1) else ring_attention(model, ops, tokens, t, c)
+    attn_fwd_s, attn_bwd_s = attn_fwd * compute_scale, attn_bwd * compute_scale
+    ring_fwd = (c - 1) * np.maximum(ring.send_fwd_s - attn_fwd_s, 0.0)  # exposed sends
+    ring_bwd = (c - 1) * np.maximum(ring.send_bwd_s - attn_bwd_s, 0.0) + ring.home_s
+    attn_fwd, attn_bwd = c * attn_fwd, c * attn_bwd
+    tp_comm = tp_comm + ring_fwd
+    bwd_comm = bwd_comm + ring_bwd
+
     fwd_compute = (gemm_fwd + attn_fwd + mem_fwd) * compute_scale
     rc = np.asarray(recompute)
     recompute_compute = np.where(
@@ -232,9 +252,13 @@ def layer_costs(
         fwd_compute,
         np.where(rc == RECOMPUTE_SELECTIVE, attn_fwd * compute_scale, 0.0),
     )
-    recompute_comm = np.where(rc == RECOMPUTE_FULL, tp_comm, 0.0)
+    recompute_comm = np.where(
+        rc == RECOMPUTE_FULL, tp_comm, np.where(rc == RECOMPUTE_SELECTIVE, ring_fwd, 0.0)
+    )
     bwd_compute = (gemm_bwd + attn_bwd + mem_bwd) * compute_scale
-    host = ops.profile.host_layer_s * (1.0 + softmax_host_ops / HOST_OPS_PER_LAYER)
+    # each ring step dispatches an attention kernel and a send/recv beyond a standard layer
+    extra_ops = softmax_host_ops + 2.0 * (c - 1)
+    host = ops.profile.host_layer_s * (1.0 + extra_ops / HOST_OPS_PER_LAYER)
     # selective recomputation re-dispatches only the attention core: about a quarter of a layer
     host_recompute = np.where(
         rc == RECOMPUTE_FULL, 1.0, np.where(rc == RECOMPUTE_SELECTIVE, 0.25, 0.0)
@@ -260,6 +284,48 @@ def layer_costs(
         recompute_comm_s=recompute_comm,
         host_stall_fwd_s=stall_fwd,
         host_stall_bwd_s=stall_bwd,
+        ring_attn_fwd_s=np.where(c > 1, attn_fwd_s, 0.0),
+        ring_attn_bwd_s=np.where(c > 1, attn_bwd_s, 0.0),
+        ring_send_fwd_s=ring.send_fwd_s,
+        ring_send_bwd_s=ring.send_bwd_s,
+        ring_home_s=ring.home_s,
+    )
+
+
+@dataclass
+class RingCosts:
+    """One ring step's transfers of context parallelism, arrays (N,) or 0 without cp."""
+
+    send_fwd_s: np.ndarray | float  # the local K,V to the next rank
+    send_bwd_s: np.ndarray | float  # K,V and the accumulated dK,dV
+    home_s: np.ndarray | float  # the last dK,dV back to its owner
+
+    @classmethod
+    def none(cls) -> RingCosts:
+        return cls(0.0, 0.0, 0.0)
+
+
+def ring_attention(
+    model: ModelSpec, ops: OpModel, tokens: np.ndarray, tp: np.ndarray, cp: np.ndarray
+) -> RingCosts:
+    """Megatron-core's ring attention (Transformer Engine's KV-P2P context parallelism).
+
+    The sequence is cut into 2cp chunks, GPU r holding chunks r and 2cp-1-r, so every GPU
+    does the same causal work: cp steps each as much as a causal block of seq/cp (the
+    diagonal step causal, the others half a full block), total causal work / cp. Each of
+    the cp-1 sends of the local K,V to the next GPU runs behind the attention of the block
+    in hand; the backward passes K,V and the accumulated dK,dV (twice the bytes) and sends
+    the last dK,dV home. Ranks are ordered tp-cp-dp-pp: ring neighbours sit tp GPUs apart
+    and the ring stays on NVLink when tp*cp fits the NVLink domain, else it crosses the
+    network (its slowest hop sets the pace, as the pipeline's)."""
+    kv_bytes = tokens * 2.0 * model.kv_hidden_size / tp * ops.setup.act_bytes
+    inter = tp * cp > ops.cluster.domain_gpus
+    on = cp > 1
+    send = np.where(on, ops.p2p_s(kv_bytes, inter, tp), 0.0)
+    return RingCosts(
+        send_fwd_s=send,
+        send_bwd_s=np.where(on, ops.p2p_s(2.0 * kv_bytes, inter, tp), 0.0),
+        home_s=send,
     )
 
 
@@ -270,11 +336,13 @@ def edge_costs(
     tp: np.ndarray,
     sp: np.ndarray,
     compute_scale: np.ndarray | float = 1.0,
+    cp: np.ndarray | float = 1.0,
 ) -> EdgeCosts:
-    """Embedding (first stage) and final norm + logits + cross-entropy (last stage) costs;
-    ``compute_scale`` multiplies the GPU ops, as in ``layer_costs``."""
+    """Embedding (first stage) and final norm + logits + cross-entropy (last stage) costs
+    of the seq/cp tokens on one GPU; ``compute_scale`` multiplies the GPU ops, as in
+    ``layer_costs``."""
     b, t = _f(mb), _f(tp)
-    s, h = float(model.seq_length), float(model.hidden_size)
+    s, h = float(model.seq_length) / _f(cp), float(model.hidden_size)
     a_bytes = float(ops.setup.act_bytes)
     tokens = b * s
     vocab = model.padded_vocab(1)
@@ -343,15 +411,23 @@ def head_compute_s(
 
 
 def p2p_costs(
-    model: ModelSpec, ops: OpModel, mb: np.ndarray, tp: np.ndarray, dp: np.ndarray, pp: np.ndarray
+    model: ModelSpec,
+    ops: OpModel,
+    mb: np.ndarray,
+    tp: np.ndarray,
+    dp: np.ndarray,
+    pp: np.ndarray,
+    cp: np.ndarray | int = 1,
 ) -> np.ndarray:
     """One activation (or gradient) transfer between adjacent pipeline stages, per micro-batch.
 
-    Megatron sends 1/tp of the activation per rank (scatter-gather optimization, or the
-    sequence-parallel shard). Neighbouring stages are tp*dp ranks apart; when the whole
-    pipeline does not fit in one NVLink domain the slowest boundary crosses the network, and
-    that boundary sets the pace, so all boundaries use its time.
+    Megatron sends 1/tp of the activation of the rank's seq/cp tokens (scatter-gather
+    optimization, or the sequence-parallel shard). Neighbouring stages are tp*cp*dp ranks
+    apart; when the whole pipeline does not fit in one NVLink domain the slowest boundary
+    crosses the network, and that boundary sets the pace, so all boundaries use its time.
     """
     nbytes = _f(mb) * model.seq_length * model.hidden_size * ops.setup.act_bytes / _f(tp)
+    if np.any(np.asarray(cp) > 1):
+        nbytes, dp = nbytes / _f(cp), dp * cp
     inter = tp * dp * pp > ops.cluster.domain_gpus
     return np.where(pp > 1, ops.p2p_s(nbytes, inter, tp * dp), 0.0)

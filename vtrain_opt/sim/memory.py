@@ -113,10 +113,12 @@ def layer_activation_bytes(
     tp: np.ndarray,
     sp: np.ndarray,
     recompute: np.ndarray,
+    cp: np.ndarray | float = 1.0,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(stored bytes per layer per micro-batch, transient bytes while one layer is rebuilt)."""
+    """(stored bytes per layer per micro-batch, transient bytes while one layer is rebuilt),
+    of the seq/cp tokens a GPU holds under context parallelism ``cp``."""
     b, t = np.asarray(mb, dtype=np.float64), np.asarray(tp, dtype=np.float64)
-    s, h = float(model.seq_length), float(model.hidden_size)
+    s, h = float(model.seq_length) / np.asarray(cp, dtype=np.float64), float(model.hidden_size)
     a = float(setup.act_bytes)
     sbh = s * b * h
     heads = float(model.num_attention_heads)
@@ -135,7 +137,8 @@ def layer_activation_bytes(
     if setup.attention == "flash":
         scores = 4.0 * heads * s * b / t
     else:
-        scores = ((2 * a + 1) if dropout else a) * heads * s * s * b / t
+        # the local queries' scores against the whole sequence's keys (every ring step's)
+        scores = ((2 * a + 1) if dropout else a) * heads * s * model.seq_length * b / t
     full_layer = replicated + tp_part + scores
     rc = np.asarray(recompute)
     layer_input = np.where(sp, a * sbh / t, a * sbh)
@@ -188,6 +191,7 @@ def memory_per_gpu(
     params: StageParams | None = None,
     layer_bytes: tuple[np.ndarray, np.ndarray] | None = None,
     layers: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+    cp: np.ndarray | float = 1.0,
 ) -> MemoryBreakdown:
     """Peak bytes on one GPU of the worst stage (the first or the last; with uneven
     ``layers`` = (first, middle, last) stage layer counts, also the second stage, the
@@ -195,11 +199,12 @@ def memory_per_gpu(
     its layers / vpp each).
 
     ``params`` and ``layer_bytes`` (from ``stage_params`` and ``layer_activation_bytes``)
-    may be passed in when the caller has them already.
+    may be passed in when the caller has them already. Context parallelism ``cp``: a GPU
+    holds seq/cp tokens' activations and its optimizer states shard over dp x cp (ZeRO).
     """
     params = params if params is not None else stage_params(model, tp, pp)
     if layer_bytes is None:
-        layer_bytes = layer_activation_bytes(model, setup, mb, tp, sp, recompute)
+        layer_bytes = layer_activation_bytes(model, setup, mb, tp, sp, recompute, cp)
     stored, transient = layer_bytes
     p = np.asarray(pp)
     v = np.asarray(vpp)
@@ -209,6 +214,8 @@ def memory_per_gpu(
         first_per_chunk, last_per_chunk = layers[0] / v, layers[2] / v
     b, t = np.asarray(mb, dtype=np.float64), np.asarray(tp, dtype=np.float64)
     s, h, a = float(model.seq_length), float(model.hidden_size), float(setup.act_bytes)
+    if np.any(np.asarray(cp) > 1):  # the tokens on one GPU; ZeRO shards over dp x cp
+        s, dp = s / np.asarray(cp, dtype=np.float64), dp * np.asarray(cp)
     sbh = s * b * h
 
     first_chunks = in_flight(p, v, num_microbatches, np.zeros_like(p))

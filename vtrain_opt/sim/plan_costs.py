@@ -71,6 +71,15 @@ class PlanCosts:
     layer_fwd_mean_s: np.ndarray
     layer_bwd_mean_s: np.ndarray
     microbatch_overhead_s: float
+    # context parallelism's ring, per layer (0 without cp; ``sim/costs.py``): the replay's
+    # ring tasks. Attention steps at the last stage's pace and at the mean speed.
+    ring_attn_fwd_s: np.ndarray
+    ring_attn_bwd_s: np.ndarray
+    ring_attn_fwd_mean_s: np.ndarray
+    ring_attn_bwd_mean_s: np.ndarray
+    ring_send_fwd_s: np.ndarray
+    ring_send_bwd_s: np.ndarray
+    ring_home_s: np.ndarray
     # for the memory model
     params: StageParams
     layer_bytes: tuple[np.ndarray, np.ndarray]  # activation bytes per layer: stored, transient
@@ -83,20 +92,26 @@ def _layer_costs(
     sp: np.ndarray,
     recompute: np.ndarray,
     scale: np.ndarray | float = 1.0,
+    cp: np.ndarray | float = 1.0,
 ) -> LayerCosts:
     """One layer's costs under the setup's framework (its op list)."""
     if ctx.setup.torch:
         return torch_layer_costs(ctx.model, ctx.ops, mb, recompute, scale)
-    return layer_costs(ctx.model, ctx.ops, mb, tp, sp, recompute, scale)
+    return layer_costs(ctx.model, ctx.ops, mb, tp, sp, recompute, scale, cp)
 
 
 def _edge_costs(
-    ctx: SimContext, mb: np.ndarray, tp: np.ndarray, sp: np.ndarray, scale: np.ndarray | float = 1.0
+    ctx: SimContext,
+    mb: np.ndarray,
+    tp: np.ndarray,
+    sp: np.ndarray,
+    scale: np.ndarray | float = 1.0,
+    cp: np.ndarray | float = 1.0,
 ) -> EdgeCosts:
     """The first and last stages' extra work under the setup's framework."""
     if ctx.setup.torch:
         return torch_edge_costs(ctx.model, ctx.ops, mb, scale)
-    return edge_costs(ctx.model, ctx.ops, mb, tp, sp, scale)
+    return edge_costs(ctx.model, ctx.ops, mb, tp, sp, scale, cp)
 
 
 def _torch_optimizer(
@@ -128,11 +143,13 @@ def _take(costs: _Costs, index: np.ndarray, n: int) -> _Costs:
 
 def plan_costs(ctx: SimContext, batch: PlanBatch, m: np.ndarray | None = None) -> PlanCosts:
     """Op costs of every plan, gathered from the distinct (mb, tp, sp, recompute, nodes)
-    combinations (the node count matters only through the straggler factor)."""
+    combinations (the node count matters only through the straggler factor), and cp where
+    a plan has context parallelism."""
     model, ops, profile, setup = ctx.model, ctx.ops, ctx.profile, ctx.setup
     gpn = ctx.cluster.gpus_per_node
+    any_cp = batch.any_cp
     if profile.node_straggler > 0:
-        nodes = -(-(batch.tp.astype(np.int64) * batch.pp * batch.dp) // gpn)
+        nodes = -(-(batch.tp.astype(np.int64) * batch.pp * batch.dp * batch.cp) // gpn)
     else:
         nodes = np.ones(batch.n, dtype=np.int64)
     key = (
@@ -142,23 +159,36 @@ def plan_costs(ctx: SimContext, batch: PlanBatch, m: np.ndarray | None = None) -
         | (batch.sp.astype(np.int64) << 2)
         | batch.recompute.astype(np.int64)
     )
+    if any_cp:  # and cp: the keys of the distinct combinations, then cp beside them
+        key_codes, key_uniq = pd.factorize(key, sort=False)
+        key = (key_codes.astype(np.int64) << 20) | batch.cp.astype(np.int64)
     codes, uniq = pd.factorize(key, sort=False)
     uniq = np.asarray(uniq, dtype=np.int64)
+    u_cp: np.ndarray | float = 1.0
+    if any_cp:
+        u_cp, uniq = uniq & 0xFFFFF, np.asarray(key_uniq, dtype=np.int64)[uniq >> 20]
     u_mb, u_tp, u_sp, u_rc = _decode(uniq)
     u_scale = straggler_factor(profile.node_straggler, uniq >> 40)
     # Node stragglers: the last stage runs at the slowest node's pace (it carries the steady
     # state of the schedule), the others at the mean speed (the fill and drain pass them once).
-    lc = _layer_costs(ctx, u_mb, u_tp, u_sp, u_rc, u_scale)
-    ec = _edge_costs(ctx, u_mb, u_tp, u_sp, u_scale)
+    lc = _layer_costs(ctx, u_mb, u_tp, u_sp, u_rc, u_scale, u_cp)
+    ec = _edge_costs(ctx, u_mb, u_tp, u_sp, u_scale, u_cp)
     if profile.node_straggler > 0:
-        # the mean-speed costs do not depend on the node count: one per (mb, tp, sp, rc)
-        sub_codes, sub = pd.factorize(uniq & ((1 << 40) - 1), sort=False)
-        s_mb, s_tp, s_sp, s_rc = _decode(np.asarray(sub, dtype=np.int64))
-        lc_mean = _take(_layer_costs(ctx, s_mb, s_tp, s_sp, s_rc), sub_codes, len(sub))
-        ec_mean = _take(_edge_costs(ctx, s_mb, s_tp, s_sp), sub_codes, len(sub))
+        # the mean-speed costs do not depend on the node count: one per (mb, tp, sp, rc, cp)
+        sub_key = uniq & ((1 << 40) - 1)
+        if any_cp:
+            sub_key = (sub_key << 20) | np.asarray(u_cp, dtype=np.int64)
+        sub_codes, sub = pd.factorize(sub_key, sort=False)
+        sub = np.asarray(sub, dtype=np.int64)
+        s_cp: np.ndarray | float = 1.0
+        if any_cp:
+            s_cp, sub = sub & 0xFFFFF, sub >> 20
+        s_mb, s_tp, s_sp, s_rc = _decode(sub)
+        lc_mean = _take(_layer_costs(ctx, s_mb, s_tp, s_sp, s_rc, 1.0, s_cp), sub_codes, len(sub))
+        ec_mean = _take(_edge_costs(ctx, s_mb, s_tp, s_sp, 1.0, s_cp), sub_codes, len(sub))
     else:
         lc_mean, ec_mean = lc, ec
-    u_stored, u_transient = layer_activation_bytes(model, setup, u_mb, u_tp, u_sp, u_rc)
+    u_stored, u_transient = layer_activation_bytes(model, setup, u_mb, u_tp, u_sp, u_rc, u_cp)
 
     def gather(x: np.ndarray) -> np.ndarray:
         return np.broadcast_to(x, uniq.shape)[codes]
@@ -204,7 +234,7 @@ def plan_costs(ctx: SimContext, batch: PlanBatch, m: np.ndarray | None = None) -
     chunk_bwd = layers_per_chunk * layer_bwd
     chunk_fwd_mean = layers_per_chunk * layer_fwd_mean + mb_overhead
     chunk_bwd_mean = layers_per_chunk * layer_bwd_mean
-    c = p2p_costs(model, ops, batch.mb, t, d, p)
+    c = p2p_costs(model, ops, batch.mb, t, d, p, batch.cp)
 
     # Busy time of the last stage per micro-batch (the single stage's when pp = 1).
     stage_layers = n_last
@@ -216,7 +246,11 @@ def plan_costs(ctx: SimContext, batch: PlanBatch, m: np.ndarray | None = None) -
     busy_overhead = v * mb_overhead + stage_layers * layer_stall
 
     # ---- data-parallel gradient communication and optimizer, first and last stage -----------
-    # The collectives depend only on (tp, pp, dp): computed once per distinct triple.
+    # The collectives depend only on (tp, pp, dp): computed once per distinct triple. With
+    # context parallelism the gradients reduce (and ZeRO shards) over the dp x cp GPUs
+    # holding the same weights, tp apart (ranks ordered tp-cp-dp-pp), as Megatron-core does.
+    if any_cp:
+        d = d * batch.cp
     key2 = (t.astype(np.int64) << 40) | (p.astype(np.int64) << 20) | d.astype(np.int64)
     any_uneven = batch.any_uneven
     if any_uneven:  # and the first and last stages' layers
@@ -350,6 +384,13 @@ def plan_costs(ctx: SimContext, batch: PlanBatch, m: np.ndarray | None = None) -
         layer_fwd_mean_s=layer_fwd_mean,
         layer_bwd_mean_s=layer_bwd_mean,
         microbatch_overhead_s=mb_overhead,
+        ring_attn_fwd_s=gather(lc.ring_attn_fwd_s),
+        ring_attn_bwd_s=gather(lc.ring_attn_bwd_s),
+        ring_attn_fwd_mean_s=gather(lc_mean.ring_attn_fwd_s),
+        ring_attn_bwd_mean_s=gather(lc_mean.ring_attn_bwd_s),
+        ring_send_fwd_s=gather(lc.ring_send_fwd_s),
+        ring_send_bwd_s=gather(lc.ring_send_bwd_s),
+        ring_home_s=gather(lc.ring_home_s),
         params=StageParams(
             **{f.name: gather2(getattr(u_params, f.name)) for f in fields(StageParams)}
         ),
@@ -366,13 +407,7 @@ def stage_chunk_times(
     Stages run at the mean speed; the last stage's last chunk carries the slowest node's
     extra time (as the closed forms carry it) and the head; the first stage's chunk 0 the
     embedding."""
-    layers = {name: x[idx] for name, x in chunk_layers(batch, num_layers).items()}
-    grid = np.empty((p, v, len(idx)))
-    grid[:] = layers["middle"]
-    grid[0, :] = layers["first"]
-    grid[0, 0] = layers["first0"]
-    grid[p - 1, :] = layers["last"]
-    grid[p - 1, v - 1] = layers["last_end"]
+    grid = chunk_layer_grid(batch, num_layers, idx, p, v)
     ovh = k.microbatch_overhead_s
     fwd = grid * k.layer_fwd_mean_s[idx] + ovh
     bwd = grid * k.layer_bwd_mean_s[idx]
@@ -384,3 +419,17 @@ def stage_chunk_times(
     fwd[p - 1, v - 1] += k.last_fwd_s[idx]
     bwd[p - 1, v - 1] += k.last_bwd_s[idx]
     return fwd, bwd
+
+
+def chunk_layer_grid(
+    batch: PlanBatch, num_layers: int, idx: np.ndarray, p: int, v: int
+) -> np.ndarray:
+    """Layers of model chunk j on stage i, array (p, v, len(idx)) for the plans ``idx``."""
+    layers = {name: x[idx] for name, x in chunk_layers(batch, num_layers).items()}
+    grid = np.empty((p, v, len(idx)))
+    grid[:] = layers["middle"]
+    grid[0, :] = layers["first"]
+    grid[0, 0] = layers["first0"]
+    grid[p - 1, :] = layers["last"]
+    grid[p - 1, v - 1] = layers["last_end"]
+    return grid

@@ -148,6 +148,7 @@ def _simulate_valid(
             params=k.params,
             layer_bytes=k.layer_bytes,
             layers=stage_layer_counts(batch, model.num_layers) if any_uneven else None,
+            cp=batch.cp,
         )
         capacity = float(ctx.cluster.gpu.hbm_bytes)
         reason = np.where(mem.total_bytes > capacity, REASON_OOM, 0).astype(np.int16)

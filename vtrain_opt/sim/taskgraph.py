@@ -87,6 +87,10 @@ class TaskGraph:
             raise RuntimeError(f"task graph has a cycle or deadlock near {stuck}")
         return makespan
 
+    def last_on(self, stream: str) -> str | None:
+        """The task added last to ``stream`` (None while it has none)."""
+        return self._stream_last.get(stream)
+
     def stream_end_s(self, stream: str) -> float:
         last = self._stream_last.get(stream)
         return self.tasks[last].end_s if last else 0.0

@@ -6,6 +6,11 @@ between stages (transfers on a link serialize), and the data-parallel gradient
 reduction and optimizer step of each stage after its last backward. It uses exactly
 the op costs of the vectorized core (``sim/step.py``), so the two can be compared:
 the core's closed forms must agree with this replay (the contract test).
+
+With context parallelism each layer's ring attention is replayed step by step (``CpRing``):
+cp attention steps on the stage's compute stream, the K,V (backward: K,V and dK,dV) sends
+on its ring stream, each step waiting for the block it needs; the rest of a chunk's work
+(and the recomputed forward's ring, in its backward) runs as one task after the rings.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from vtrain_opt.sim.context import SimContext
-from vtrain_opt.sim.plan_costs import plan_costs, stage_chunk_times
+from vtrain_opt.sim.plan_costs import PlanCosts, chunk_layer_grid, plan_costs, stage_chunk_times
 from vtrain_opt.sim.taskgraph import TaskGraph
 from vtrain_opt.spec.plan import ParallelPlan, PlanBatch
 
@@ -51,16 +56,62 @@ def _op(kind: str, stage: int, mb: int, chunk: int) -> str:
     return f"{kind} s{stage} mb{mb} c{chunk}"
 
 
+@dataclass
+class CpRing:
+    """Context parallelism's ring attention of one plan, for the replay (``sim/costs.py``)."""
+
+    cp: int
+    layers: np.ndarray  # (p, v): layers of model chunk j on stage i
+    attn_fwd_s: np.ndarray  # (p, v): one ring step's attention at that chunk's pace
+    attn_bwd_s: np.ndarray
+    send_fwd_s: float  # one step's K,V send
+    send_bwd_s: float  # one step's K,V + dK,dV send
+    home_s: float  # the last dK,dV back to its owner
+
+    def layer_s(self, kind: str, i: int, j: int) -> float:
+        """One layer's ring in chunk j of stage i: the closed form the replay reproduces."""
+        a = float((self.attn_fwd_s if kind == "F" else self.attn_bwd_s)[i, j])
+        send = self.send_fwd_s if kind == "F" else self.send_bwd_s
+        home = 0.0 if kind == "F" else self.home_s
+        return a + (self.cp - 1) * max(a, send) + home
+
+    def add(self, graph: TaskGraph, kind: str, base: str, i: int, j: int, deps: list[str]) -> str:
+        """Add the rings of chunk j's layers before task ``base``; return the task it waits
+        for (the last attention step, or the last dK,dV sent home)."""
+        compute, ring = f"stage{i}/compute", f"stage{i}/cp ring"
+        a = float((self.attn_fwd_s if kind == "F" else self.attn_bwd_s)[i, j])
+        send = self.send_fwd_s if kind == "F" else self.send_bwd_s
+        after = list(deps)
+        for layer in range(round(float(self.layers[i, j]))):
+            name = f"{base} L{layer}"
+            prev = graph.last_on(compute)
+            start = after + ([prev] if prev else [])
+            att = graph.add(f"{name} attn0", compute, a, after, "attention", step=0)
+            snd = graph.add(f"{name} ring0", ring, send, start, "cp_ring", step=0)
+            for k in range(1, self.cp):
+                before = att
+                att = graph.add(f"{name} attn{k}", compute, a, [snd], "attention", step=k)
+                if k < self.cp - 1:  # the backward sends the dK,dV of the step before
+                    deps_k = [before] if kind == "B" else []
+                    snd = graph.add(f"{name} ring{k}", ring, send, deps_k, "cp_ring", step=k)
+            after = [att]
+            if kind == "B":
+                after = [graph.add(f"{name} dkv home", ring, self.home_s, [att], "cp_ring")]
+        return after[0]
+
+
 def build_pipeline(
     graph: TaskGraph,
     fwd_s: np.ndarray,
     bwd_s: np.ndarray,
     p2p_s: float,
     num_microbatches: int,
+    ring: CpRing | None = None,
 ) -> list[str]:
     """Add the pipeline's tasks; return the name of each stage's last compute task.
 
-    ``fwd_s[i, j]``/``bwd_s[i, j]``: time of model chunk j on stage i for one micro-batch.
+    ``fwd_s[i, j]``/``bwd_s[i, j]``: time of model chunk j on stage i for one micro-batch
+    (with ``ring``: its layers' ring attention included, replayed step by step).
     """
     p, v = fwd_s.shape
     m = num_microbatches
@@ -74,8 +125,12 @@ def build_pipeline(
                     deps.append(f"send {_op('F', i - 1, mb, j)}")
                 elif j > 0:
                     deps.append(f"send {_op('F', p - 1, mb, j - 1)}")
+                dur = fwd_s[i, j]
+                if ring is not None:
+                    deps.append(ring.add(graph, "F", _op("F", i, mb, j), i, j, deps))
+                    dur = max(dur - ring.layers[i, j] * ring.layer_s("F", i, j), 0.0)
                 name = graph.add(
-                    _op("F", i, mb, j), stream, fwd_s[i, j], deps, "forward", microbatch=mb, chunk=j
+                    _op("F", i, mb, j), stream, dur, deps, "forward", microbatch=mb, chunk=j
                 )
                 if i < p - 1 or j < v - 1:
                     dst = i + 1 if i < p - 1 else 0
@@ -94,10 +149,14 @@ def build_pipeline(
                     deps.append(f"send {_op('B', i + 1, mb, j)}")
                 elif j < v - 1:
                     deps.append(f"send {_op('B', 0, mb, j + 1)}")
+                dur = bwd_s[i, j]
+                if ring is not None:
+                    deps.append(ring.add(graph, "B", _op("B", i, mb, j), i, j, deps))
+                    dur = max(dur - ring.layers[i, j] * ring.layer_s("B", i, j), 0.0)
                 name = graph.add(
                     _op("B", i, mb, j),
                     stream,
-                    bwd_s[i, j],
+                    dur,
                     deps,
                     "backward",
                     microbatch=mb,
@@ -141,6 +200,7 @@ def run_reference(
     stage_tail_s: list[tuple[float, float]],
     iteration_overhead_s: float,
     embedding_sync_s: float = 0.0,
+    ring: CpRing | None = None,
 ) -> ReferenceResult:
     """Replay a plan: the pipeline, then per stage its gradient reduction and optimizer step.
 
@@ -149,7 +209,7 @@ def run_reference(
     and the last stage, after both have finished their backward passes.
     """
     graph = TaskGraph()
-    last = build_pipeline(graph, fwd_s, bwd_s, p2p_s, num_microbatches)
+    last = build_pipeline(graph, fwd_s, bwd_s, p2p_s, num_microbatches, ring)
     p = fwd_s.shape[0]
     sync = None
     if embedding_sync_s > 0 and p > 1:
@@ -207,4 +267,23 @@ def reference(ctx: SimContext, plan: ParallelPlan) -> ReferenceResult:
         tails,
         iteration_overhead_s=ctx.profile.iteration_overhead_s,
         embedding_sync_s=float(k.embedding_sync_s[0]),
+        ring=_cp_ring(k, batch, ctx.model.num_layers) if plan.cp > 1 else None,
+    )
+
+
+def _cp_ring(k: PlanCosts, batch: PlanBatch, num_layers: int) -> CpRing:
+    """The ring of plan 0 of ``batch``: the stages at the mean speed, the last stage's last
+    chunk (which carries the slowest node's extra time) at the slowest node's pace."""
+    p, v = int(batch.pp[0]), int(batch.vpp[0])
+    fwd = np.full((p, v), float(k.ring_attn_fwd_mean_s[0]))
+    bwd = np.full((p, v), float(k.ring_attn_bwd_mean_s[0]))
+    fwd[p - 1, v - 1], bwd[p - 1, v - 1] = k.ring_attn_fwd_s[0], k.ring_attn_bwd_s[0]
+    return CpRing(
+        cp=int(batch.cp[0]),
+        layers=chunk_layer_grid(batch, num_layers, np.array([0]), p, v)[:, :, 0],
+        attn_fwd_s=fwd,
+        attn_bwd_s=bwd,
+        send_fwd_s=float(k.ring_send_fwd_s[0]),
+        send_bwd_s=float(k.ring_send_bwd_s[0]),
+        home_s=float(k.ring_home_s[0]),
     )

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from vtrain_opt.spec import stages as _st
-from vtrain_opt.spec._check import as_int, positive_int
+from vtrain_opt.spec._check import as_bool, as_int, positive_int, recompute_codes
 from vtrain_opt.spec.model import ModelSpec
 
 RECOMPUTE_MODES = ("none", "selective", "full")
@@ -22,6 +22,7 @@ RECOMPUTE_MODES = ("none", "selective", "full")
 PLAN_COLUMNS = (
     "num_gpus",
     "tp",
+    "cp",
     "pp",
     "dp",
     "micro_batch",
@@ -57,6 +58,17 @@ def _rules() -> list[_Rule]:
             lambda b, m: (
                 (b.tp < 1) | (b.pp < 1) | (b.dp < 1) | (b.mb < 1) | (b.gb < 1) | (b.vpp < 1)
             ),
+        ),
+        _Rule(
+            "bad cp",
+            "context parallelism cp={cp} must be a positive integer",
+            lambda b, m: b.cp < 1,
+        ),
+        _Rule(
+            "2*cp does not divide seq length",
+            "context parallelism cp={cp}: the sequence {seq_length} must be divisible by "
+            "2*cp = {two_cp} (the causal load-balancing split)",
+            lambda b, m: (b.cp > 1) & (m.seq_length % np.maximum(2 * b.cp, 1) != 0),
         ),
         _Rule(
             "tp does not divide heads",
@@ -128,8 +140,9 @@ def _rules() -> list[_Rule]:
         ),
         _Rule(
             "tp does not divide seq length",
-            "sequence parallelism needs tp={tp} to divide the sequence length ({seq_length})",
-            lambda b, m: b.sp & (m.seq_length % np.maximum(b.tp, 1) != 0),
+            "sequence parallelism needs tp={tp} to divide the sequence length ({seq_length}) "
+            "/ cp ({cp})",
+            lambda b, m: b.sp & (m.seq_length % np.maximum(b.tp * b.cp, 1) != 0),
         ),
         _Rule(
             "ZeRO-2/3 with pp > 1",
@@ -143,15 +156,15 @@ def _rules() -> list[_Rule]:
 _RULE_LIST = _rules()
 _RULE_REASONS.extend(r.reason for r in _RULE_LIST)
 # A plain PyTorch model (framework 'torch') has data parallelism (and ZeRO) only.
-TORCH_ONLY_DP = "framework torch: no tp/pp/vpp/sp"
+TORCH_ONLY_DP = "framework torch: no tp/cp/pp/vpp/sp"
 REASONS: tuple[str, ...] = ("", *_RULE_REASONS, TORCH_ONLY_DP, "out of memory")
 REASON_TORCH_ONLY_DP = REASONS.index(TORCH_ONLY_DP)
 REASON_OOM = REASONS.index("out of memory")
 
 
 def torch_framework_violations(batch: PlanBatch) -> np.ndarray:
-    """Plans a plain PyTorch model cannot run: any model parallelism (tp, pp, vpp, sp)."""
-    return (batch.tp > 1) | (batch.pp > 1) | (batch.vpp > 1) | batch.sp
+    """Plans a plain PyTorch model cannot run: any model parallelism (tp, cp, pp, vpp, sp)."""
+    return (batch.tp > 1) | (batch.cp > 1) | (batch.pp > 1) | (batch.vpp > 1) | batch.sp
 
 
 @dataclass(frozen=True)
@@ -172,9 +185,11 @@ class ParallelPlan:
     # the rest evenly), as Megatron-core's decoder_first/last_pipeline_num_layers
     first_stage_layers: int = 0
     last_stage_layers: int = 0
+    # context parallelism: the sequence split over cp GPUs (Megatron-core's ring attention)
+    cp: int = 1
 
     def __post_init__(self) -> None:
-        for f in ("tp", "pp", "dp", "micro_batch", "global_batch", "vpp"):
+        for f in ("tp", "pp", "dp", "micro_batch", "global_batch", "vpp", "cp"):
             positive_int("plan", f, getattr(self, f))
         if self.recompute not in RECOMPUTE_MODES:
             raise ValueError(
@@ -185,7 +200,7 @@ class ParallelPlan:
 
     @property
     def num_gpus(self) -> int:
-        return self.tp * self.pp * self.dp
+        return self.tp * self.cp * self.pp * self.dp
 
     @property
     def num_microbatches(self) -> int:
@@ -205,6 +220,7 @@ class ParallelPlan:
                     "ffn": model.ffn,
                     "layers": model.num_layers,
                     "seq_length": model.seq_length,
+                    "two_cp": 2 * self.cp,
                     "num_microbatches": f"{self.global_batch / (self.dp * self.micro_batch):g}",
                 }
                 raise ValueError(f"invalid plan: {rule.message.format(**values)}")
@@ -214,7 +230,7 @@ class ParallelPlan:
         return asdict(self) | {"num_gpus": self.num_gpus}
 
     def describe(self) -> str:
-        extras = []
+        extras = [f"cp={self.cp}"] if self.cp > 1 else []
         if self.vpp > 1:
             extras.append(f"vpp={self.vpp}")
         if self.sequence_parallel:
@@ -245,7 +261,7 @@ class ParallelPlan:
             if name in _INT_PLAN_FIELDS:
                 kwargs[name] = as_int("plan", name, value)
             elif name in ("sequence_parallel", "dp_overlap"):
-                kwargs[name] = _as_bool(name, value)
+                kwargs[name] = as_bool(name, value)
             elif name == "recompute":
                 kwargs[name] = str(value)
             elif name == "num_gpus":
@@ -253,32 +269,20 @@ class ParallelPlan:
             else:
                 raise ValueError(
                     f"plan: unknown field {key!r}; allowed: tp, pp, dp, mb, gb, recompute, sp, vpp, zero, dp_overlap, "
-                    "first_stage_layers, last_stage_layers"
+                    "first_stage_layers, last_stage_layers, cp"
                 )
         plan = cls(**kwargs)
         if "num_gpus" in data and as_int("plan", "num_gpus", data["num_gpus"]) != plan.num_gpus:
             raise ValueError(
-                f"invalid plan: num_gpus={data['num_gpus']} must equal tp x pp x dp = {plan.num_gpus}"
+                f"invalid plan: num_gpus={data['num_gpus']} must equal tp x cp x pp x dp = "
+                f"{plan.num_gpus}"
             )
         return plan
 
 
-_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
-
-
-def _as_bool(name: str, value: Any) -> bool:
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    if isinstance(value, (int, np.integer)) and value in (0, 1):
-        return bool(value)
-    if isinstance(value, str) and value.lower() in _TRUE + _FALSE:
-        return value.lower() in _TRUE
-    raise ValueError(f"plan.{name}: {value!r} is not a boolean")
-
-
-_INT_FIELDS = ("tp", "pp", "dp", "mb", "gb", "vpp", "zero", "first", "last")
+_INT_FIELDS = ("tp", "pp", "dp", "mb", "gb", "vpp", "zero", "first", "last", "cp")
 _INT_PLAN_FIELDS = ("tp", "pp", "dp", "micro_batch", "global_batch", "vpp", "zero")
-_INT_PLAN_FIELDS += ("first_stage_layers", "last_stage_layers")
+_INT_PLAN_FIELDS += ("first_stage_layers", "last_stage_layers", "cp")
 _BOOL_FIELDS = ("sp", "dp_overlap")
 
 
@@ -286,11 +290,12 @@ class PlanBatch:
     """N plans as a struct of arrays (each shape (N,)). Invalid plans are marked, not raised.
 
     Columns: tp, pp, dp, mb (micro-batch), gb (global batch), vpp, zero, first and last
-    (the first/last stage's layers, 0: an even share) (int64);
+    (the first/last stage's layers, 0: an even share), cp (context parallelism) (int64);
     recompute (int8 code into RECOMPUTE_MODES); sp, dp_overlap (bool).
     """
 
     __slots__ = (
+        "cp",
         "dp",
         "dp_overlap",
         "first",
@@ -317,6 +322,7 @@ class PlanBatch:
     dp_overlap: np.ndarray
     first: np.ndarray
     last: np.ndarray
+    cp: np.ndarray
 
     def __init__(
         self,
@@ -333,6 +339,7 @@ class PlanBatch:
         dp_overlap: Any = True,
         first: Any = 0,
         last: Any = 0,
+        cp: Any = 1,
     ) -> None:
         cols: dict[str, Any] = {
             "tp": tp,
@@ -342,11 +349,12 @@ class PlanBatch:
             "gb": gb,
             "vpp": vpp,
             "zero": zero,
-            "recompute": _recompute_codes(recompute),
+            "recompute": recompute_codes(recompute, RECOMPUTE_MODES),
             "sp": sp,
             "dp_overlap": dp_overlap,
             "first": first,
             "last": last,
+            "cp": cp,
         }
         n = max(np.size(v) for v in cols.values())
         for name, value in cols.items():
@@ -387,6 +395,7 @@ class PlanBatch:
             dp_overlap=[p.dp_overlap for p in plans],
             first=[p.first_stage_layers for p in plans],
             last=[p.last_stage_layers for p in plans],
+            cp=[p.cp for p in plans],
         )
 
     @classmethod
@@ -397,7 +406,7 @@ class PlanBatch:
             if col in df.columns and name not in kwargs:
                 kwargs[name] = df[col].to_numpy()
         if "recompute" in kwargs and kwargs["recompute"].dtype.kind in "OUS":
-            kwargs["recompute"] = _recompute_codes(kwargs["recompute"])
+            kwargs["recompute"] = recompute_codes(kwargs["recompute"], RECOMPUTE_MODES)
         return cls(**kwargs)
 
     # ---- derived -------------------------------------------------------------------------
@@ -410,7 +419,7 @@ class PlanBatch:
 
     @property
     def num_gpus(self) -> np.ndarray:
-        return self.tp * self.pp * self.dp
+        return self.tp * self.cp * self.pp * self.dp
 
     @property
     def num_microbatches(self) -> np.ndarray:
@@ -419,6 +428,12 @@ class PlanBatch:
     @property
     def any_uneven(self) -> bool:
         return bool(self.first.any() or self.last.any())
+
+    @property
+    def any_cp(self) -> bool:
+        """Whether a plan splits the sequence (context parallelism): cp costs are skipped
+        otherwise."""
+        return bool((self.cp > 1).any())
 
     @property
     def uneven(self) -> np.ndarray:
@@ -450,6 +465,7 @@ class PlanBatch:
             dp_overlap=bool(self.dp_overlap[i]),
             first_stage_layers=int(self.first[i]),
             last_stage_layers=int(self.last[i]),
+            cp=int(self.cp[i]),
         )
 
     def to_frame(self) -> pd.DataFrame:
@@ -458,6 +474,7 @@ class PlanBatch:
             {
                 "num_gpus": self.num_gpus,
                 "tp": self.tp,
+                "cp": self.cp,
                 "pp": self.pp,
                 "dp": self.dp,
                 "micro_batch": self.mb,
@@ -474,23 +491,3 @@ class PlanBatch:
                 "last_stage_layers": self.last,
             }
         )
-
-
-def _recompute_codes(value: Any) -> np.ndarray:
-    arr = np.asarray(value)
-    if arr.dtype.kind in "iu":
-        if np.any((arr < 0) | (arr >= len(RECOMPUTE_MODES))):
-            raise ValueError(
-                "PlanBatch.recompute: codes must be 0 (none), 1 (selective) or 2 (full)"
-            )
-        return arr.astype(np.int8)
-    flat = np.atleast_1d(arr).astype(str)
-    codes = np.full(flat.shape, -1, dtype=np.int8)
-    for code, mode in enumerate(RECOMPUTE_MODES):
-        codes[flat == mode] = code
-    if np.any(codes < 0):
-        bad = sorted(set(flat[codes < 0].tolist()))
-        raise ValueError(
-            f"recompute: {', '.join(map(repr, bad))} not one of {', '.join(RECOMPUTE_MODES)}"
-        )
-    return codes.reshape(arr.shape) if arr.ndim else codes[0:1]
