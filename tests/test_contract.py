@@ -12,6 +12,10 @@ covers it, where the closed form overestimates by up to about 10%.
 Half the drawn plans have uneven stages (first/last stage layers, ``stage_split``): the
 core evaluates their schedule by the replay's own task graph (``sim/uneven.py``), so they
 must agree to 1e-6 as well.
+
+A third of the drawn plans have context parallelism (cp 2-8 where the sequence allows): the
+replay runs each layer's ring attention step by step (its sends on their own stream), the
+core its closed form; they must agree to 1e-6 wherever the schedule's closed form is exact.
 """
 
 from functools import cache
@@ -91,7 +95,9 @@ def cases(draw):
     m = draw(st.integers(1, 12)) * pp if vpp > 1 else draw(st.integers(1, 48))
     dp = draw(st.sampled_from([1, 2, 4, 8]))
     mb = draw(st.sampled_from([1, 2, 4]))
-    sp = tp > 1 and model.seq_length % tp == 0 and draw(st.booleans())
+    cps = [c for c in (2, 4, 8) if model.seq_length % (2 * c) == 0]
+    cp = draw(st.sampled_from(cps)) if cps and draw(st.integers(0, 2)) == 0 else 1
+    sp = tp > 1 and model.seq_length % (tp * cp) == 0 and draw(st.booleans())
     zero = draw(st.sampled_from([0, 1, 2, 3] if pp == 1 else [0, 1]))
     first, last = draw(stage_split(model.num_layers, pp, vpp)) if pp > 1 else (0, 0)
     plan = ParallelPlan(
@@ -107,6 +113,7 @@ def cases(draw):
         vpp=vpp,
         zero=zero,
         dp_overlap=draw(st.booleans()),
+        cp=cp,
     )
     gpu = draw(st.sampled_from(GPUS))
     # NVLink domains of one node (the catalog's), or of several (GB200 NVL72, NVLink switch
