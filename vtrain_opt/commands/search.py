@@ -107,7 +107,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--inter-node-gbps", type=positive_float, metavar="GBPS", help="per node, Gbit/s"
     )
     c.add_argument("--profile", metavar="NAME|FILE", help="device profile")
-    c.add_argument("--dtype", choices=DTYPES, help="compute dtype (default: bf16 if supported)")
+    c.add_argument(
+        "--dtype",
+        type=_dtypes,
+        metavar="DTYPE[,DTYPE...]",
+        help=f"compute dtype ({', '.join(DTYPES)}; default: bf16 if supported); several (bf16,"
+        "fp8) are a dimension compared per plan, and a GPU without one skips it",
+    )
     c.add_argument("--attention", choices=ATTENTION_KERNELS, help="attention kernel")
     add_framework_args(c)
 
@@ -189,6 +195,14 @@ def _names(text: str) -> list[str]:
     if not items:
         raise argparse.ArgumentTypeError(f"{text!r}: give one or more names separated by commas")
     return items
+
+
+def _dtypes(text: str) -> list[str]:
+    names = _names(text)
+    bad = [n for n in names if n not in DTYPES]
+    if bad:
+        raise argparse.ArgumentTypeError(f"{', '.join(bad)}: not one of {', '.join(DTYPES)}")
+    return names
 
 
 def _ints(text: str) -> list[int]:

@@ -13,10 +13,12 @@ import pandas as pd
 
 from vtrain_opt.search.engine import SearchResult
 from vtrain_opt.search.space import SearchSpace
+from vtrain_opt.search.targets import target_index
 
 
 def parse_baseline(text: str, space: SearchSpace) -> tuple[int, list[Any]]:
-    """The baseline's GPU index and plans (one per recompute mode when not given: auto)."""
+    """The baseline's target (its GPU and dtype) and plans (one per recompute mode when not
+    given: auto)."""
     from vtrain_opt.spec.plan import RECOMPUTE_MODES, ParallelPlan
 
     fields: dict[str, str] = {}
@@ -28,9 +30,10 @@ def parse_baseline(text: str, space: SearchSpace) -> tuple[int, list[Any]]:
             raise ValueError(f"--baseline: {part.strip()!r} is not KEY=VALUE (e.g. tp=8)")
         fields[key.strip().lower()] = value.strip()
     gpu = fields.pop("gpu", space.gpus[0].name)
-    names = [g.name for g in space.gpus]
-    if gpu not in names:
-        raise ValueError(f"--baseline: gpu {gpu!r} is not in the space ({', '.join(names)})")
+    try:
+        target = target_index(space, gpu, fields.pop("dtype", None))
+    except ValueError as e:
+        raise ValueError(f"--baseline: {e}") from None
     fields.setdefault("gb", str(space.global_batch[0]))
     modes = [fields.pop("recompute")] if "recompute" in fields else list(RECOMPUTE_MODES)
     try:
@@ -38,17 +41,15 @@ def parse_baseline(text: str, space: SearchSpace) -> tuple[int, list[Any]]:
         plans[0].validate(space.model)
     except ValueError as e:
         raise ValueError(f"--baseline: {e}") from None
-    return names.index(gpu), plans
+    return target, plans
 
 
-def evaluate_baseline(result: SearchResult, gpu_index: int, plans: list[Any]) -> pd.Series:
+def evaluate_baseline(result: SearchResult, target: int, plans: list[Any]) -> pd.Series:
     """The baseline's result row: its first plan that fits in memory, else its last."""
     from vtrain_opt.search.evaluate import evaluate, rows
     from vtrain_opt.spec.plan import PlanBatch
 
-    ev = evaluate(
-        result.space, gpu_index, PlanBatch.from_plans(plans), result.tokens, result.limits
-    )
+    ev = evaluate(result.space, target, PlanBatch.from_plans(plans), result.tokens, result.limits)
     df = rows(result.space, ev)
     fits = np.flatnonzero(df["fits_memory"].to_numpy())
     return df.iloc[int(fits[0]) if fits.size else len(df) - 1]

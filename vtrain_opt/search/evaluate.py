@@ -18,21 +18,24 @@ from vtrain_opt.search.limits import SEARCH_REASONS, Limits
 from vtrain_opt.search.space import SearchSpace
 from vtrain_opt.sim.step import simulate_arrays
 from vtrain_opt.spec.plan import PLAN_COLUMNS, RECOMPUTE_MODES, ParallelPlan, PlanBatch
+from vtrain_opt.spec.setup import DTYPES
 
 TIME = "training_time_s"
 COST = "cost_usd"
 # Columns of a result row that identify the plan, in tie-break order.
-PLAN_KEY = ("gpu", *(c for c in PLAN_COLUMNS if c != "num_gpus"))
+PLAN_KEY = ("gpu", *(c for c in PLAN_COLUMNS if c != "num_gpus"), "dtype")
 
 
 @dataclass
 class Evaluated:
-    """A batch of one GPU type with its simulated columns and final reason codes; (N,)."""
+    """A batch of one target (GPU type and dtype) with its simulated columns and final
+    reason codes; (N,)."""
 
     gpu_index: int
     batch: PlanBatch
     cols: dict[str, np.ndarray]
     reason: np.ndarray  # 0 = feasible (fits and meets every limit)
+    dtype_code: int = 0  # the target's compute dtype, an index of DTYPES
 
     @property
     def n(self) -> int:
@@ -55,16 +58,19 @@ class Evaluated:
             *(g, b.tp, b.cp, b.pp, b.dp, b.mb, b.gb, b.recompute, b.sp, b.vpp, b.zero),
             b.dp_overlap,
             *(b.first, b.last),
+            np.full(b.n, self.dtype_code, dtype=np.int64),
         ]
 
 
 def evaluate(
-    space: SearchSpace, gpu_index: int, batch: PlanBatch, tokens: float, limits: Limits
+    space: SearchSpace, target: int, batch: PlanBatch, tokens: float, limits: Limits
 ) -> Evaluated:
-    """Simulate ``batch`` on GPU type ``gpu_index`` and apply the limits."""
-    cols = simulate_arrays(space.context(gpu_index), batch, tokens)
+    """Simulate ``batch`` on target ``target`` (a GPU type under a dtype) and apply the
+    limits."""
+    ctx = space.context(target)
+    cols = simulate_arrays(ctx, batch, tokens)
     reason = limits.apply(cols, batch.num_gpus)
-    return Evaluated(gpu_index, batch, cols, reason)
+    return Evaluated(space.gpu_of(target), batch, cols, reason, DTYPES.index(ctx.setup.dtype))
 
 
 def rows(
@@ -108,6 +114,7 @@ def rows(
     for name, arr in ev.cols.items():
         if name not in ("reason_code", "feasible"):
             data[name] = arr[idx]
+    data["dtype"] = pd.Categorical.from_codes(np.full(n, ev.dtype_code, np.int8), dtype=_DTYPE)
     data["fits_memory"] = ev.fits[idx]
     data["feasible"] = reason == 0
     data["reason"] = pd.Categorical.from_codes(reason, dtype=_REASON_DTYPE)
@@ -130,6 +137,7 @@ def gpu_dtype(space: SearchSpace) -> pd.CategoricalDtype:
     return pd.CategoricalDtype(pd.Index([g.name for g in space.gpus], dtype=object))
 
 
+_DTYPE = pd.CategoricalDtype(pd.Index(list(DTYPES), dtype=object))
 _RECOMPUTE_DTYPE = pd.CategoricalDtype(pd.Index(list(RECOMPUTE_MODES), dtype=object))
 _REASON_DTYPE = pd.CategoricalDtype(pd.Index(list(SEARCH_REASONS), dtype=object))
 
@@ -165,7 +173,7 @@ def concat_rows(frames: Sequence[pd.DataFrame]) -> pd.DataFrame:
     if len(frames) == 1:
         return frames[0].reset_index(drop=True)
     out = pd.concat(frames, ignore_index=True)
-    for c in ("gpu", "recompute", "reason"):
+    for c in ("gpu", "recompute", "reason", "dtype"):
         if c in out and not isinstance(out[c].dtype, pd.CategoricalDtype):
             out[c] = out[c].astype(pd.CategoricalDtype(frames[0][c].cat.categories))
     return out

@@ -11,9 +11,11 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+import pandas as pd
+
 from vtrain_opt.search.collect import KEEP_ALL_MAX, TOP_K, Partial, empty, merge, reduce_evaluated
 from vtrain_opt.search.evaluate import evaluate
-from vtrain_opt.search.limits import Limits
+from vtrain_opt.search.limits import REASON_DTYPE, Limits
 from vtrain_opt.search.ray_backend import Backend
 from vtrain_opt.search.space import CHUNK_PLANS, SearchSpace
 
@@ -42,6 +44,12 @@ def evaluate_chunk(
     batch = space.plans(gpu_index, start, stop)
     if batch.n == 0:
         return empty()
+    if not space.targets[gpu_index].ok:  # a dtype this GPU lacks: counted, not simulated
+        part = empty()
+        part.evaluated = batch.n
+        part.reason_counts[REASON_DTYPE] = batch.n
+        part.all_rows = pd.DataFrame()
+        return part
     ev = evaluate(space, gpu_index, batch, tokens, limits)
     return reduce_evaluated(space, ev, top_k, keep_all, sample_stride)
 
@@ -49,7 +57,7 @@ def evaluate_chunk(
 def raw_size(space: SearchSpace) -> int:
     """Core rows x extras: an upper bound of the space's size, known without enumerating."""
     extras = len(space.extras["vpp"]) * space.split_count
-    return sum(len(space.core(g)["tp"]) for g in range(len(space.gpus))) * extras
+    return sum(len(space.core(g)["tp"]) for g in range(len(space.targets))) * extras
 
 
 def run_exhaustive(

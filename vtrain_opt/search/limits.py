@@ -18,8 +18,16 @@ from vtrain_opt.units import DAY_S, Budget, format_count, format_usd
 REASON_BUDGET = len(REASONS)
 REASON_TIME = len(REASONS) + 1
 REASON_GPUS = len(REASONS) + 2
+# A plan of a GPU type under a dtype it lacks (fp8 on an A100: search/targets.py).
+REASON_DTYPE = len(REASONS) + 3
 # Every reason a search can report: the simulator's (rules, memory) and the limits'.
-SEARCH_REASONS: tuple[str, ...] = (*REASONS, "over budget", "over max days", "outside GPU range")
+SEARCH_REASONS: tuple[str, ...] = (
+    *REASONS,
+    "over budget",
+    "over max days",
+    "outside GPU range",
+    "dtype not on this GPU",
+)
 
 
 @dataclass(frozen=True)

@@ -74,7 +74,7 @@ class SearchRequest:
     nvlink_domain: int | None = None
     inter_node_gbps: float | None = None
     profile: str | None = None
-    dtype: str | None = None
+    dtype: str | list[str] | None = None  # one, or several compared per plan (bf16, fp8)
     attention: str | None = None
     framework: str
     dropout: float | None = None
@@ -139,11 +139,6 @@ def run_search(
     strategy = req.strategy
     if strategy == "auto":
         strategy = "exhaustive" if raw <= AUTO_EXHAUSTIVE_MAX else "optuna"
-    if strategy == "optuna" and narrowed.stage_layers != "even":
-        raise ValueError(
-            f"stage_layers {narrowed.stage_layers}: the Optuna strategy samples even pipeline "
-            f"splits only; search this space with --strategy exhaustive ({raw:,} plans at most)"
-        )
     ray_address = cluster_address(req.ray_address)  # RAY_ADDRESS counts as the flag
     workers = req.workers
     if workers == "auto":
@@ -275,6 +270,9 @@ def build_space(req: SearchRequest) -> SearchSpace:
         "master_weights": req.master_weights,
         "fp8_recipe": req.fp8_recipe,
     }
+    dtypes = [req.dtype] if isinstance(req.dtype, str) else req.dtype
+    if dtypes and len(dtypes) > 1:
+        dims["dtypes"] = dtypes
     if req.dtype or req.attention or custom_framework(**framework):
         # the flag not given takes what every candidate GPU supports (as make_context does)
         names = (
@@ -286,7 +284,7 @@ def build_space(req: SearchRequest) -> SearchSpace:
         bf16 = all("bf16" in c.peak_flop_per_s for c in chips)
         flash = all(c.flash_attention for c in chips)
         setup = Setup(
-            dtype=req.dtype or ("bf16" if bf16 else "fp16"),
+            dtype=dtypes[0] if dtypes else ("bf16" if bf16 else "fp16"),
             attention=req.attention or ("flash" if flash else "unfused"),
             **framework,
         )

@@ -19,6 +19,7 @@ from vtrain_opt import __version__
 from vtrain_opt.io import write_json_atomic, write_with
 from vtrain_opt.search.engine import SearchResult
 from vtrain_opt.search.study_store import redact
+from vtrain_opt.search.targets import dtype_text, gpu_contexts
 
 
 def evaluated_text(result: SearchResult) -> tuple[str, str]:
@@ -86,11 +87,13 @@ def describe(
         "tokens": result.tokens,
         "limits": result.limits.to_dict(),
         "space": space.to_dict(),
-        "profiles": {g.name: space.context(i).profile.id for i, g in enumerate(space.gpus)},
+        "profiles": {
+            g.name: gpu_contexts(space, i)[0].profile.id for i, g in enumerate(space.gpus)
+        },
         "setup": {
             g.name: {
-                "dtype": space.context(i).setup.dtype,
-                "attention": space.context(i).setup.attention,
+                "dtype": dtype_text(space, i),
+                "attention": gpu_contexts(space, i)[0].setup.attention,
             }
             for i, g in enumerate(space.gpus)
         },

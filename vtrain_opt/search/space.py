@@ -30,6 +30,8 @@ from vtrain_opt.search.space_rules import as_tuple as _tuple
 from vtrain_opt.search.space_rules import check_values, split_ok, tp_ok
 from vtrain_opt.search.space_rules import divisors as _divisors
 from vtrain_opt.search.space_rules import powers_of_two as _powers_of_two
+from vtrain_opt.search.targets import Target, check_dtypes, space_targets, target_setup
+from vtrain_opt.search.targets import dtype_fields as _dtype_fields
 from vtrain_opt.search.targets import setup_dict as _setup_dict
 from vtrain_opt.sim.step import SimContext, make_context
 from vtrain_opt.spec.hardware import ClusterSpec, cluster_for_profile, get_cluster, gpu_names
@@ -121,6 +123,9 @@ class SearchSpace:
     # the pipeline split: 'even', 'auto' (even and four uneven variants) or 'F,L'
     stage_layers: str = "even"
     setup: Setup | None = None  # None: each GPU's default (bf16 + flash where supported)
+    # compute dtypes compared per plan (each GPU type runs once per dtype: search/targets.py);
+    # empty: the setup's dtype alone
+    dtypes: tuple[str, ...] = ()
     name: str = ""
     description: str = field(default="", compare=False)
 
@@ -141,6 +146,7 @@ class SearchSpace:
                 raise ValueError(f"space.{dim}: the candidate list is empty")
         object.__setattr__(self, "stage_layers", parse_stage_layers(self.stage_layers))
         check_values(self)
+        check_dtypes(self)
         for g in self.gpus:
             step = self.step_of(g)
             if self.max_gpus // step * step < self.min_gpus:
@@ -174,6 +180,7 @@ class SearchSpace:
         name: str = "",
         description: str = "",
         stage_layers: str | Sequence[int] | None = None,
+        dtypes: str | Sequence[str] | None = None,
     ) -> SearchSpace:
         """A space with every unset dimension at its default (see docs/spaces.md).
 
@@ -186,7 +193,8 @@ class SearchSpace:
         (framework 'torch') has no model parallelism: tp, pp and vpp default to 1 and
         sequence parallelism to off. ``stage_layers`` ('even', 'auto', 'F,L' or [F, L]):
         the pipeline split (``spec.stages.split_variants``); with a split other than even,
-        the default pp and vpp are the values some variant of it allows.
+        the default pp and vpp are the values some variant of it allows. ``dtypes``: compute
+        dtypes compared per plan (say bf16 and fp8; search/targets.py); one is the setup's.
         """
         split = parse_stage_layers("even" if stage_layers is None else stage_layers)
         if setup is not None and setup.torch:
@@ -250,10 +258,10 @@ class SearchSpace:
             zero=_tuple(zero, int),
             dp_overlap=_tuple(dp_overlap, bool),
             tokens=tokens,
-            setup=setup,
             name=name or model.name,
             description=description,
             stage_layers=split,
+            **_dtype_fields(dtypes, setup, choices),
         )
 
     def with_changes(self, **changes: Any) -> SearchSpace:
@@ -267,6 +275,8 @@ class SearchSpace:
                 kept[key] = _tuple(kept[key], bool)
         if "recompute" in kept:
             kept["recompute"] = _tuple(kept["recompute"], str)
+        if "dtypes" in kept:
+            kept.update(_dtype_fields(kept["dtypes"], kept.get("setup", self.setup), self.gpus))
         if "stage_layers" in kept:
             kept["stage_layers"] = split = parse_stage_layers(kept["stage_layers"])
             model = kept.get("model", self.model)
@@ -283,15 +293,31 @@ class SearchSpace:
         dims = ["gpu"] if len(self.gpus) > 1 else []
         dims += ["num_gpus"] if self.max_gpus > self.min_gpus else []
         dims += ["global_batch"] if len(self.global_batch) > 1 else []
+        dims += ["dtype"] if len(self.dtypes) > 1 else []
         return dims + [d for d in DIMENSIONS if len(getattr(self, d)) > 1]
 
-    def context(self, gpu_index: int) -> SimContext:
-        """The simulator context of one GPU type (built once, then cached)."""
-        return self._contexts[gpu_index]
+    def context(self, target: int) -> SimContext:
+        """The simulator context of one target (a GPU type under one dtype; built once)."""
+        ctx = self._contexts[target]
+        assert ctx is not None, self.targets[target].unsupported
+        return ctx
 
     @cached_property
-    def _contexts(self) -> tuple[SimContext, ...]:
-        return tuple(make_context(self.model, g.cluster, g.profile, self.setup) for g in self.gpus)
+    def _contexts(self) -> tuple[SimContext | None, ...]:
+        return tuple(
+            make_context(self.model, g.cluster, g.profile, target_setup(self, t)) if t.ok else None
+            for t in self.targets
+            for g in [self.gpus[t.gpu_index]]
+        )
+
+    @cached_property
+    def targets(self) -> tuple[Target, ...]:
+        """Each GPU type once per dtype of the space (one per GPU type without ``dtypes``)."""
+        return space_targets(self)
+
+    def gpu_of(self, target: int) -> int:
+        """The GPU index of a target."""
+        return self.targets[target].gpu_index
 
     def to_dict(self) -> dict[str, Any]:
         """Every input that defines the space (for best.json and the study's identity)."""
@@ -304,6 +330,7 @@ class SearchSpace:
             **{d: list(getattr(self, d)) for d in DIMENSIONS},
             "tokens": self.tokens,
             "setup": None if self.setup is None else _setup_dict(self.setup),
+            **({"dtypes": list(self.dtypes)} if self.dtypes else {}),
             # only when not even: the fingerprints of earlier spaces stay
             **({} if self.stage_layers == "even" else {"stage_layers": self.stage_layers}),
         }
@@ -317,7 +344,7 @@ class SearchSpace:
     def member_mask(self, gpu_index: int, batch: PlanBatch) -> np.ndarray:
         """Which plans of ``batch`` belong to the space on GPU type ``gpu_index`` (N,)."""
         n = batch.num_gpus
-        step = self.step_of(self.gpus[gpu_index])
+        step = self.step_of(self.gpus[self.gpu_of(gpu_index)])
         return (
             (batch.check(self.model) == 0)
             & (n >= self.min_gpus)
@@ -327,8 +354,9 @@ class SearchSpace:
 
     # ---- enumeration -----------------------------------------------------------------------
     def core(self, gpu_index: int) -> dict[str, np.ndarray]:
-        """Core rows (gb, tp, pp, dp, mb) of one GPU type that can hold a valid plan; (C,)."""
-        return self._cores[gpu_index]
+        """Core rows (gb, tp, pp, dp, mb) of one target (its GPU type) that can hold a valid
+        plan; (C,)."""
+        return self._cores[self.gpu_of(gpu_index)]
 
     @cached_property
     def _cores(self) -> tuple[dict[str, np.ndarray], ...]:
@@ -377,17 +405,17 @@ class SearchSpace:
         }
 
     def chunks(self, chunk_plans: int = CHUNK_PLANS) -> list[tuple[int, int, int]]:
-        """Deterministic (gpu_index, first core row, end core row) ranges of bounded size."""
+        """Deterministic (target, first core row, end core row) ranges of bounded size."""
         e = len(self.extras["vpp"]) * self.split_count
         rows = max(1, chunk_plans // e)
         out: list[tuple[int, int, int]] = []
-        for g in range(len(self.gpus)):
+        for g in range(len(self.targets)):
             c = len(self.core(g)["tp"])
             out.extend((g, s, min(s + rows, c)) for s in range(0, c, rows))
         return out
 
     def plans(self, gpu_index: int, start: int = 0, stop: int | None = None) -> PlanBatch:
-        """The valid plans built from core rows [start, stop) of one GPU type.
+        """The valid plans built from core rows [start, stop) of one target (GPU type).
 
         The plan rules do not involve recomputation or the gradient overlap, so the rules
         run on core rows x (sp, vpp, ZeRO) only, and the valid rows are then repeated for

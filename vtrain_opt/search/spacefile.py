@@ -20,6 +20,8 @@ A space file has one top-level ``space:`` mapping::
       vpp: [1, 3, 5, 7]
       zero: [0, 1]
       dp_overlap: true
+      dtype: [bf16, fp8]            # several: compared per plan (a GPU without fp8 skips it)
+      stage_layers: auto            # even | auto | [first, last]
 
 Any dimension left out takes the default of ``SearchSpace.create``.
 """
@@ -212,9 +214,14 @@ class _Builder:
                 isinstance(dropout, bool) or not isinstance(dropout, (int, float))
             ):
                 raise self.fail("space.dropout", f"{dropout!r} must be a probability in [0, 1)")
+            dtype = s.get("dtype", "bf16")
+            if isinstance(dtype, list):  # several: a dimension compared per plan
+                if not dtype or not all(isinstance(d, str) for d in dtype):
+                    raise self.fail("space.dtype", f"expected a dtype or a list of them: {dtype}")
+                kwargs["dtypes"], dtype = dtype, dtype[0]
             try:
                 kwargs["setup"] = Setup(
-                    dtype=str(s.get("dtype", "bf16")),
+                    dtype=str(dtype),
                     attention=str(s.get("attention", "flash")),
                     framework=str(s.get("framework", "megatron")),
                     dropout=None if dropout is None else float(dropout),

@@ -113,6 +113,8 @@ def plan_options(row: pd.Series) -> str:
         parts.append("no-overlap")
     if int(row.get("first_stage_layers", 0)) or int(row.get("last_stage_layers", 0)):
         parts.append(f"stages {int(row['first_stage_layers'])}/{int(row['last_stage_layers'])}")
+    if str(row.get("dtype", "")) == "fp8":  # bf16 (or fp16) is the plain plan's
+        parts.append("fp8")
     return " ".join(parts)
 
 

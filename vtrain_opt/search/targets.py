@@ -12,6 +12,7 @@ an error (``check_dtypes``).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -45,8 +46,12 @@ def _lacks(gpu: Any, dtype: str) -> str | None:
 
 def space_targets(space: Any) -> tuple[Target, ...]:
     """The targets of a space, GPU-major: (gpu 0, dtype 0), (gpu 0, dtype 1), ..."""
-    if not space.dtypes:
-        return tuple(Target(g, None) for g in range(len(space.gpus)))
+    if not space.dtypes:  # the setup's dtype (fp8 marks the GPUs without it)
+        fp8 = space.setup is not None and space.setup.fp8
+        return tuple(
+            Target(g, None, _lacks(c.cluster.gpu, "fp8") if fp8 else None)
+            for g, c in enumerate(space.gpus)
+        )
     return tuple(
         Target(g, d, _lacks(choice.cluster.gpu, d))
         for g, choice in enumerate(space.gpus)
@@ -56,10 +61,13 @@ def space_targets(space: Any) -> tuple[Target, ...]:
 
 def check_dtypes(space: Any) -> None:
     """A listed dtype must be known, and some GPU of the space must have it (one line)."""
-    for d in space.dtypes:
+    fp8 = space.setup is not None and space.setup.fp8
+    for d in space.dtypes or (("fp8",) if fp8 else ()):
         if d not in DTYPES:
             raise ValueError(f"space.dtype: {d!r} is not one of {', '.join(DTYPES)}")
         reasons = [_lacks(g.cluster.gpu, d) for g in space.gpus]
+        if len(reasons) == 1 and reasons[0]:
+            raise ValueError(f"space.dtype: {reasons[0]}")
         if all(reasons):
             names = ", ".join(g.name for g in space.gpus)
             hint = "; FP8 needs Hopper or Blackwell" if d == "fp8" else ""
@@ -87,3 +95,60 @@ def setup_dict(setup: Setup) -> dict[str, Any]:
         if getattr(setup, key) != getattr(defaults, key):
             out[key] = getattr(setup, key)
     return out
+
+
+def dtype_fields(
+    dtypes: str | Sequence[str] | None, setup: Setup | None, gpus: Sequence[Any]
+) -> dict[str, Any]:
+    """``setup`` and ``dtypes`` for a dtype list: one dtype is the setup's (flash attention
+    where every GPU has it), several a dimension (the setup takes the first)."""
+    if dtypes is None:
+        return {"setup": setup}
+    values = tuple(dict.fromkeys([dtypes] if isinstance(dtypes, str) else dtypes))
+    if not values:
+        raise ValueError("space.dtype: the candidate list is empty")
+    if setup is None:
+        flash = all(g.cluster.gpu.flash_attention for g in gpus)
+        setup = Setup(attention="flash" if flash else "unfused")
+    if values[0] not in DTYPES:
+        raise ValueError(f"space.dtype: {values[0]!r} is not one of {', '.join(DTYPES)}")
+    setup = replace(setup, dtype=values[0])
+    return {"setup": setup, "dtypes": values if len(values) > 1 else ()}
+
+
+def target_index(space: Any, gpu: str, dtype: str | None = None) -> int:
+    """The target of a GPU name and a compute dtype (None: the GPU's first supported one);
+    raises ValueError (one line) when the space has no such target."""
+    names = [g.name for g in space.gpus]
+    if gpu not in names:
+        raise ValueError(f"gpu {gpu!r} is not in the space ({', '.join(names)})")
+    g = names.index(gpu)
+    for i, t in enumerate(space.targets):
+        if t.gpu_index == g and t.ok and dtype in (None, space.context(i).setup.dtype):
+            return i
+    listed = ", ".join(space.dtypes) if space.dtypes else "its setup's"
+    raise ValueError(f"dtype {dtype!r} on {gpu} is not in the space (dtypes: {listed})")
+
+
+def row_target(space: Any, row: Any) -> int:
+    """The target of a result row (its gpu and dtype columns)."""
+    dtype = row.get("dtype") if hasattr(row, "get") else None
+    return target_index(space, str(row["gpu"]), None if dtype is None else str(dtype))
+
+
+def gpu_contexts(space: Any, gpu_index: int) -> list[Any]:
+    """The simulator contexts of one GPU type's supported targets (one per dtype); a GPU
+    with none (fp8 only, on an A100) gets its default context (for its profile)."""
+    from vtrain_opt.sim.context import make_context
+
+    out = [
+        space.context(i) for i, t in enumerate(space.targets) if t.gpu_index == gpu_index and t.ok
+    ]
+    g = space.gpus[gpu_index]
+    return out or [make_context(space.model, g.cluster, g.profile)]
+
+
+def dtype_text(space: Any, gpu_index: int) -> str:
+    """The dtypes a GPU type runs in the space ('bf16', 'bf16/fp8'; '-' for none)."""
+    ok = [i for i, t in enumerate(space.targets) if t.gpu_index == gpu_index and t.ok]
+    return "/".join(space.context(i).setup.dtype for i in ok) or "-"

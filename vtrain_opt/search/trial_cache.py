@@ -21,13 +21,17 @@ from vtrain_opt.search.trial_space import Key, ParamSpace
 from vtrain_opt.spec.plan import PlanBatch
 from vtrain_opt.units import DAY_S
 
-_KEY_COLS = ("gpu", "gb", "tp", "pp", "dp", "mb", "recompute", "sp", "vpp", "zero", "dp_overlap")
+_KEY_COLS = (
+    *("target", "gb", "tp", "pp", "dp", "mb", "recompute", "sp", "vpp", "zero", "dp_overlap"),
+    *("first", "last"),
+)
 
 
 def evaluate_keys(
-    space: SearchSpace, gpu_index: int, keys: np.ndarray, tokens: float, limits: Limits
+    space: SearchSpace, target: int, keys: np.ndarray, tokens: float, limits: Limits
 ) -> tuple[np.ndarray, pd.DataFrame, dict[str, np.ndarray]]:
-    """Simulate the plans ``keys`` (K, 11) of one GPU type in one call (here or on Ray).
+    """Simulate the plans ``keys`` (K, 13) of one target (GPU type and dtype) in one call
+    (here or on Ray).
 
     Returns which keys belong to the space, the result rows of those that do, and their
     constraint values (memory and each active limit; <= 0 means met).
@@ -44,12 +48,14 @@ def evaluate_keys(
         vpp=c["vpp"],
         zero=c["zero"],
         dp_overlap=c["dp_overlap"].astype(bool),
+        first=c["first"],
+        last=c["last"],
     )
-    member = space.member_mask(gpu_index, batch)
+    member = space.member_mask(target, batch)
     inside = batch.take(np.flatnonzero(member))
     if inside.n == 0:
         return member, pd.DataFrame(), {}
-    ev = evaluate(space, gpu_index, inside, tokens, limits)
+    ev = evaluate(space, target, inside, tokens, limits)
     constraints = {
         "memory": ev.cols["memory_per_gpu_bytes"] / ev.cols["memory_capacity_bytes"] - 1.0,
         **limits.violations(ev.cols),
@@ -72,7 +78,8 @@ class TrialCache:
         self.constraint_rows: list[dict[str, np.ndarray]] = []
 
     def lookup(self, keys: list[Key | None]) -> None:
-        """Evaluate the trial keys not seen yet: one vectorized call per GPU type."""
+        """Evaluate the trial keys not seen yet: one vectorized call per target (GPU type and
+        dtype)."""
         new = sorted({k for k in keys if k not in self.hits}, key=str)
         if not new:
             return
@@ -143,5 +150,5 @@ def _best(found: list[int], all_rows: pd.DataFrame, cons: dict[str, np.ndarray])
 
 
 def _as_key(values: tuple[int, ...]) -> Key:
-    g, gb, tp, pp, dp, mb, rc, sp, vpp, zero, ovl = values
-    return (g, gb, tp, pp, dp, mb, rc, bool(sp), vpp, zero, bool(ovl))
+    g, gb, tp, pp, dp, mb, rc, sp, vpp, zero, ovl, first, last = values
+    return (g, gb, tp, pp, dp, mb, rc, bool(sp), vpp, zero, bool(ovl), first, last)

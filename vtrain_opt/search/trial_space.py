@@ -3,7 +3,9 @@
 A trial samples the *structural* dimensions of a plan (GPU type, global batch, tp, pp,
 the GPU count as ``gpus_log2``) plus any free dimension not completed inside the trial;
 ``ParamSpace`` resolves them to the nearest valid plan, as a trial key. The *inner*
-dimensions hold ``AUTO`` in the key: the trial evaluates each of their values.
+dimensions hold ``AUTO`` in the key: the trial evaluates each of their values. A space's
+dtype list (``dtype``) and pipeline split (``stage_split``: the variants of
+``spec.stages.split_variants`` for stage_layers auto) are categorical parameters.
 """
 
 from __future__ import annotations
@@ -15,11 +17,13 @@ from typing import Any
 import numpy as np
 
 from vtrain_opt.search.space import SearchSpace
-from vtrain_opt.spec.plan import RECOMPUTE_MODES
+from vtrain_opt.spec.plan import RECOMPUTE_MODES, PlanBatch
+from vtrain_opt.spec.stages import split_variants
 
-# A plan key: (gpu index, gb, tp, pp, dp, mb, recompute code, sp, vpp, zero, dp_overlap).
-# In a trial's key an inner dimension holds AUTO: the trial evaluates all its values.
-Key = tuple[int, int, int, int, int, int, int, bool, int, int, bool]
+# A plan key: (target index (GPU type and dtype), gb, tp, pp, dp, mb, recompute code, sp,
+# vpp, zero, dp_overlap, first stage layers, last stage layers). In a trial's key an inner
+# dimension holds AUTO: the trial evaluates all its values.
+Key = tuple[int, int, int, int, int, int, int, bool, int, int, bool, int, int]
 AUTO = -1
 # Dimensions a trial may complete itself, and their position in a key.
 INNER_DIMS = {
@@ -31,6 +35,9 @@ INNER_DIMS = {
     "dp_overlap": 10,
 }
 DEFAULT_INNER = tuple(INNER_DIMS)
+# The pipeline splits of stage_layers auto, in split_variants' order: even; first = last =
+# x with the middle stages x + 1 or x + 2; the first or the last stage alone one fewer.
+SPLIT_CHOICES = ("even", "edges-1", "edges-2", "first-1", "last-1")
 
 
 class ParamSpace:
@@ -75,11 +82,17 @@ class ParamSpace:
             "dp_overlap": space.dp_overlap,
         }
         self._dps = {gb: _divisors(gb) for gb in space.global_batch}
+        self.splits = SPLIT_CHOICES if space.stage_layers == "auto" else SPLIT_CHOICES[:1]
+        self._fits: dict[tuple[int, int, int, int], bool] = {}
 
     def suggest(self, trial: Any) -> Key | None:
         p: dict[str, Any] = {}
         if len(self.gpus) > 1:
             p["gpu"] = trial.suggest_categorical("gpu", self.gpus)
+        if len(self.space.dtypes) > 1:
+            p["dtype"] = trial.suggest_categorical("dtype", list(self.space.dtypes))
+        if len(self.splits) > 1:
+            p["stage_split"] = trial.suggest_categorical("stage_split", list(self.splits))
         if self.log2_range[1] > self.log2_range[0]:
             p["gpus_log2"] = trial.suggest_float("gpus_log2", *self.log2_range)
         for name, values in self.ordered.items():
@@ -95,6 +108,9 @@ class ParamSpace:
         sp_, m = self.space, self.space.model
         g = self.gpus.index(p["gpu"]) if "gpu" in p else 0
         step = sp_.step_of(sp_.gpus[g])
+        where = self._target(g, p.get("dtype"))
+        if where is None:  # a dtype this GPU lacks (fp8 on an A100): outside the space
+            return None
 
         def pick(name: str, ok: Callable[[Any], bool]) -> Any:
             if name in self.inner:
@@ -130,10 +146,12 @@ class ParamSpace:
                 and False in self.categorical["sequence_parallel"]
             ):
                 sp = False
+        first, last = self._split(pp, p.get("stage_split", "even"))
         vpp = pick(
             "vpp",
             lambda v: (
-                v == 1 or (pp > 1 and m.num_layers % (pp * v) == 0 and (gb // (dp * mb)) % pp == 0)
+                v == 1
+                or (pp > 1 and self._chunks_fit(pp, v, first, last) and (gb // (dp * mb)) % pp == 0)
             ),
         )
         zero = pick("zero", lambda v: v < 2 or pp == 1)
@@ -144,7 +162,7 @@ class ParamSpace:
         if mb is None or vpp is None or zero is None:
             return None
         return (
-            g,
+            where,
             int(gb),
             int(tp),
             int(pp),
@@ -155,7 +173,41 @@ class ParamSpace:
             int(vpp),
             int(zero),
             ovl,
+            first,
+            last,
         )
+
+    def _target(self, gpu_index: int, dtype: str | None) -> int | None:
+        """The target of a GPU type and a sampled dtype (None: the space's only one); None
+        when that GPU lacks the dtype."""
+        for i, t in enumerate(self.space.targets):
+            if t.gpu_index == gpu_index and (dtype is None or t.dtype == dtype):
+                return i if t.ok else None
+        return None
+
+    def _split(self, pp: int, choice: str) -> tuple[int, int]:
+        """(first, last) stage layers of the sampled split for ``pp`` stages: that variant
+        when it is whole for pp, else the first one that is (in SPLIT_CHOICES order)."""
+        variants = split_variants(
+            self.space.stage_layers, self.space.model.num_layers, np.array([pp]), np.array([1])
+        )
+        want = self.splits.index(choice) if choice in self.splits else 0
+        order = [want] + [i for i in range(len(variants)) if i != want]
+        for i in order:
+            f, last = int(variants[i][0][0]), int(variants[i][1][0])
+            if f >= 0 and last >= 0 and self._chunks_fit(pp, 1, f, last):
+                return f, last
+        return 0, 0  # no split fits pp (the space's pp are those some split allows)
+
+    def _chunks_fit(self, pp: int, vpp: int, first: int, last: int) -> bool:
+        """Whether pp stages of vpp chunks hold the model with this split (the plan rules)."""
+        if first == 0 and last == 0:
+            return self.space.model.num_layers % (pp * vpp) == 0
+        key = (pp, vpp, first, last)
+        if key not in self._fits:
+            b = PlanBatch(tp=1, pp=pp, dp=1, mb=1, gb=pp, vpp=vpp, first=first, last=last)
+            self._fits[key] = bool(b.check(self.space.model)[0] == 0)
+        return self._fits[key]
 
     def expand(self, key: Key) -> list[Key]:
         """The plans a trial key stands for: every combination of its AUTO dimensions."""

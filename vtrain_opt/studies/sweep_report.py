@@ -35,6 +35,7 @@ from vtrain_opt.search.reporting.plans import (
 )
 from vtrain_opt.search.reporting.tables import plan_cells, table_header, table_left
 from vtrain_opt.search.reporting.timeline import timeline_section
+from vtrain_opt.search.targets import row_target
 from vtrain_opt.studies.sweep import build_search
 from vtrain_opt.studies.sweepfile import Scenario, Sweep
 from vtrain_opt.studies.sweepstore import SweepStore
@@ -149,7 +150,7 @@ def scenario_page(sweep: Sweep, scenario: Scenario, record: Mapping[str, Any]) -
         page.heading("Pipeline timeline of the fastest plan", "timeline")
         best = record["best_time"]
         space, _, _ = build_search(scenario.inputs, scenario.model_spec)
-        index = [g.name for g in space.gpus].index(str(best["gpu"]))
+        index = row_target(space, best)
         timeline_section(page, space.context(index), best)
     page.versions()
     page.raw("<details><summary>The scenario's record</summary>")

@@ -27,6 +27,7 @@ from vtrain_opt.search.reporting.plans import (
 from vtrain_opt.search.reporting.tables import plan_cells, table_header, table_left
 from vtrain_opt.search.reporting.timeline import timeline_section
 from vtrain_opt.search.results import describe, evaluated_text
+from vtrain_opt.search.targets import dtype_text, gpu_contexts, row_target
 from vtrain_opt.units import DAY_S, format_count, format_duration, format_usd
 
 Chosen = list[tuple[str, Mapping[str, Any]]]
@@ -100,7 +101,7 @@ def search_page(
 
     page.heading("Pipeline timeline of the fastest plan", "timeline")
     best: Any = result.best_time  # a report needs a feasible plan: set
-    index = [g.name for g in space.gpus].index(str(best["gpu"]))
+    index = row_target(space, best)
     timeline_section(page, space.context(index), best)
 
     page.heading("Inputs to reproduce this run", "inputs")
@@ -180,7 +181,7 @@ def _inputs(
     space = result.space
     rows = []
     for i, g in enumerate(space.gpus):
-        ctx = space.context(i)
+        ctx = gpu_contexts(space, i)[0]
         c = g.cluster
         rows.append(
             [
@@ -190,7 +191,7 @@ def _inputs(
                 f"{c.inter_node_bytes_per_s * 8 / 1e9:,.0f} Gbit/s",
                 f"${c.price_per_gpu_hour_usd:g}",
                 ctx.profile.id,
-                f"{ctx.setup.dtype}, {ctx.setup.attention}",
+                f"{dtype_text(space, i)}, {ctx.setup.attention}",
             ]
         )
     page.table(

@@ -1,0 +1,113 @@
+"""Issue 15 item 6: the search over the dense dimensions of today's plans: the compute dtype
+(bf16 against fp8, per plan), the pipeline split (stage_layers auto) under Optuna as well as
+exhaustively, and the errors of such spaces."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from vtrain_opt import get_model
+from vtrain_opt.cli import main
+from vtrain_opt.search import SearchSpace, search
+from vtrain_opt.search.spacefile import SpaceFileError, parse_space
+from vtrain_opt.search.trial_space import ParamSpace
+
+PLAN = ("gpu", "dtype", "num_gpus", "tp", "pp", "dp", "micro_batch", "recompute", "vpp")
+SPLIT = ("first_stage_layers", "last_stage_layers")
+
+
+def _small(**kw):  # type: ignore[no-untyped-def]
+    """Llama 3 405B on 1,024-2,048 GPUs: pp 8, 9 and 16, splits and dtypes free (240 plans)."""
+    args = dict(
+        min_gpus=1024, max_gpus=2048, global_batch=1024, tp=8, pp=[8, 9, 16],
+        micro_batch=1, zero=1, recompute=["none", "full"], stage_layers="auto",
+        dtypes=["bf16", "fp8"],
+    )  # fmt: skip
+    args.update(kw)
+    return SearchSpace.create(get_model("llama3-405b"), ["a100-80gb", "h100-sxm"], **args)
+
+
+def test_dtype_dimension_compares_per_plan_and_skips_gpus_without_fp8():
+    space = _small()
+    assert "dtype" in space.free_dimensions()
+    assert [(t.gpu_index, t.dtype, t.ok) for t in space.targets] == [
+        (0, "bf16", True), (0, "fp8", False), (1, "bf16", True), (1, "fp8", True),
+    ]  # fmt: skip
+    both = search(space, 1e12, strategy="exhaustive")
+    # the A100's fp8 plans are counted with their reason, never simulated
+    per_gpu = space.size // 4
+    assert both.reason_counts["dtype not on this GPU"] == per_gpu
+    assert set(both.plans["dtype"].astype(str)) == {"bf16", "fp8"}
+    # the best over the dimension is the best of the two single-dtype searches
+    singles = [
+        search(space.with_changes(dtypes=[d]), 1e12, strategy="exhaustive") for d in ("bf16", "fp8")
+    ]
+    times = [float(r.best_time["training_time_s"]) for r in singles]
+    assert float(both.best_time["training_time_s"]) == min(times)
+    assert str(both.best_time["dtype"]) == "fp8" and times[1] < times[0]
+    # a single fp8 on a mixed space: the A100 plans rejected, the search goes on
+    fp8 = singles[1]
+    assert fp8.reason_counts["dtype not on this GPU"] == 2 * per_gpu // 2
+    assert set(fp8.plans["gpu"].astype(str)) == {"h100-sxm"}
+
+
+def test_optuna_samples_the_split_and_the_dtype_and_agrees_with_exhaustive():
+    space = _small()
+    exact = search(space, 1e12, strategy="exhaustive", objective="time")
+    found = search(space, 1e12, strategy="optuna", objective="time", trials=200, seed=0)
+    best, got = exact.best_time, found.best_time
+    assert [got[k] for k in (*PLAN, *SPLIT)] == [best[k] for k in (*PLAN, *SPLIT)]
+    assert (int(best["pp"]), int(best["first_stage_layers"])) == (16, 7)  # Meta's 7 + 14x8 + 7
+    # the parameters a trial samples, and what an A100 under fp8 resolves to (outside)
+    params = ParamSpace(space)
+    key = params.resolve({"gpu": "a100-80gb", "dtype": "fp8", "pp_index": 2})
+    assert key is None
+    key = params.resolve(
+        {"gpu": "h100-sxm", "dtype": "fp8", "stage_split": "edges-1", "pp_index": 2}
+    )
+    assert key is not None and key[0] == 3 and key[3] == 16 and key[-2:] == (7, 7)
+    # a split not whole for pp 9 (119 / 9 layers) falls back to one that is: even, 14 each
+    key = params.resolve({"gpu": "h100-sxm", "stage_split": "edges-1", "pp_index": 1})
+    assert key is not None and key[3] == 9 and key[-2:] == (0, 0)
+
+
+def test_fp8_space_errors_are_one_line():
+    model = get_model("gpt3-175b")
+    with pytest.raises(ValueError, match=r"^space.dtype: a100-80gb has no fp8 peak"):
+        SearchSpace.create(model, ["a100-80gb"], max_gpus=64, dtypes=["bf16", "fp8"])
+    with pytest.raises(ValueError, match=r"no GPU of the space \(a100-80gb, v100-32gb\) has fp8"):
+        SearchSpace.create(model, ["a100-80gb", "v100-32gb"], max_gpus=64, dtypes="fp8")
+    text = (
+        "space:\n  model: gpt3-175b\n  gpus: [a100-80gb]\n  num_gpus: {max: 64}\n"
+        "  dtype: [bf16, fp8]\n"
+    )
+    with pytest.raises(SpaceFileError) as e:
+        parse_space(text, "s.yaml")
+    assert str(e.value).startswith("s.yaml:5: space.dtype: a100-80gb has no fp8"), str(e.value)
+    ok = parse_space(text.replace("a100-80gb", "h100-sxm"), "s.yaml")
+    assert ok.dtypes == ("bf16", "fp8") and ok.setup is not None and ok.setup.dtype == "bf16"
+
+
+def test_search_cli_dtype_list_and_bad_input(capsys, tmp_path):
+    argv = [
+        "search", "--model", "gpt3-175b", "--gpu", "a100-80gb,h100-sxm", "--dtype", "bf16,fp8",
+        "--max-gpus", "128", "--tokens", "300B", "--json", "--out", str(tmp_path / "r"),
+        "--baseline", "gpu=h100-sxm,dtype=fp8,tp=8,pp=8,dp=2,mb=1",
+    ]  # fmt: skip
+    assert main(argv) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["best_time"]["dtype"] == "fp8"
+    assert doc["reason_counts"]["dtype not on this GPU"] > 0
+    assert doc["baseline"]["plan"]["dtype"] == "fp8"
+    best = json.loads((tmp_path / "r" / "best.json").read_text())
+    assert best["space"]["dtypes"] == ["bf16", "fp8"]
+    assert best["setup"]["a100-80gb"]["dtype"] == "bf16"
+    assert best["setup"]["h100-sxm"]["dtype"] == "bf16/fp8"
+    bad = ["search", "--model", "gpt3-175b", "--gpu", "a100-80gb", "--dtype", "bf16,fp8"]
+    assert main([*bad, "--tokens", "300B"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "a100-80gb has no fp8 peak" in err and len(err.splitlines()) == 1
+    assert main([*bad[:-1], "bf16,fp4", "--tokens", "300B"]) == 2
+    assert "fp4: not one of" in capsys.readouterr().err
