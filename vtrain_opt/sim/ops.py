@@ -240,6 +240,42 @@ class OpModel:
         t = self._override(kind, t, nbytes=nbytes, group=group, per_node=per_node)
         return np.where(group > 1, t, 0.0)
 
+    def all_to_all_s(
+        self,
+        nbytes: ArrayLike,
+        group: ArrayLike,
+        per_node: ArrayLike,
+        stride: ArrayLike = 1,
+        inter_scale: ArrayLike = 1.0,
+    ) -> np.ndarray:
+        """An all-to-all in which every rank sends ``nbytes`` in all, 1/group to each rank
+        (its own share stays), as MoE's token dispatch and combine; ``inter_scale`` scales
+        the bytes that cross the network (a dispatch deduplicated by node sends less).
+
+        All ranks send at once: the (per_node - 1)/group share to the ranks of its NVLink
+        domain over NVLink, the (group - per_node)/group share to other domains over the
+        GPU's own share of the node's adapters; the two tiers run concurrently, the slower
+        sets the time. Plus NCCL's launch cost, one hop of latency and the HBM traffic of
+        copying the buffer in and out (half an all-reduce's ``collective_hbm_passes``).
+        """
+        group = np.asarray(group, dtype=np.float64)
+        per_node = np.minimum(np.asarray(per_node, dtype=np.float64), group)
+        nbytes = np.asarray(nbytes, dtype=np.float64)
+        c, p = self.cluster, self.profile
+        nvlink = self._nvlink_bytes_per_s(np.maximum(per_node, 1.0), stride)
+        nic = c.nic_bytes_per_s_per_gpu * p.network_efficiency
+        intra_s = nbytes * (per_node - 1.0) / np.maximum(group, 1.0) / nvlink
+        inter_s = inter_scale * nbytes * (group - per_node) / np.maximum(group, 1.0) / nic
+        hop_s = np.where(per_node >= group, c.intra_node_latency_s, c.inter_node_latency_s)
+        t = (
+            p.collective_latency_s
+            + hop_s
+            + np.maximum(intra_s, inter_s)
+            + 0.5 * p.collective_hbm_passes * nbytes / c.gpu.hbm_bytes_per_s
+        )
+        t = self._override("all_to_all", t, nbytes=nbytes, group=group, per_node=per_node)
+        return np.where(group > 1, t, 0.0)
+
     def p2p_s(self, nbytes: ArrayLike, inter_node: ArrayLike, stride: ArrayLike = 0) -> np.ndarray:
         """Point-to-point send/recv between pipeline stages, every GPU of a node sending at once
         to the GPU ``stride`` further on (0: unknown, as behind a switch)."""

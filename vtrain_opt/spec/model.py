@@ -142,8 +142,13 @@ class ModelSpec:
 
     @property
     def head_dim(self) -> int:
+        """The head size; MLA: the mean of the query/key (with rotary) and value head sizes,
+        the head size of a plain attention of the same core FLOPs."""
         if self.kv_channels is not None:
             return self.kv_channels
+        if self.multi_latent_attention:
+            qk = self.qk_head_dim + self.qk_pos_emb_head_dim  # type: ignore[operator]
+            return (qk + self.v_head_dim) // 2  # type: ignore[operator]
         return self.hidden_size // self.num_attention_heads
 
     @property

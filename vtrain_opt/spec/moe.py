@@ -168,3 +168,83 @@ def moe_layer_matmul_params(m: ModelSpec, active: bool) -> int:
 
 def num_moe_layers(m: ModelSpec) -> int:
     return sum(moe_layer_flags(m))
+
+
+# The default load imbalance of expert parallelism: the busiest EP rank's routed tokens over
+# the mean, per micro-batch. Auxiliary-loss-free balancing (Wang et al. 2024,
+# arXiv:2408.15664, which DeepSeek-V3 adopts) keeps the maximal violation of the experts'
+# loads to a few percent over a whole evaluation set; a single micro-batch varies more, and
+# a rank holding num_experts/ep experts averages over them. 1.1 is our assumption between
+# the two, not a published figure: pass --moe-imbalance to change it.
+MOE_IMBALANCE = 1.1
+
+
+def check_moe_setup(imbalance: Any, capacity_factor: Any, overlap: Any) -> None:
+    """Raise ValueError for MoE settings outside their ranges."""
+    if isinstance(imbalance, bool) or not isinstance(imbalance, (int, float)) or not (
+        1.0 <= imbalance < float("inf")
+    ):
+        raise ValueError(
+            f"moe imbalance: {imbalance!r} must be a number >= 1 (busiest rank's tokens / mean)"
+        )
+    if capacity_factor is not None and (
+        isinstance(capacity_factor, bool)
+        or not isinstance(capacity_factor, (int, float))
+        or not (0.0 < capacity_factor < float("inf"))
+    ):
+        raise ValueError(f"moe capacity factor: {capacity_factor!r} must be a positive number")
+    if not isinstance(overlap, bool):
+        raise ValueError(f"moe all-to-all overlap: {overlap!r} must be true or false")
+
+
+def _ep_without_experts(b: Any, m: ModelSpec) -> Any:
+    return ((b.ep > 1) | (b.etp > 1)) & (not m.is_moe)
+
+
+def _fold(b: Any, m: ModelSpec) -> Any:
+    gpus = b.tp * getattr(b, "cp", 1) * b.dp
+    return gpus % (b.ep * b.etp).clip(1) != 0
+
+
+# Plan rules of expert parallelism (spec/plan.py runs them with its own): (reason code,
+# message formatted with the plan's fields and ``rule_values``, the plans breaking it).
+PLAN_RULES = [
+    (
+        "bad ep",
+        "ep and etp must be positive integers, got ep={ep} etp={etp}",
+        lambda b, m: (b.ep < 1) | (b.etp < 1),
+    ),
+    (
+        "ep needs experts",
+        "expert parallelism (ep={ep}, etp={etp}) needs a MoE model (num_experts > 1); this "
+        "model has {experts} expert(s)",
+        _ep_without_experts,
+    ),
+    (
+        "ep does not divide experts",
+        "expert parallelism ep={ep} must divide the experts ({experts})",
+        lambda b, m: m.is_moe & ((m.num_experts or 1) % b.ep.clip(1) != 0),
+    ),
+    (
+        "etp does not divide moe ffn",
+        "expert tensor parallelism etp={etp} must divide moe_ffn_hidden_size ({moe_ffn})",
+        lambda b, m: m.is_moe & (m.moe_ffn % b.etp.clip(1) != 0),
+    ),
+    (
+        "ep*etp does not divide tp*cp*dp",
+        "ep x etp = {ep} x {etp} must divide the GPUs of a pipeline stage, tp x cp x dp = "
+        "{tp} x {cp} x {dp} (Megatron-core folds the expert groups over them)",
+        _fold,
+    ),
+    (
+        "MoE with tp > 1 needs sp",
+        "a MoE model with tensor parallelism tp={tp} needs sequence parallelism (as "
+        "Megatron-core requires)",
+        lambda b, m: m.is_moe & (b.tp > 1) & ~b.sp,
+    ),
+]
+
+
+def rule_values(m: ModelSpec) -> dict[str, Any]:
+    """The model's values the messages of ``PLAN_RULES`` name."""
+    return {"experts": m.num_experts or 1, "moe_ffn": m.moe_ffn}

@@ -6,7 +6,9 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from vtrain_opt.spec._check import positive_int
 from vtrain_opt.spec.model import ModelSpec
+from vtrain_opt.spec.moe import MOE_IMBALANCE, check_moe_setup
 
 DTYPES = ("fp16", "bf16", "fp32", "fp8")
 # FP8 training as Transformer Engine runs it: the scaling factor of each tensor from the amax
@@ -56,8 +58,21 @@ class Setup:
     dropout: float | None = None
     master_weights: str = "fp32"
     fp8_recipe: str = "delayed"
+    # Mixture-of-Experts (sim/moe.py): the busiest expert-parallel rank's tokens over the
+    # mean, the capacity factor that drops tokens beyond it (None: no dropping), and whether
+    # the all-to-all runs behind the compute of another micro-batch (DualPipe, Megatron's
+    # overlapped expert-parallel communication)
+    moe_imbalance: float = MOE_IMBALANCE
+    moe_capacity_factor: float | None = None
+    moe_a2a_overlap: bool = False
+    # DeepEP-style node-limited dispatch: each token reaches at most this many nodes, once
+    # each (DeepSeek-V3: 4); None: NCCL's all-to-all, one copy per routed expert
+    moe_node_limit: int | None = None
 
     def __post_init__(self) -> None:
+        check_moe_setup(self.moe_imbalance, self.moe_capacity_factor, self.moe_a2a_overlap)
+        if self.moe_node_limit is not None:
+            positive_int("setup", "moe_node_limit", self.moe_node_limit)
         if self.dtype not in DTYPES:
             raise ValueError(f"setup.dtype: {self.dtype!r} is not one of {', '.join(DTYPES)}")
         if self.fp8_recipe not in FP8_RECIPES:
