@@ -194,3 +194,61 @@ def test_cli_llama3_405b_long_context(capsys):
     assert 0.1 < d["mfu"] < 0.6
     assert main(argv) == 0
     assert "tp=8 cp=16 pp=16 dp=8" in capsys.readouterr().out
+
+
+SPACE = """space:
+  model: llama3.1-405b
+  seq_length: 131072
+  gpus: [h100-sxm]
+  num_gpus: {min: 16384, max: 16384}
+  global_batch: 128
+  tp: 8
+  pp: 16
+  stage_layers: [7, 7]
+  micro_batch: 1
+  vpp: 1
+  zero: 1
+  recompute: full
+  sequence_parallel: true
+  cp: CP
+"""
+
+
+def test_space_key_cp_enumerates_and_keeps_old_fingerprints():
+    from vtrain_opt.search.space import SearchSpace
+    from vtrain_opt.search.spacefile import SpaceFileError, parse_space
+
+    space = parse_space(SPACE.replace("CP", "[1, 2, 4, 8, 16]"), "s.yaml")
+    assert space.cp == (1, 2, 4, 8, 16) and "cp" in space.free_dimensions()
+    plans = space.plans(0)
+    assert sorted(set(plans.cp.tolist())) == [1, 2, 4, 8, 16]
+    assert (plans.num_gpus == 16384).all() and (plans.dp * plans.cp == 128).all()
+    assert space.to_dict()["cp"] == [1, 2, 4, 8, 16]
+    plain = SearchSpace.create(GPT3, ["a100-80gb"])
+    assert plain.cp == (1,) and "cp" not in plain.to_dict()
+    assert plain.fingerprint() == SearchSpace.create(GPT3, ["a100-80gb"], cp=1).fingerprint()
+    with pytest.raises(SpaceFileError, match=r"space\.cp: 3 must be 1 or split the sequence"):
+        parse_space(SPACE.replace("CP", "[1, 3]"), "s.yaml")
+    with pytest.raises(SpaceFileError, match=r"space\.cp"):
+        parse_space(SPACE.replace("CP", "some"), "s.yaml")
+
+
+def test_search_cp_option_results_carry_cp(capsys, tmp_path):
+    argv = [
+        "search", "--model", "llama3.1-405b", "--seq-len", "131072", "--gpu", "h100-sxm",
+        "--min-gpus", "16384", "--max-gpus", "16384", "--global-batch", "128", "--tp", "8",
+        "--cp", "4,8,16", "--pp", "16", "--stage-layers", "7,7", "--micro-batch", "1",
+        "--recompute", "full", "--sequence-parallel", "on", "--zero", "1", "--tokens", "1T",
+        "--strategy", "exhaustive", "--json", "--out", str(tmp_path / "r"),
+    ]  # fmt: skip
+    assert main(argv) == 0
+    best = json.loads(capsys.readouterr().out)["best_time"]
+    assert best["cp"] in (4, 8, 16)
+    assert best["tp"] * best["cp"] * best["pp"] * best["dp"] == best["num_gpus"] == 16384
+    # Optuna samples no cp: one line, exit 2
+    optuna = [*argv[:-5], "--strategy", "optuna", "--trials", "4", "--out", str(tmp_path / "o")]
+    assert main(optuna) == 2
+    assert "search a space with cp exhaustively" in capsys.readouterr().err
+    # a plain PyTorch model has no cp
+    assert main([*argv[:-3], "--framework", "torch", "--out", str(tmp_path / "t")]) == 2
+    assert "--cp 4,8,16" in capsys.readouterr().err

@@ -60,6 +60,7 @@ class SearchRequest:
     global_batch: list[int] | None = None
     gpu_step: int | None = None  # None: whole nodes
     tp: list[int] | None = None
+    cp: list[int] | None = None
     pp: list[int] | None = None
     micro_batch: list[int] | None = None
     vpp: list[int] | None = None
@@ -247,6 +248,7 @@ def build_space(req: SearchRequest) -> SearchSpace:
     dims: dict[str, Any] = {
         "global_batch": req.global_batch,
         "tp": req.tp,
+        "cp": req.cp,
         "pp": req.pp,
         "micro_batch": req.micro_batch,
         "recompute": req.recompute,
@@ -260,6 +262,7 @@ def build_space(req: SearchRequest) -> SearchSpace:
     check_torch_plan(
         req.framework,
         tp=req.tp,
+        cp=req.cp,
         pp=req.pp,
         vpp=req.vpp,
         sequence_parallel=req.sequence_parallel,

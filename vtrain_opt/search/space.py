@@ -50,6 +50,7 @@ DEFAULT_MAX_VPP = 8
 # The plan dimensions a space lists, in the order of PlanBatch's columns.
 DIMENSIONS = (
     "tp",
+    "cp",
     "pp",
     "micro_batch",
     "recompute",
@@ -126,6 +127,7 @@ class SearchSpace:
     # compute dtypes compared per plan (each GPU type runs once per dtype: search/targets.py);
     # empty: the setup's dtype alone
     dtypes: tuple[str, ...] = ()
+    cp: tuple[int, ...] = (1,)  # context parallelism (the sequence over cp GPUs)
     name: str = ""
     description: str = field(default="", compare=False)
 
@@ -181,6 +183,7 @@ class SearchSpace:
         description: str = "",
         stage_layers: str | Sequence[int] | None = None,
         dtypes: str | Sequence[str] | None = None,
+        cp: int | Sequence[int] | None = None,
     ) -> SearchSpace:
         """A space with every unset dimension at its default (see docs/spaces.md).
 
@@ -195,6 +198,7 @@ class SearchSpace:
         the pipeline split (``spec.stages.split_variants``); with a split other than even,
         the default pp and vpp are the values some variant of it allows. ``dtypes``: compute
         dtypes compared per plan (say bf16 and fp8; search/targets.py); one is the setup's.
+        ``cp``: context parallelism sizes (default 1 alone).
         """
         split = parse_stage_layers("even" if stage_layers is None else stage_layers)
         if setup is not None and setup.torch:
@@ -262,12 +266,13 @@ class SearchSpace:
             description=description,
             stage_layers=split,
             **_dtype_fields(dtypes, setup, choices),
+            cp=_tuple(1 if cp is None else cp, int),
         )
 
     def with_changes(self, **changes: Any) -> SearchSpace:
         """A copy with some fields replaced (validated again); ``None`` values are ignored."""
         kept = {k: v for k, v in changes.items() if v is not None}
-        for key in ("global_batch", "tp", "pp", "micro_batch", "vpp", "zero"):
+        for key in ("global_batch", "tp", "cp", "pp", "micro_batch", "vpp", "zero"):
             if key in kept:
                 kept[key] = _tuple(kept[key], int)
         for key in ("sequence_parallel", "dp_overlap"):
@@ -327,7 +332,8 @@ class SearchSpace:
             "gpus": [g.to_dict() for g in self.gpus],
             "num_gpus": {"min": self.min_gpus, "max": self.max_gpus, "step": self.gpu_step},
             "global_batch": list(self.global_batch),
-            **{d: list(getattr(self, d)) for d in DIMENSIONS},
+            **{d: list(getattr(self, d)) for d in DIMENSIONS if d != "cp"},
+            **({"cp": list(self.cp)} if self.cp != (1,) else {}),  # earlier fingerprints stay
             "tokens": self.tokens,
             "setup": None if self.setup is None else _setup_dict(self.setup),
             **({"dtypes": list(self.dtypes)} if self.dtypes else {}),
@@ -367,26 +373,27 @@ class SearchSpace:
         parts = []
         for gb in self.global_batch:
             dps = np.array([d for d in _divisors(gb) if d <= self.max_gpus], dtype=np.int64)
-            t, p, d, m = (
+            t, c, p, d, m = (
                 a.ravel()
                 for a in np.meshgrid(
                     np.array(self.tp, dtype=np.int64),
+                    np.array(self.cp, dtype=np.int64),
                     np.array(self.pp, dtype=np.int64),
                     dps,
                     np.array(self.micro_batch, dtype=np.int64),
                     indexing="ij",
                 )
             )
-            n = t * p * d
+            n = t * c * p * d
             keep = (
                 (n >= self.min_gpus) & (n <= self.max_gpus) & (n % step == 0) & (gb % (d * m) == 0)
             )
-            parts.append(
-                (np.full(int(keep.sum()), gb, dtype=np.int64), t[keep], p[keep], d[keep], m[keep])
-            )
-        gb_, t, p, d, m = (np.concatenate(cols) for cols in zip(*parts, strict=True))
-        order = np.lexsort((gb_, m, d, p, t, t * p * d))  # by GPUs, then tp, pp, dp, mb, gb
-        return {"gb": gb_[order], "tp": t[order], "pp": p[order], "dp": d[order], "mb": m[order]}
+            gbs = np.full(int(keep.sum()), gb, dtype=np.int64)
+            parts.append((gbs, *(x[keep] for x in (t, c, p, d, m))))
+        gb_, t, c, p, d, m = (np.concatenate(cols) for cols in zip(*parts, strict=True))
+        order = np.lexsort((gb_, m, d, p, c, t, t * c * p * d))  # GPUs, tp, cp, pp, dp, mb, gb
+        core = {"gb": gb_[order], "tp": t[order], "pp": p[order], "dp": d[order], "mb": m[order]}
+        return core | ({"cp": c[order]} if self.cp != (1,) else {})
 
     @cached_property
     def extras(self) -> dict[str, np.ndarray]:

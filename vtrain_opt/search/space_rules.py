@@ -50,6 +50,12 @@ def check_values(space: Any) -> None:
                 f"space.pp: {p} allows no pipeline split of the {m.num_layers} layers of "
                 f"{m.name} with stage_layers {space.stage_layers}"
             )
+    for c in space.cp:  # context parallelism: the causal load-balancing split
+        if c < 1 or (c > 1 and m.seq_length % (2 * c)):
+            raise ValueError(
+                f"space.cp: {c} must be 1 or split the sequence ({m.seq_length}) into "
+                f"2*cp = {2 * c} equal chunks"
+            )
     for key in ("micro_batch", "vpp"):
         for v in getattr(space, key):
             if v < 1:

@@ -181,9 +181,9 @@ class _Builder:
             kwargs.update(self.num_gpus(s["num_gpus"]))
         if "global_batch" in s:
             kwargs["global_batch"] = self.int_list("space.global_batch", s["global_batch"])
-        for dim in ("tp", "pp", "micro_batch", "vpp", "zero"):
+        for dim in ("tp", "cp", "pp", "micro_batch", "vpp", "zero"):
             if dim in s and s[dim] not in _KEYWORDS.get(dim, ()):
-                kwargs[dim] = self.int_list(f"space.{dim}", s[dim], keywords=_KEYWORDS[dim])
+                kwargs[dim] = self.int_list(f"space.{dim}", s[dim], keywords=_KEYWORDS.get(dim, ()))
         if "recompute" in s and s["recompute"] != "all":
             values = s["recompute"] if isinstance(s["recompute"], list) else [s["recompute"]]
             for i, v in enumerate(values):

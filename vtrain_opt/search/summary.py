@@ -103,6 +103,8 @@ def plans_table(result: SearchResult, top: int, baseline: pd.Series | None) -> A
 def plan_options(row: pd.Series) -> str:
     """A plan's recompute mode and its options that differ from the plain plan."""
     parts = [str(row["recompute"])]
+    if int(row.get("cp", 1)) > 1:  # context parallelism (the GPUs are tp x cp x pp x dp)
+        parts.append(f"cp{int(row['cp'])}")
     if bool(row["sequence_parallel"]):
         parts.append("sp")
     if int(row["vpp"]) > 1:
@@ -120,7 +122,9 @@ def plan_options(row: pd.Series) -> str:
 
 def plan_text(row: pd.Series) -> str:
     return (
-        f"tp={int(row['tp'])} pp={int(row['pp'])} dp={int(row['dp'])} "
+        f"tp={int(row['tp'])}"
+        + (f" cp={int(row['cp'])}" if int(row.get("cp", 1)) > 1 else "")
+        + f" pp={int(row['pp'])} dp={int(row['dp'])} "
         f"mb={int(row['micro_batch'])} gb={int(row['global_batch'])} recompute={plan_options(row)}"
     )
 

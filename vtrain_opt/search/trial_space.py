@@ -62,6 +62,11 @@ class ParamSpace:
         inner = tuple(d for d in INNER_DIMS if d in inner and len(getattr(space, d)) > 1)
         if "micro_batch" in inner and "vpp" not in inner and len(space.vpp) > 1:
             inner = (*inner, "vpp")  # vpp's validity depends on the micro-batch count
+        if space.cp != (1,):
+            raise ValueError(
+                "space.cp: the Optuna strategy samples plans without context parallelism; "
+                "search a space with cp exhaustively (--strategy exhaustive)"
+            )
         self.space = space
         self.inner = inner
         self.gpus = [g.name for g in space.gpus]
