@@ -180,7 +180,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="also write report.html: loss against size at the budget with the real and ideal "
         "optima, every size's plan in its hover, and the inputs (one self-contained file)",
     )
-    add_setup_args(p)
+    add_setup_args(p, dtype_list=True)
+    p.add_argument(
+        "--stage-layers",
+        metavar="even|auto|F,L",
+        help="pipeline split of every size's plans: even (default), auto (even and uneven "
+        "variants) or F,L (first and last stage layers)",
+    )
     add_json_arg(p)
     p.set_defaults(func=run_command)
 
@@ -235,6 +241,7 @@ def config_from(args: argparse.Namespace) -> StudyConfig:
         min_gpus=args.min_gpus,
         max_gpus=args.max_gpus,
         dtype=args.dtype,
+        stage_layers=args.stage_layers,
         attention=args.attention,
         framework=framework_kwargs(args) if framework_given(args) else None,
     )

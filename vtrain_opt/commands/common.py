@@ -128,22 +128,46 @@ def add_cluster_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_setup_args(parser: argparse.ArgumentParser) -> None:
+def add_setup_args(parser: argparse.ArgumentParser, *, dtype_list: bool = False) -> None:
+    """The profile and framework flags; ``dtype_list``: --dtype takes several (a dimension
+    of a search, compared per plan)."""
     g = parser.add_argument_group("device profile and framework")
     g.add_argument(
         "--profile",
         metavar="NAME|FILE",
         help="device profile (default: profiles/<gpu>.json); a shipped name or a JSON file",
     )
-    g.add_argument(
-        "--dtype", choices=DTYPES, help="compute dtype (default: bf16 where supported, else fp16)"
-    )
+    if dtype_list:
+        g.add_argument(
+            "--dtype",
+            type=dtype_names,
+            metavar="DTYPE[,DTYPE...]",
+            help=f"compute dtype ({', '.join(DTYPES)}; default: bf16 where supported); several "
+            "(bf16,fp8) are compared per plan",
+        )
+    else:
+        g.add_argument(
+            "--dtype",
+            choices=DTYPES,
+            help="compute dtype (default: bf16 where supported, else fp16)",
+        )
     g.add_argument(
         "--attention",
         choices=ATTENTION_KERNELS,
         help="attention kernel (default: flash where the GPU supports it, else unfused)",
     )
     add_framework_args(g)
+
+
+def dtype_names(text: str) -> list[str]:
+    """--dtype's list form: 'bf16,fp8'."""
+    names = [t.strip() for t in str(text).split(",") if t.strip()]
+    bad = [n for n in names if n not in DTYPES]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(
+            f"{', '.join(bad) or repr(text)}: not one of {', '.join(DTYPES)}"
+        )
+    return names
 
 
 def add_json_arg(parser: argparse.ArgumentParser) -> None:

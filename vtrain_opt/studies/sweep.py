@@ -38,6 +38,7 @@ RUN_FIELDS = ("elapsed_s", "finished_at", "vtrain_opt")
 PLAN_DIMENSIONS = ("global_batch", *DIMENSIONS)
 RESULT_COLUMNS = (
     "gpu",
+    "dtype",
     *PLAN_COLUMNS,
     "training_time_s",
     "cost_usd",
@@ -70,10 +71,12 @@ def build_search(
         for n in names
     ]
     setup = None
+    dtypes = inputs.get("dtype")
+    dtypes = [dtypes] if isinstance(dtypes, str) else dtypes  # several: compared per plan
     if "dtype" in inputs or "attention" in inputs or "fp8_recipe" in inputs:
         default = make_context(model, gpus[0].cluster, gpus[0].profile).setup
         setup = Setup(
-            dtype=inputs.get("dtype", default.dtype),
+            dtype=dtypes[0] if dtypes else default.dtype,
             attention=inputs.get("attention", default.attention),
             fp8_recipe=inputs.get("fp8_recipe", "delayed"),
         )
@@ -87,6 +90,8 @@ def build_search(
         max_gpus=hi,
         gpu_step=inputs.get("gpu_step"),
         setup=setup,
+        stage_layers=inputs.get("stage_layers"),
+        dtypes=dtypes if dtypes and len(dtypes) > 1 else None,
         **{k: inputs[k] for k in PLAN_DIMENSIONS if k in inputs},
     )
     budget = inputs.get("budget") or {}
@@ -293,7 +298,9 @@ def summary_table(sweep: Sweep, store: SweepStore) -> pd.DataFrame:
         if rec:
             chosen = rec.get("chosen") or {}
             for c in RESULT_COLUMNS:
-                name = {"gpu": "gpu_used", "num_gpus": "num_gpus_used"}.get(c, c)
+                name = {"gpu": "gpu_used", "num_gpus": "num_gpus_used", "dtype": "dtype_used"}.get(
+                    c, c
+                )
                 row[name] = chosen.get(c)
             t = chosen.get("training_time_s")
             row["days"] = None if t is None else t / DAY_S
@@ -318,7 +325,7 @@ def _input_columns(inputs: dict[str, Any]) -> dict[str, Any]:
             out["budget_gpu_hours"] = v.get("gpu_hours")
         elif k in PLAN_DIMENSIONS:
             out[f"{k}_options"] = ",".join(str(x) for x in v) if isinstance(v, list) else str(v)
-        elif k == "gpu" and isinstance(v, list):
+        elif k in ("gpu", "dtype") and isinstance(v, list):
             out[k] = "+".join(v)
         else:
             out[k] = v

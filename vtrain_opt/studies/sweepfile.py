@@ -21,8 +21,9 @@ relative to the sweep file), ``gpu`` (a name; a list of names searches them toge
 ``pp``, ``micro_batch``, ``recompute``, ``sequence_parallel``, ``vpp``, ``zero``,
 ``dp_overlap`` (one value or a list of candidates; in ``product`` a list of such), and
 ``seq_length``, ``price_per_gpu_hour``, ``gpus_per_node``, ``nvlink_domain``,
-``inter_node_gbps``, ``profile``, ``dtype``, ``fp8_recipe``, ``attention``, ``strategy``, ``trials``,
-``sampler``, ``seed``.
+``inter_node_gbps``, ``profile``, ``dtype`` (one, or a list compared per plan: [bf16, fp8]),
+``fp8_recipe``, ``stage_layers`` (even, auto or [first, last]), ``attention``,
+``strategy``, ``trials``, ``sampler``, ``seed``.
 
 Every mistake names the file, the line and the key. A scenario's id is a hash of its
 normalized inputs (the model as its shape), so it does not depend on the order of keys,
@@ -47,6 +48,7 @@ from vtrain_opt.spec.hardware import gpu_names
 from vtrain_opt.spec.model import ModelSpec, load_model
 from vtrain_opt.spec.plan import RECOMPUTE_MODES
 from vtrain_opt.spec.setup import ATTENTION_KERNELS, DTYPES, FP8_RECIPES
+from vtrain_opt.spec.stages import parse_stage_layers
 from vtrain_opt.units import parse_budget, parse_count, parse_duration_s, parse_money_usd
 
 FORMAT = "vtrain_opt.sweep/1"
@@ -176,6 +178,21 @@ def _gpu(v: Any) -> str | list[str]:
     return one(v)
 
 
+def _dtypes(v: Any) -> str | list[str]:
+    """A dtype, or a list of them (a dimension of the scenario's space, in DTYPES order)."""
+    one = _choice(DTYPES)
+    if isinstance(v, list):
+        if not v:
+            raise ValueError("the candidate list is empty")
+        values = sorted({one(x) for x in v}, key=DTYPES.index)
+        return values if len(values) > 1 else values[0]
+    return one(v)
+
+
+def _stage_layers(v: Any) -> str:
+    return parse_stage_layers(v)
+
+
 def _tokens(v: Any) -> float:
     return float(parse_count(v, "tokens"))
 
@@ -249,7 +266,8 @@ PARSERS: dict[str, Callable[[Any], Any]] = {
     "nvlink_domain": _int,
     "inter_node_gbps": _positive,
     "profile": _text,
-    "dtype": _choice(DTYPES),
+    "dtype": _dtypes,
+    "stage_layers": _stage_layers,
     "fp8_recipe": _choice(FP8_RECIPES),
     "attention": _choice(ATTENTION_KERNELS),
     "strategy": _choice(STRATEGIES),

@@ -108,6 +108,10 @@ class StudyConfig:
     min_tokens_per_param: float = 1.0
     min_gpus: int | None = None
     max_gpus: int | None = None  # money budgets: the largest GPU count tried
+    # plan dimensions of every size's search: dtypes compared per plan (bf16, fp8) and the
+    # pipeline split (even, auto, 'F,L'), as a search space takes them
+    dtypes: tuple[str, ...] = ()
+    stage_layers: str = "even"
 
     def __post_init__(self) -> None:
         if not self.budgets:
@@ -119,6 +123,10 @@ class StudyConfig:
             raise ValueError(f"--ideal-mfu: must be in (0, 1], got {self.ideal_mfu}")
         if not self.min_tokens_per_param >= 0:
             raise ValueError("--min-tokens-per-param: must be >= 0")
+
+    def space_dims(self) -> dict[str, Any]:
+        """The keyword arguments of each size's ``SearchSpace.create`` beyond the GPU range."""
+        return {"dtypes": self.dtypes or None, "stage_layers": self.stage_layers}
 
     @property
     def law(self) -> LossFit:

@@ -7,13 +7,14 @@ forms and what may go with what, the GPU's default setup, the loss law by name.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from vtrain_opt.search import GpuChoice
+from vtrain_opt.search import GpuChoice, SearchSpace
 from vtrain_opt.sim.step import make_context
 from vtrain_opt.spec.hardware import ClusterSpec
 from vtrain_opt.spec.setup import Setup
+from vtrain_opt.spec.stages import parse_stage_layers
 from vtrain_opt.studies.chinchilla.budget import StudyBudget, StudyConfig
 from vtrain_opt.studies.lossfit import parse_loss_fit
 from vtrain_opt.studies.shapes import ShapeRules
@@ -95,20 +96,24 @@ def study_config(
     min_tokens_per_param: float,
     min_gpus: int | None,
     max_gpus: int | None,
-    dtype: str | None = None,
+    dtype: str | Sequence[str] | None = None,
     attention: str | None = None,
     framework: Mapping[str, Any] | None = None,
+    stage_layers: str | None = None,
 ) -> StudyConfig:
     """The study on ``cluster``'s GPUs (with ``profile``); the setup is the GPU's default
     unless ``dtype``, ``attention`` or ``framework`` (the framework options, given only
-    where one differs from its default) say otherwise."""
+    where one differs from its default) say otherwise. Several dtypes (bf16, fp8) are a
+    dimension of every size's search, compared per plan; ``stage_layers`` its pipeline
+    split (even, auto or 'F,L')."""
     gpu = GpuChoice(name=cluster.gpu.name, cluster=cluster, profile=profile)
+    dtypes = [dtype] if isinstance(dtype, str) else list(dtype or [])
     setup = None
+    probe = rules.for_params(min_params)
     if dtype or attention or framework is not None:  # the rest: the GPU's default
-        probe = rules.for_params(min_params)
         default = make_context(probe, cluster, gpu.profile).setup
         setup = Setup(
-            dtype=dtype or default.dtype,
+            dtype=dtypes[0] if dtypes else default.dtype,
             attention=attention or default.attention,
             **(framework or {}),
         )
@@ -117,7 +122,21 @@ def study_config(
             f"--min-params {format_count(min_params)} is above --max-params "
             f"{format_count(max_params)}"
         )
+    dims = {"dtypes": tuple(dtypes) if len(dtypes) > 1 else (), "stage_layers": "even"}
+    if stage_layers is not None:
+        dims["stage_layers"] = parse_stage_layers(stage_layers)
+    # a dtype the GPU lacks (fp8 on an A100) or a bad split: one line now, not per size
+    SearchSpace.create(
+        probe,
+        [gpu],
+        max_gpus=max_gpus or 8,
+        gpu_step=1,
+        setup=setup,
+        dtypes=dims["dtypes"] or None,
+        stage_layers=dims["stage_layers"],
+    )
     return StudyConfig(
+        **dims,
         gpu=gpu,
         budgets=budgets,
         rules=rules,

@@ -24,6 +24,7 @@ from vtrain_opt.units import DAY_S
 REF_TOKENS = 1e12
 KEEP_COLUMNS = (
     *PLAN_COLUMNS,
+    "dtype",
     "training_time_s",
     "cost_usd",
     "gpu_hours",
@@ -52,13 +53,21 @@ def evaluate_size(
     setup: Setup | None,
     min_gpus: int | None,
     max_gpus: int,
+    dims: dict[str, Any] | None = None,
 ) -> SizeEval:
-    """Search every plan of ``model`` on 1..max_gpus GPUs (runs here or as a Ray task)."""
+    """Search every plan of ``model`` on 1..max_gpus GPUs (runs here or as a Ray task);
+    ``dims``: more keyword arguments of the space (``StudyConfig.space_dims``)."""
     try:
         # whole nodes, unless the budget's cluster is smaller than one node
         step = None if max_gpus >= gpu.cluster.gpus_per_node else 1
         space = SearchSpace.create(
-            model, [gpu], min_gpus=min_gpus, max_gpus=max_gpus, gpu_step=step, setup=setup
+            model,
+            [gpu],
+            min_gpus=min_gpus,
+            max_gpus=max_gpus,
+            gpu_step=step,
+            setup=setup,
+            **(dims or {}),
         )
         result = search(space, tokens=REF_TOKENS, objective="pareto", workers=0)
     except ValueError as e:
@@ -95,6 +104,8 @@ def plan_for_budget(ev: SizeEval, budget: StudyBudget) -> dict[str, Any] | None:
         time_s = tokens * float(t_tok[i])
     scale = tokens / REF_TOKENS
     out = {c: plain(row[c]) for c in PLAN_COLUMNS}
+    if "dtype" in row:
+        out["dtype"] = str(row["dtype"])
     out.update(
         tokens=tokens,
         training_time_s=time_s,

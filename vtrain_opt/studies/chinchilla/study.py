@@ -90,7 +90,8 @@ def run_study(
     todo = {**shapes, **{k: v for k, v in probes.items() if k not in shapes}}
 
     lo, hi = config.gpu_range()
-    calls = [(m, config.gpu, config.setup, lo, hi) for m in todo.values()]
+    dims = config.space_dims()
+    calls = [(m, config.gpu, config.setup, lo, hi, dims) for m in todo.values()]
     evals: dict[tuple[int, int], SizeEval] = {}
     with open_backend(workers, ray_address) as backend:
         if progress:
@@ -148,7 +149,7 @@ def run_study(
         config=config,
         answers=answers,
         peak_flop_per_s=peak,
-        dtype=ctx.setup.dtype,
+        dtype="/".join(config.dtypes) or ctx.setup.dtype,
         elapsed_s=time.perf_counter() - t0,
         backend=backend_name,
         workers=n_workers,
