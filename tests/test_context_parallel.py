@@ -245,10 +245,11 @@ def test_search_cp_option_results_carry_cp(capsys, tmp_path):
     best = json.loads(capsys.readouterr().out)["best_time"]
     assert best["cp"] in (4, 8, 16)
     assert best["tp"] * best["cp"] * best["pp"] * best["dp"] == best["num_gpus"] == 16384
-    # Optuna samples no cp: one line, exit 2
-    optuna = [*argv[:-5], "--strategy", "optuna", "--trials", "4", "--out", str(tmp_path / "o")]
-    assert main(optuna) == 2
-    assert "search a space with cp exhaustively" in capsys.readouterr().err
+    # Optuna samples cp as a categorical and finds the same plan
+    optuna = [*argv[:-5], "--strategy", "optuna", "--trials", "24", "--json"]
+    assert main([*optuna, "--out", str(tmp_path / "o")]) == 0
+    found = json.loads(capsys.readouterr().out)["best_time"]
+    assert (found["cp"], found["training_time_s"]) == (best["cp"], best["training_time_s"])
     # a plain PyTorch model has no cp
     assert main([*argv[:-3], "--framework", "torch", "--out", str(tmp_path / "t")]) == 2
     assert "--cp 4,8,16" in capsys.readouterr().err

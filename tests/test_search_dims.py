@@ -67,10 +67,28 @@ def test_optuna_samples_the_split_and_the_dtype_and_agrees_with_exhaustive():
     key = params.resolve(
         {"gpu": "h100-sxm", "dtype": "fp8", "stage_split": "edges-1", "pp_index": 2}
     )
-    assert key is not None and key[0] == 3 and key[3] == 16 and key[-2:] == (7, 7)
+    assert key is not None and key[0] == 3 and key[3] == 16 and key[11:13] == (7, 7)
     # a split not whole for pp 9 (119 / 9 layers) falls back to one that is: even, 14 each
     key = params.resolve({"gpu": "h100-sxm", "stage_split": "edges-1", "pp_index": 1})
-    assert key is not None and key[3] == 9 and key[-2:] == (0, 0)
+    assert key is not None and key[3] == 9 and key[11:13] == (0, 0)
+
+
+def test_optuna_samples_cp_as_a_categorical():
+    # 131,072 tokens on 16,384 H100s (Meta's long-context stage): cp 4, 8 or 16
+    model = get_model("llama3-405b").with_seq_length(131072)
+    space = SearchSpace.create(
+        model, ["h100-sxm"], min_gpus=8192, max_gpus=16384, global_batch=128, tp=8,
+        cp=[1, 2, 4, 8, 16], pp=16, stage_layers="7,7", micro_batch=1, recompute="full",
+        sequence_parallel=True, zero=1, dtypes=["bf16", "fp8"],
+    )  # fmt: skip
+    exact = search(space, 1e12, strategy="exhaustive", objective="time")
+    found = search(space, 1e12, strategy="optuna", objective="time", trials=80, seed=1)
+    key = (*PLAN, "cp", *SPLIT, "training_time_s")
+    assert [found.best_time[k] for k in key] == [exact.best_time[k] for k in key]
+    assert int(exact.best_time["cp"]) > 1
+    params = ParamSpace(space)
+    got = params.resolve({"cp": 16, "gpus_log2": 14.0, "dtype": "fp8"})
+    assert got is not None and got[13] == 16 and got[4] == 16384 // (8 * 16 * 16)
 
 
 def test_fp8_space_errors_are_one_line():

@@ -4,8 +4,9 @@ A trial samples the *structural* dimensions of a plan (GPU type, global batch, t
 the GPU count as ``gpus_log2``) plus any free dimension not completed inside the trial;
 ``ParamSpace`` resolves them to the nearest valid plan, as a trial key. The *inner*
 dimensions hold ``AUTO`` in the key: the trial evaluates each of their values. A space's
-dtype list (``dtype``) and pipeline split (``stage_split``: the variants of
-``spec.stages.split_variants`` for stage_layers auto) are categorical parameters.
+dtype list (``dtype``), context-parallel sizes (``cp``) and pipeline split
+(``stage_split``: the variants of ``spec.stages.split_variants`` for stage_layers auto)
+are categorical parameters.
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ from vtrain_opt.spec.plan import RECOMPUTE_MODES, PlanBatch
 from vtrain_opt.spec.stages import split_variants
 
 # A plan key: (target index (GPU type and dtype), gb, tp, pp, dp, mb, recompute code, sp,
-# vpp, zero, dp_overlap, first stage layers, last stage layers). In a trial's key an inner
-# dimension holds AUTO: the trial evaluates all its values.
-Key = tuple[int, int, int, int, int, int, int, bool, int, int, bool, int, int]
+# vpp, zero, dp_overlap, first stage layers, last stage layers, cp). In a trial's key an
+# inner dimension holds AUTO: the trial evaluates all its values.
+Key = tuple[int, int, int, int, int, int, int, bool, int, int, bool, int, int, int]
 AUTO = -1
 # Dimensions a trial may complete itself, and their position in a key.
 INNER_DIMS = {
@@ -62,11 +63,6 @@ class ParamSpace:
         inner = tuple(d for d in INNER_DIMS if d in inner and len(getattr(space, d)) > 1)
         if "micro_batch" in inner and "vpp" not in inner and len(space.vpp) > 1:
             inner = (*inner, "vpp")  # vpp's validity depends on the micro-batch count
-        if space.cp != (1,):
-            raise ValueError(
-                "space.cp: the Optuna strategy samples plans without context parallelism; "
-                "search a space with cp exhaustively (--strategy exhaustive)"
-            )
         self.space = space
         self.inner = inner
         self.gpus = [g.name for g in space.gpus]
@@ -98,6 +94,8 @@ class ParamSpace:
             p["dtype"] = trial.suggest_categorical("dtype", list(self.space.dtypes))
         if len(self.splits) > 1:
             p["stage_split"] = trial.suggest_categorical("stage_split", list(self.splits))
+        if len(self.space.cp) > 1:
+            p["cp"] = trial.suggest_categorical("cp", list(self.space.cp))
         if self.log2_range[1] > self.log2_range[0]:
             p["gpus_log2"] = trial.suggest_float("gpus_log2", *self.log2_range)
         for name, values in self.ordered.items():
@@ -130,15 +128,17 @@ class ParamSpace:
         gb = pick("global_batch", lambda v: True)
         tp = pick("tp", lambda v: True)
         pp = pick("pp", lambda v: True)
+        cp = int(p.get("cp", sp_.cp[0]))
+        mp = tp * cp * pp  # GPUs of one model replica
         target = p.get("gpus_log2", self.log2_range[1])
         dps = [
             d
             for d in self._dps[gb]
-            if sp_.min_gpus <= tp * pp * d <= sp_.max_gpus and (tp * pp * d) % step == 0
+            if sp_.min_gpus <= mp * d <= sp_.max_gpus and (mp * d) % step == 0
         ]
         if not dps:
             return None
-        dp = min(dps, key=lambda d: (abs(np.log2(tp * pp * d) - target), d))
+        dp = min(dps, key=lambda d: (abs(np.log2(mp * d) - target), d))
         mb = pick("micro_batch", lambda v: gb % (dp * v) == 0)
         rc = pick("recompute", lambda v: True)
         if "sequence_parallel" in self.inner:
@@ -147,7 +147,7 @@ class ParamSpace:
             sp = p.get("sequence_parallel", self.categorical["sequence_parallel"][0])
             if (
                 sp
-                and (tp < 2 or m.seq_length % tp)
+                and (tp < 2 or m.seq_length % (tp * cp))
                 and False in self.categorical["sequence_parallel"]
             ):
                 sp = False
@@ -180,6 +180,7 @@ class ParamSpace:
             ovl,
             first,
             last,
+            cp,
         )
 
     def _target(self, gpu_index: int, dtype: str | None) -> int | None:
