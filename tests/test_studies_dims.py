@@ -45,6 +45,9 @@ def test_sweep_scenarios_take_a_dtype_list_and_the_split(tmp_path):
     both = by_dtype['["bf16", "fp8"]']
     space, _, _ = build_search(both.inputs, both.model_spec)
     assert space.dtypes == ("bf16", "fp8") and space.stage_layers == "auto"
+    with_cp = load_sweep(_write(tmp_path, SWEEP.replace("  tp: 8\n", "  tp: 8\n  cp: [2, 1]\n")))
+    first = with_cp.scenarios[0]
+    assert build_search(first.inputs, first.model_spec)[0].cp == (1, 2)
     records = {k: run_scenario(s) for k, s in by_dtype.items()}
     assert all(r["status"] == "ok" for r in records.values()), records
     days = {k: r["chosen"]["training_time_s"] for k, r in records.items()}
@@ -89,10 +92,11 @@ def test_chinchilla_split_and_bad_dtype(capsys, tmp_path):
     from vtrain_opt.cli import build_parser
     from vtrain_opt.commands.chinchilla import config_from
 
-    args = build_parser().parse_args([*CHIN, "--stage-layers", "auto", "--dtype", "bf16,fp8"])
-    config = config_from(args)
+    argv = [*CHIN, "--stage-layers", "auto", "--dtype", "bf16,fp8", "--cp", "2,1"]
+    config = config_from(build_parser().parse_args(argv))
     assert config.stage_layers == "auto" and config.dtypes == ("bf16", "fp8")
-    assert config.space_dims() == {"dtypes": ("bf16", "fp8"), "stage_layers": "auto"}
+    dims = {"dtypes": ("bf16", "fp8"), "stage_layers": "auto", "cp": (1, 2)}
+    assert config.space_dims() == dims
     bad = [*CHIN[:2], "a100-80gb", *CHIN[3:], "--dtype", "bf16,fp8", "--out", str(tmp_path)]
     assert main(bad) == 2
     err = capsys.readouterr().err.strip()
@@ -100,3 +104,6 @@ def test_chinchilla_split_and_bad_dtype(capsys, tmp_path):
     assert main([*CHIN, "--stage-layers", "sometimes", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert "stage_layers" in err and len(err.splitlines()) == 1
+    assert main([*CHIN, "--cp", "1,3", "--out", str(tmp_path)]) == 2  # 2*3 does not split 2048
+    err = capsys.readouterr().err.strip()
+    assert "cp: 3" in err and len(err.splitlines()) == 1

@@ -187,8 +187,19 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="pipeline split of every size's plans: even (default), auto (even and uneven "
         "variants) or F,L (first and last stage layers)",
     )
+    p.add_argument(
+        "--cp",
+        type=_ints,
+        metavar="N[,N...]",
+        help="context-parallel sizes every size's search tries (default 1; each splits the "
+        "sequence into 2*cp chunks)",
+    )
     add_json_arg(p)
     p.set_defaults(func=run_command)
+
+
+def _ints(text: str) -> list[int]:
+    return [positive_int(t) for t in str(text).split(",") if t.strip()]
 
 
 def _fraction(text: str) -> float:
@@ -242,6 +253,7 @@ def config_from(args: argparse.Namespace) -> StudyConfig:
         max_gpus=args.max_gpus,
         dtype=args.dtype,
         stage_layers=args.stage_layers,
+        cp=args.cp,
         attention=args.attention,
         framework=framework_kwargs(args) if framework_given(args) else None,
     )

@@ -112,6 +112,7 @@ class StudyConfig:
     # pipeline split (even, auto, 'F,L'), as a search space takes them
     dtypes: tuple[str, ...] = ()
     stage_layers: str = "even"
+    cp: tuple[int, ...] = (1,)  # context-parallel sizes tried (the sequence over cp GPUs)
 
     def __post_init__(self) -> None:
         if not self.budgets:
@@ -126,7 +127,7 @@ class StudyConfig:
 
     def space_dims(self) -> dict[str, Any]:
         """The keyword arguments of each size's ``SearchSpace.create`` beyond the GPU range."""
-        return {"dtypes": self.dtypes or None, "stage_layers": self.stage_layers}
+        return {"dtypes": self.dtypes or None, "stage_layers": self.stage_layers, "cp": self.cp}
 
     @property
     def law(self) -> LossFit:

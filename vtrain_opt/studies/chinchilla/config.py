@@ -100,12 +100,13 @@ def study_config(
     attention: str | None = None,
     framework: Mapping[str, Any] | None = None,
     stage_layers: str | None = None,
+    cp: Sequence[int] | None = None,
 ) -> StudyConfig:
     """The study on ``cluster``'s GPUs (with ``profile``); the setup is the GPU's default
     unless ``dtype``, ``attention`` or ``framework`` (the framework options, given only
     where one differs from its default) say otherwise. Several dtypes (bf16, fp8) are a
     dimension of every size's search, compared per plan; ``stage_layers`` its pipeline
-    split (even, auto or 'F,L')."""
+    split (even, auto or 'F,L'); ``cp`` its context-parallel sizes (default 1)."""
     gpu = GpuChoice(name=cluster.gpu.name, cluster=cluster, profile=profile)
     dtypes = [dtype] if isinstance(dtype, str) else list(dtype or [])
     setup = None
@@ -122,7 +123,11 @@ def study_config(
             f"--min-params {format_count(min_params)} is above --max-params "
             f"{format_count(max_params)}"
         )
-    dims = {"dtypes": tuple(dtypes) if len(dtypes) > 1 else (), "stage_layers": "even"}
+    dims: dict[str, Any] = {
+        "dtypes": tuple(dtypes) if len(dtypes) > 1 else (),
+        "stage_layers": "even",
+        "cp": tuple(sorted(set(cp or [1]))),
+    }
     if stage_layers is not None:
         dims["stage_layers"] = parse_stage_layers(stage_layers)
     # a dtype the GPU lacks (fp8 on an A100) or a bad split: one line now, not per size
@@ -134,6 +139,7 @@ def study_config(
         setup=setup,
         dtypes=dims["dtypes"] or None,
         stage_layers=dims["stage_layers"],
+        cp=dims["cp"],
     )
     return StudyConfig(
         **dims,
