@@ -76,6 +76,6 @@ def test_bad_moe_fields_are_one_line_exit_2(tmp_path, capsys, extra, message):
         ModelSpec.from_dict(get_model("llama3-8b").to_dict() | extra, name="bad")
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(get_model("llama3-8b").to_dict() | extra))
-    assert main(["simulate", "--model", str(path), "--gpus", "8"]) == 2
+    assert main(["simulate", "--model", str(path), "--num-gpus", "8"]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1

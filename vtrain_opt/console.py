@@ -39,6 +39,8 @@ def describe_plan(row: Mapping[str, Any]) -> str:
     ]
     if int(row.get("vpp", 1)) > 1:
         parts.append(f"vpp={int(row['vpp'])}")
+    if int(row.get("ep", 1)) * int(row.get("etp", 1)) > 1:  # MoE: expert (tensor) parallelism
+        parts.append(f"ep={int(row['ep'])} etp={int(row['etp'])}")
     if bool(row.get("sequence_parallel", False)):
         parts.append("sp")
     if int(row.get("zero", 0)):

@@ -12,6 +12,7 @@ from vtrain_opt.commands.framework_args import (
     add_framework_args,
     framework_given,
     framework_kwargs,
+    moe_kwargs,
 )
 from vtrain_opt.io import jsonable
 from vtrain_opt.profiles import load_profile
@@ -219,6 +220,7 @@ def resolve_context(args: argparse.Namespace, model: ModelSpec, cluster: Cluster
             dtype=args.dtype or default.dtype,
             attention=args.attention or default.attention,
             **framework_kwargs(args),
+            **moe_kwargs(args),
         )
     return make_context(model, cluster, getattr(args, "profile", None), setup)
 

@@ -10,6 +10,7 @@ import argparse
 import math
 from typing import Any
 
+from vtrain_opt.spec.moe import MOE_IMBALANCE
 from vtrain_opt.spec.setup import FP8_RECIPES, FRAMEWORKS, MASTER_WEIGHTS, custom_framework
 
 # The commands import it from here; it lives with Setup, where the search library reads it.
@@ -60,6 +61,49 @@ def add_framework_args(
         help="with --dtype fp8 (Transformer Engine): delayed scaling from the amax history "
         "(default) or current scaling (an amax pass before every cast)",
     )
+    add_moe_args(p)
+
+
+def positive_float(text: str) -> float:
+    """A positive finite number."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number")
+    return value
+
+
+def add_moe_args(p: argparse.ArgumentParser | Any) -> None:
+    """The Mixture-of-Experts options of a Setup (sim/moe.py)."""
+    p.add_argument(
+        "--moe-imbalance",
+        type=positive_float,
+        default=MOE_IMBALANCE,
+        metavar="X",
+        help="MoE: the busiest expert-parallel rank's routed tokens over the mean, >= 1 "
+        f"(default {MOE_IMBALANCE}: an assumption, see the MoE docs)",
+    )
+    p.add_argument(
+        "--moe-capacity-factor",
+        type=positive_float,
+        metavar="X",
+        help="MoE: drop the tokens beyond this x the mean per expert (default: no dropping)",
+    )
+    p.add_argument(
+        "--moe-a2a-overlap",
+        action="store_true",
+        help="MoE: run the token all-to-all behind another micro-batch's compute (DualPipe, "
+        "Megatron-core's overlapped expert-parallel communication)",
+    )
+    p.add_argument(
+        "--moe-node-limit",
+        type=int,
+        metavar="M",
+        help="MoE: DeepEP-style dispatch, each token sent once to each of at most M nodes "
+        "(DeepSeek-V3: 4); default: NCCL's all-to-all, one copy per routed expert",
+    )
 
 
 def framework_kwargs(args: argparse.Namespace) -> dict[str, Any]:
@@ -72,6 +116,16 @@ def framework_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def moe_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``Setup`` fields of the MoE options (``add_moe_args``)."""
+    return {
+        "moe_imbalance": getattr(args, "moe_imbalance", MOE_IMBALANCE),
+        "moe_capacity_factor": getattr(args, "moe_capacity_factor", None),
+        "moe_a2a_overlap": getattr(args, "moe_a2a_overlap", False),
+        "moe_node_limit": getattr(args, "moe_node_limit", None),
+    }
+
+
 def framework_given(args: argparse.Namespace) -> bool:
     """Whether any of these options differs from its default (a setup must be built)."""
-    return custom_framework(**framework_kwargs(args))
+    return custom_framework(**framework_kwargs(args), **moe_kwargs(args))

@@ -54,6 +54,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     g.add_argument("--pp", type=positive_int, default=1, help="pipeline parallelism (default 1)")
     g.add_argument(
+        "--ep",
+        type=positive_int,
+        default=1,
+        help="expert parallelism of a MoE model: the experts over ep GPUs (default 1)",
+    )
+    g.add_argument(
+        "--etp", type=positive_int, default=1, help="expert tensor parallelism (default 1)"
+    )
+    g.add_argument(
         "--dp", type=positive_int, help="data parallelism (default: num-gpus / (tp*cp*pp), else 1)"
     )
     g.add_argument(
@@ -185,6 +194,8 @@ def _plan(args: argparse.Namespace, global_batch: int, recompute: str, layers: i
         first_stage_layers=first,
         last_stage_layers=last,
         cp=cp,
+        ep=args.ep,
+        etp=args.etp,
     )
 
 

@@ -55,7 +55,8 @@ class Evaluated:
         b = self.batch
         g = np.full(b.n, self.gpu_index, dtype=np.int64)
         return [
-            *(g, b.tp, b.cp, b.pp, b.dp, b.mb, b.gb, b.recompute, b.sp, b.vpp, b.zero),
+            *(g, b.tp, b.cp, b.ep, b.etp, b.pp, b.dp, b.mb, b.gb, b.recompute, b.sp, b.vpp),
+            b.zero,
             b.dp_overlap,
             *(b.first, b.last),
             np.full(b.n, self.dtype_code, dtype=np.int64),
@@ -96,6 +97,8 @@ def rows(
         "num_gpus": tp * b.cp[idx] * pp * dp,
         "tp": tp,
         "cp": b.cp[idx],
+        "ep": b.ep[idx],
+        "etp": b.etp[idx],
         "pp": pp,
         "dp": dp,
         "micro_batch": mb,

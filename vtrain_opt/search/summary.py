@@ -105,6 +105,8 @@ def plan_options(row: pd.Series) -> str:
     parts = [str(row["recompute"])]
     if int(row.get("cp", 1)) > 1:  # context parallelism (the GPUs are tp x cp x pp x dp)
         parts.append(f"cp{int(row['cp'])}")
+    if int(row.get("ep", 1)) > 1 or int(row.get("etp", 1)) > 1:  # MoE expert parallelism
+        parts.append(f"ep{int(row['ep'])}" + (f"x{int(row['etp'])}" if int(row["etp"]) > 1 else ""))
     if bool(row["sequence_parallel"]):
         parts.append("sp")
     if int(row["vpp"]) > 1:

@@ -41,6 +41,7 @@ import numpy as np
 from scipy.special import ndtri
 
 from vtrain_opt.sim.fp8 import layer_cast_s
+from vtrain_opt.sim.moe import layer_gemms as moe_layer_gemms
 from vtrain_opt.sim.ops import OpModel, members_per_domain
 from vtrain_opt.spec.model import ModelSpec
 
@@ -165,6 +166,8 @@ def layer_costs(
     wgrad_col = [
         ops.gemm_s(k, n, tokens, fp8=fp8) * compute_scale for n, k in (shapes[0], shapes[2])
     ]
+    if model.is_moe or not model._plain_heads:  # MLA, own head size, MoE's share (sim/moe.py)
+        gemm_fwd, gemm_bwd, wgrad_col = moe_layer_gemms(model, ops, tokens, t, compute_scale)
 
     # ---- attention core ----------------------------------------------------------------------
     bh = b * local_heads

@@ -192,6 +192,7 @@ def memory_per_gpu(
     layer_bytes: tuple[np.ndarray, np.ndarray] | None = None,
     layers: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
     cp: np.ndarray | float = 1.0,
+    expert_states: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
 ) -> MemoryBreakdown:
     """Peak bytes on one GPU of the worst stage (the first or the last; with uneven
     ``layers`` = (first, middle, last) stage layer counts, also the second stage, the
@@ -251,6 +252,9 @@ def memory_per_gpu(
     if setup.fp8:
         first_states = first_states + fp8_copies[0]
         last_states = last_states + fp8_copies[2]
+    if expert_states is not None:  # MoE: the routed experts' states per stage (sim/moe.py)
+        first_states, last_states = first_states + expert_states[0], last_states + expert_states[2]
+        fp8_copies[1] = fp8_copies[1] + expert_states[1]
     first_total = first_states + first_act
     last_total = np.where(single, first_total, last_states + last_act)
     last_worse = last_total > first_total

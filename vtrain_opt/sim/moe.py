@@ -195,7 +195,8 @@ def _block(
         nodes = np.maximum(np.ceil(e / ep_node), 1.0)
         touched = np.minimum(nodes * (1.0 - (1.0 - 1.0 / nodes) ** k), setup.moe_node_limit)
         per_expert = k * (e - ep_node) / np.maximum(e, 1.0)  # remote copies without it
-        inter_scale = np.where(per_expert > 0, touched * (nodes - 1) / nodes / per_expert, 1.0)
+        dedup = touched * (nodes - 1) / nodes
+        inter_scale = np.divide(dedup, per_expert, out=np.ones_like(dedup), where=per_expert > 0)
         if setup.fp8:
             dispatch = moved / a_bytes
     a2a = ops.all_to_all_s(dispatch, e, ep_node, et, inter_scale)

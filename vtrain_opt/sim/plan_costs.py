@@ -32,6 +32,7 @@ from vtrain_opt.sim.costs_torch import (
 )
 from vtrain_opt.sim.fp8 import weight_cast_s
 from vtrain_opt.sim.memory import StageParams, layer_activation_bytes, stage_params
+from vtrain_opt.sim.moe import MoECosts, moe_costs, with_experts
 from vtrain_opt.sim.ops import OpModel, members_per_domain
 from vtrain_opt.spec.plan import PlanBatch
 from vtrain_opt.spec.stages import chunk_layers, stage_layer_counts
@@ -83,6 +84,10 @@ class PlanCosts:
     # for the memory model
     params: StageParams
     layer_bytes: tuple[np.ndarray, np.ndarray]  # activation bytes per layer: stored, transient
+    # MoE models (sim/moe.py): the MoE block's per-layer costs (the replay's all-to-all
+    # tasks) and the routed experts' states per GPU of the first, a middle and the last stage
+    moe: MoECosts | None = None
+    expert_state_bytes: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
 
 def _layer_costs(
@@ -215,6 +220,15 @@ def plan_costs(ctx: SimContext, batch: PlanBatch, m: np.ndarray | None = None) -
     layer_compute = gather(lc.fwd_compute_s + lc.bwd_compute_s)
     layer_recompute = gather(lc.recompute_compute_s)
     layer_comm = gather(lc.fwd_comm_s + lc.bwd_comm_s + lc.recompute_comm_s)
+    windows = gather(lc.fwd_compute_s), gather(lc.bwd_compute_s)
+    moe = moe_costs(ctx, batch, windows) if model.is_moe else None
+    if moe is not None:  # MoE layers: router, experts, all-to-all (sim/moe.py)
+        scale = gather(np.asarray(u_scale, dtype=np.float64))
+        layer_fwd, layer_bwd = layer_fwd + moe.fwd_s(scale), layer_bwd + moe.bwd_s(scale)
+        layer_fwd_mean, layer_bwd_mean = layer_fwd_mean + moe.fwd_s(), layer_bwd_mean + moe.bwd_s()
+        layer_compute = layer_compute + scale * (moe.fwd_compute_s + moe.bwd_compute_s)
+        layer_recompute = layer_recompute + scale * moe.recompute_compute_s
+        layer_comm = layer_comm + moe.a2a_fwd_s + moe.a2a_bwd_s + moe.recompute_a2a_s
     # the first stage runs at the mean speed unless it is also the last (pp = 1)
     first_fwd = np.where(single, embedding(ec, "fwd"), embedding(ec_mean, "fwd"))
     first_bwd = np.where(single, embedding(ec, "bwd"), embedding(ec_mean, "bwd"))
@@ -360,7 +374,7 @@ def plan_costs(ctx: SimContext, batch: PlanBatch, m: np.ndarray | None = None) -
         np.maximum(u_t * u_d * (u_p - 1), 1),  # the first and the last stage
     )
     sync = gather2(np.where(tied & (u_p > 1), u_sync, 0.0))
-    return PlanCosts(
+    costs = PlanCosts(
         chunk_fwd_s=chunk_fwd,
         chunk_bwd_s=chunk_bwd,
         chunk_fwd_mean_s=chunk_fwd_mean,
@@ -396,6 +410,10 @@ def plan_costs(ctx: SimContext, batch: PlanBatch, m: np.ndarray | None = None) -
         ),
         layer_bytes=(gather(u_stored), gather(u_transient)),
     )
+    if moe is None:
+        return costs
+    tails = (window_first, window_last)
+    return with_experts(ctx, batch, costs, moe, (n_first, n_last), tails, DP_BUCKET_PARAMS)
 
 
 def stage_chunk_times(

@@ -149,6 +149,7 @@ def _simulate_valid(
             layer_bytes=k.layer_bytes,
             layers=stage_layer_counts(batch, model.num_layers) if any_uneven else None,
             cp=batch.cp,
+            expert_states=k.expert_state_bytes,
         )
         capacity = float(ctx.cluster.gpu.hbm_bytes)
         reason = np.where(mem.total_bytes > capacity, REASON_OOM, 0).astype(np.int16)
@@ -226,9 +227,10 @@ def denoise(x: np.ndarray, scale: np.ndarray | float) -> np.ndarray:
 def _recompute_flop_per_token(model: ModelSpec, recompute: np.ndarray) -> np.ndarray:
     """FLOPs redone per token by activation recomputation (full: every layer's forward;
     selective: the attention core's forward)."""
-    s, h, L = model.seq_length, model.hidden_size, model.num_layers
-    full = L * (2.0 * model.layer_matmul_params() + 4.0 * s * h)
-    selective = L * 4.0 * s * h
+    L = model.num_layers
+    core = model.attention_core_flop_per_token()
+    full = L * (2.0 * model.active_layer_matmul_params() + core)
+    selective = L * core
     rc = np.asarray(recompute)
     return np.where(rc == 2, full, np.where(rc == 1, selective, 0.0))
 
@@ -254,7 +256,7 @@ def simulate(
 ) -> pd.DataFrame:
     """Predict one training iteration of every plan; one row per plan.
 
-    Columns: the plan (num_gpus, tp, pp, dp, micro_batch, global_batch, num_microbatches,
+    Columns: the plan (num_gpus, tp, cp, pp, dp, micro_batch, global_batch, num_microbatches,
     recompute, sequence_parallel, vpp, zero, dp_overlap); ``iteration_time_s`` and its
     breakdown (``compute_s``, ``recompute_s``, ``tp_comm_s``, ``pp_comm_s``, ``bubble_s``,
     ``dp_comm_s``, ``optimizer_s``, ``overhead_s``), ``memory_per_gpu_bytes`` (worst stage,

@@ -11,6 +11,8 @@ With context parallelism each layer's ring attention is replayed step by step (`
 cp attention steps on the stage's compute stream, the K,V (backward: K,V and dK,dV) sends
 on its ring stream, each step waiting for the block it needs; the rest of a chunk's work
 (and the recomputed forward's ring, in its backward) runs as one task after the rings.
+A MoE model's exposed token dispatch and combine (``sim/moe.py``) of a chunk's layers run
+as an ``all-to-all`` task (category ``ep_a2a``) after the chunk's compute, on its stream.
 """
 
 from __future__ import annotations
@@ -107,11 +109,14 @@ def build_pipeline(
     p2p_s: float,
     num_microbatches: int,
     ring: CpRing | None = None,
+    a2a_s: np.ndarray | None = None,
 ) -> list[str]:
     """Add the pipeline's tasks; return the name of each stage's last compute task.
 
     ``fwd_s[i, j]``/``bwd_s[i, j]``: time of model chunk j on stage i for one micro-batch
-    (with ``ring``: its layers' ring attention included, replayed step by step).
+    (with ``ring``: its layers' ring attention included, replayed step by step; with
+    ``a2a_s`` (2, p, v): the exposed MoE all-to-all of the chunk's layers, forward and
+    backward, included, replayed as its own task after the chunk's compute).
     """
     p, v = fwd_s.shape
     m = num_microbatches
@@ -129,16 +134,18 @@ def build_pipeline(
                 if ring is not None:
                     deps.append(ring.add(graph, "F", _op("F", i, mb, j), i, j, deps))
                     dur = max(dur - ring.layers[i, j] * ring.layer_s("F", i, j), 0.0)
+                a2a = 0.0 if a2a_s is None else float(a2a_s[0, i, j])
                 name = graph.add(
-                    _op("F", i, mb, j), stream, dur, deps, "forward", microbatch=mb, chunk=j
+                    _op("F", i, mb, j), stream, dur - a2a, deps, "forward", microbatch=mb, chunk=j
                 )
+                end = _all_to_all(graph, name, stream, a2a, mb, j)
                 if i < p - 1 or j < v - 1:
                     dst = i + 1 if i < p - 1 else 0
                     graph.add(
                         f"send {name}",
                         f"p2p/fwd {i}->{dst}",
                         p2p_s,
-                        [name],
+                        [end],
                         "p2p",
                         microbatch=mb,
                         chunk=j,
@@ -153,28 +160,40 @@ def build_pipeline(
                 if ring is not None:
                     deps.append(ring.add(graph, "B", _op("B", i, mb, j), i, j, deps))
                     dur = max(dur - ring.layers[i, j] * ring.layer_s("B", i, j), 0.0)
+                a2a = 0.0 if a2a_s is None else float(a2a_s[1, i, j])
                 name = graph.add(
                     _op("B", i, mb, j),
                     stream,
-                    dur,
+                    dur - a2a,
                     deps,
                     "backward",
                     microbatch=mb,
                     chunk=j,
                 )
+                end = _all_to_all(graph, name, stream, a2a, mb, j)
                 if i > 0 or j > 0:
                     dst = i - 1 if i > 0 else p - 1
                     graph.add(
                         f"send {name}",
                         f"p2p/bwd {i}->{dst}",
                         p2p_s,
-                        [name],
+                        [end],
                         "p2p",
                         microbatch=mb,
                         chunk=j,
                     )
-        last.append(name)
+        last.append(end)
     return last
+
+
+def _all_to_all(graph: TaskGraph, after: str, stream: str, a2a_s: float, mb: int, j: int) -> str:
+    """The exposed MoE token dispatch and combine of a chunk's layers after task ``after``
+    (on the compute stream it holds up); return the task the chunk ends with."""
+    if a2a_s <= 0:
+        return after
+    return graph.add(
+        f"all-to-all {after}", stream, a2a_s, [after], "ep_a2a", microbatch=mb, chunk=j
+    )
 
 
 @dataclass
@@ -201,6 +220,7 @@ def run_reference(
     iteration_overhead_s: float,
     embedding_sync_s: float = 0.0,
     ring: CpRing | None = None,
+    a2a_s: np.ndarray | None = None,
 ) -> ReferenceResult:
     """Replay a plan: the pipeline, then per stage its gradient reduction and optimizer step.
 
@@ -209,7 +229,7 @@ def run_reference(
     and the last stage, after both have finished their backward passes.
     """
     graph = TaskGraph()
-    last = build_pipeline(graph, fwd_s, bwd_s, p2p_s, num_microbatches, ring)
+    last = build_pipeline(graph, fwd_s, bwd_s, p2p_s, num_microbatches, ring, a2a_s)
     p = fwd_s.shape[0]
     sync = None
     if embedding_sync_s > 0 and p > 1:
@@ -268,7 +288,19 @@ def reference(ctx: SimContext, plan: ParallelPlan) -> ReferenceResult:
         iteration_overhead_s=ctx.profile.iteration_overhead_s,
         embedding_sync_s=float(k.embedding_sync_s[0]),
         ring=_cp_ring(k, batch, ctx.model.num_layers) if plan.cp > 1 else None,
+        a2a_s=_moe_a2a(k, batch, ctx.model.num_layers) if k.moe is not None else None,
     )
+
+
+def _moe_a2a(k: PlanCosts, batch: PlanBatch, num_layers: int) -> np.ndarray:
+    """The exposed all-to-all of each chunk of plan 0, forward and backward (with the
+    recomputed forward's), array (2, p, v)."""
+    assert k.moe is not None
+    p, v = int(batch.pp[0]), int(batch.vpp[0])
+    layers = chunk_layer_grid(batch, num_layers, np.array([0]), p, v)[:, :, 0]
+    fwd = float(k.moe.a2a_fwd_s[0])
+    bwd = float(k.moe.a2a_bwd_s[0] + k.moe.recompute_a2a_s[0])
+    return np.stack([layers * fwd, layers * bwd])
 
 
 def _cp_ring(k: PlanCosts, batch: PlanBatch, num_layers: int) -> CpRing:

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from vtrain_opt.spec import moe as _moe
 from vtrain_opt.spec import stages as _st
 from vtrain_opt.spec._check import as_bool, as_int, positive_int, recompute_codes
 from vtrain_opt.spec.model import ModelSpec
@@ -23,6 +24,8 @@ PLAN_COLUMNS = (
     "num_gpus",
     "tp",
     "cp",
+    "ep",
+    "etp",
     "pp",
     "dp",
     "micro_batch",
@@ -153,7 +156,7 @@ def _rules() -> list[_Rule]:
     ]
 
 
-_RULE_LIST = _rules()
+_RULE_LIST = _rules() + [_Rule(*rule) for rule in _moe.PLAN_RULES]
 _RULE_REASONS.extend(r.reason for r in _RULE_LIST)
 # A plain PyTorch model (framework 'torch') has data parallelism (and ZeRO) only.
 TORCH_ONLY_DP = "framework torch: no tp/cp/pp/vpp/sp"
@@ -187,9 +190,12 @@ class ParallelPlan:
     last_stage_layers: int = 0
     # context parallelism: the sequence split over cp GPUs (Megatron-core's ring attention)
     cp: int = 1
+    # expert parallelism and expert tensor parallelism of MoE layers (sim/moe.py)
+    ep: int = 1
+    etp: int = 1
 
     def __post_init__(self) -> None:
-        for f in ("tp", "pp", "dp", "micro_batch", "global_batch", "vpp", "cp"):
+        for f in ("tp", "pp", "dp", "micro_batch", "global_batch", "vpp", "cp", "ep", "etp"):
             positive_int("plan", f, getattr(self, f))
         if self.recompute not in RECOMPUTE_MODES:
             raise ValueError(
@@ -221,6 +227,7 @@ class ParallelPlan:
                     "layers": model.num_layers,
                     "seq_length": model.seq_length,
                     "two_cp": 2 * self.cp,
+                    **_moe.rule_values(model),
                     "num_microbatches": f"{self.global_batch / (self.dp * self.micro_batch):g}",
                 }
                 raise ValueError(f"invalid plan: {rule.message.format(**values)}")
@@ -231,6 +238,7 @@ class ParallelPlan:
 
     def describe(self) -> str:
         extras = [f"cp={self.cp}"] if self.cp > 1 else []
+        extras += [f"ep={self.ep}", f"etp={self.etp}"] if self.ep * self.etp > 1 else []
         if self.vpp > 1:
             extras.append(f"vpp={self.vpp}")
         if self.sequence_parallel:
@@ -269,7 +277,7 @@ class ParallelPlan:
             else:
                 raise ValueError(
                     f"plan: unknown field {key!r}; allowed: tp, pp, dp, mb, gb, recompute, sp, vpp, zero, dp_overlap, "
-                    "first_stage_layers, last_stage_layers, cp"
+                    "first_stage_layers, last_stage_layers, cp, ep, etp"
                 )
         plan = cls(**kwargs)
         if "num_gpus" in data and as_int("plan", "num_gpus", data["num_gpus"]) != plan.num_gpus:
@@ -280,10 +288,15 @@ class ParallelPlan:
         return plan
 
 
-_INT_FIELDS = ("tp", "pp", "dp", "mb", "gb", "vpp", "zero", "first", "last", "cp")
+_INT_FIELDS = ("tp", "pp", "dp", "mb", "gb", "vpp", "zero", "first", "last", "cp", "ep", "etp")
 _INT_PLAN_FIELDS = ("tp", "pp", "dp", "micro_batch", "global_batch", "vpp", "zero")
-_INT_PLAN_FIELDS += ("first_stage_layers", "last_stage_layers", "cp")
+_INT_PLAN_FIELDS += ("first_stage_layers", "last_stage_layers", "cp", "ep", "etp")
 _BOOL_FIELDS = ("sp", "dp_overlap")
+# PlanBatch column -> ParallelPlan field
+_SAME_NAME = ("tp", "pp", "dp", "recompute", "vpp", "zero", "dp_overlap", "cp", "ep", "etp")
+_COLUMN_FIELDS = {c: c for c in _SAME_NAME} | {"mb": "micro_batch", "gb": "global_batch"}
+_COLUMN_FIELDS |= {"sp": "sequence_parallel", "first": "first_stage_layers"}
+_COLUMN_FIELDS |= {"last": "last_stage_layers"}
 
 
 class PlanBatch:
@@ -298,6 +311,8 @@ class PlanBatch:
         "cp",
         "dp",
         "dp_overlap",
+        "ep",
+        "etp",
         "first",
         "gb",
         "last",
@@ -323,6 +338,8 @@ class PlanBatch:
     first: np.ndarray
     last: np.ndarray
     cp: np.ndarray
+    ep: np.ndarray
+    etp: np.ndarray
 
     def __init__(
         self,
@@ -340,6 +357,8 @@ class PlanBatch:
         first: Any = 0,
         last: Any = 0,
         cp: Any = 1,
+        ep: Any = 1,
+        etp: Any = 1,
     ) -> None:
         cols: dict[str, Any] = {
             "tp": tp,
@@ -355,6 +374,8 @@ class PlanBatch:
             "first": first,
             "last": last,
             "cp": cp,
+            "ep": ep,
+            "etp": etp,
         }
         n = max(np.size(v) for v in cols.values())
         for name, value in cols.items():
@@ -382,21 +403,7 @@ class PlanBatch:
     def from_plans(cls, plans: list[ParallelPlan]) -> PlanBatch:
         if not plans:
             raise ValueError("PlanBatch.from_plans: no plans given")
-        return cls(
-            tp=[p.tp for p in plans],
-            pp=[p.pp for p in plans],
-            dp=[p.dp for p in plans],
-            mb=[p.micro_batch for p in plans],
-            gb=[p.global_batch for p in plans],
-            recompute=[p.recompute for p in plans],
-            sp=[p.sequence_parallel for p in plans],
-            vpp=[p.vpp for p in plans],
-            zero=[p.zero for p in plans],
-            dp_overlap=[p.dp_overlap for p in plans],
-            first=[p.first_stage_layers for p in plans],
-            last=[p.last_stage_layers for p in plans],
-            cp=[p.cp for p in plans],
-        )
+        return cls(**{col: [getattr(p, f) for p in plans] for col, f in _COLUMN_FIELDS.items()})
 
     @classmethod
     def from_frame(cls, df: pd.DataFrame) -> PlanBatch:
@@ -452,21 +459,8 @@ class PlanBatch:
         return PlanBatch(**{name: getattr(self, name)[idx] for name in self.__slots__})
 
     def plan(self, i: int) -> ParallelPlan:
-        return ParallelPlan(
-            tp=int(self.tp[i]),
-            pp=int(self.pp[i]),
-            dp=int(self.dp[i]),
-            micro_batch=int(self.mb[i]),
-            global_batch=int(self.gb[i]),
-            recompute=RECOMPUTE_MODES[int(self.recompute[i])],
-            sequence_parallel=bool(self.sp[i]),
-            vpp=int(self.vpp[i]),
-            zero=int(self.zero[i]),
-            dp_overlap=bool(self.dp_overlap[i]),
-            first_stage_layers=int(self.first[i]),
-            last_stage_layers=int(self.last[i]),
-            cp=int(self.cp[i]),
-        )
+        values = {field: getattr(self, col)[i].item() for col, field in _COLUMN_FIELDS.items()}
+        return ParallelPlan(**values | {"recompute": RECOMPUTE_MODES[values["recompute"]]})
 
     def to_frame(self) -> pd.DataFrame:
         """The plan columns, with human names, for result tables."""
@@ -475,6 +469,8 @@ class PlanBatch:
                 "num_gpus": self.num_gpus,
                 "tp": self.tp,
                 "cp": self.cp,
+                "ep": self.ep,
+                "etp": self.etp,
                 "pp": self.pp,
                 "dp": self.dp,
                 "micro_batch": self.mb,

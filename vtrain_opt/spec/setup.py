@@ -165,15 +165,21 @@ class Setup:
 
 
 def custom_framework(
-    framework: str, dropout: float | None, master_weights: str, fp8_recipe: str = "delayed"
+    framework: str,
+    dropout: float | None,
+    master_weights: str,
+    fp8_recipe: str = "delayed",
+    **moe: Any,
 ) -> bool:
-    """Whether these implementation options differ from their defaults (a setup must be
-    built rather than the GPU's default taken)."""
+    """Whether these implementation options (and the MoE ones, ``Setup``'s moe_* fields)
+    differ from their defaults (a setup must be built rather than the GPU's default taken)."""
+    defaults = Setup()
     return (
         framework != "megatron"
         or dropout is not None
         or master_weights != "fp32"
         or fp8_recipe != "delayed"
+        or any(value != getattr(defaults, key) for key, value in moe.items())
     )
 
 
