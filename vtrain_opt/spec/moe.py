@@ -181,8 +181,10 @@ MOE_IMBALANCE = 1.1
 
 def check_moe_setup(imbalance: Any, capacity_factor: Any, overlap: Any) -> None:
     """Raise ValueError for MoE settings outside their ranges."""
-    if isinstance(imbalance, bool) or not isinstance(imbalance, (int, float)) or not (
-        1.0 <= imbalance < float("inf")
+    if (
+        isinstance(imbalance, bool)
+        or not isinstance(imbalance, (int, float))
+        or not (1.0 <= imbalance < float("inf"))
     ):
         raise ValueError(
             f"moe imbalance: {imbalance!r} must be a number >= 1 (busiest rank's tokens / mean)"
