@@ -253,3 +253,19 @@ def test_search_cp_option_results_carry_cp(capsys, tmp_path):
     # a plain PyTorch model has no cp
     assert main([*argv[:-3], "--framework", "torch", "--out", str(tmp_path / "t")]) == 2
     assert "--cp 4,8,16" in capsys.readouterr().err
+
+
+def test_a_straggling_node_never_makes_a_layer_faster():
+    """A slower GPU hides more of the ring's sends behind its attention; the layer must
+    still not get faster (the host waits on the tensor-parallel collectives only), or the
+    last stage would outrun the others and the schedule's closed form would not hold
+    (found by the contract test: tp 12, cp 8 over the network, 24 H100 nodes)."""
+    ctx = make_context(GPT3, get_cluster("h100-sxm"))
+    plan = ParallelPlan(tp=12, pp=2, dp=1, global_batch=5, cp=8, dp_overlap=False)
+    batch = PlanBatch.from_plans([plan])
+    k = plan_costs(ctx, batch)
+    assert k.ring_send_fwd_s[0] > k.ring_attn_fwd_s[0] > k.ring_attn_fwd_mean_s[0]
+    assert k.layer_fwd_s[0] >= k.layer_fwd_mean_s[0]
+    assert k.layer_bwd_s[0] >= k.layer_bwd_mean_s[0]
+    core = simulate_arrays(ctx, batch)["iteration_time_s"][0]
+    assert reference(ctx, plan).iteration_time_s == pytest.approx(core, rel=1e-9)

@@ -245,6 +245,9 @@ def layer_costs(
     ring_fwd = (c - 1) * np.maximum(ring.send_fwd_s - attn_fwd_s, 0.0)  # exposed sends
     ring_bwd = (c - 1) * np.maximum(ring.send_bwd_s - attn_bwd_s, 0.0) + ring.home_s
     attn_fwd, attn_bwd = c * attn_fwd, c * attn_bwd
+    # the host waits on the tensor-parallel collectives only: a slower GPU hides more of the
+    # ring's sends, which must not shorten the host's dispatch (a layer never gets faster)
+    host_wait_fwd, host_wait_bwd = tp_comm, bwd_comm
     tp_comm = tp_comm + ring_fwd
     bwd_comm = bwd_comm + ring_bwd
 
@@ -269,10 +272,11 @@ def layer_costs(
     kappa = ops.profile.host_collective_wait
     gpu_fwd = fwd_compute + tp_comm
     gpu_bwd = bwd_compute + recompute_compute + bwd_comm + recompute_comm
-    stall_fwd = overlap(host + kappa * tp_comm, gpu_fwd, ops.profile.host_overlap) - gpu_fwd
+    stall_fwd = overlap(host + kappa * host_wait_fwd, gpu_fwd, ops.profile.host_overlap) - gpu_fwd
+    host_wait_bwd = host_wait_bwd + np.where(rc == RECOMPUTE_FULL, host_wait_fwd, 0.0)
     stall_bwd = (
         overlap(
-            host * (2.0 + host_recompute) + kappa * (bwd_comm + recompute_comm),
+            host * (2.0 + host_recompute) + kappa * host_wait_bwd,
             gpu_bwd,
             ops.profile.host_overlap,
         )
