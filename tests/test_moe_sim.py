@@ -151,3 +151,32 @@ def test_cli_simulate_moe_and_trace(tmp_path, capsys):
     events = json.loads(trace.read_text())["traceEvents"]
     names = [e["name"] for e in events if e.get("cat") == "ep_a2a"]
     assert names and all(n.startswith("all-to-all ") for n in names)
+
+
+def test_shipped_deepseek_space_searches_expert_parallelism():
+    from vtrain_opt.search.engine import search
+    from vtrain_opt.search.spacefile import load_space
+
+    space = load_space("search_spaces/deepseek-v3.yaml")
+    assert space.ep == (8, 16, 32, 64, 128, 256) and space.setup.moe_node_limit == 4
+    assert "ep" in space.free_dimensions() and space.to_dict()["ep"][-1] == 256
+    small = space.with_changes(max_gpus=1024, tp=[1, 2], micro_batch=[1])
+    result = search(small, strategy="exhaustive", workers=0)
+    assert result.ok and set(result.plans.ep) == {8, 16, 32, 64, 128, 256}
+    assert int(result.best_time.ep) > 1 and result.best_time.first_stage_layers == 3
+    with pytest.raises(ValueError, match="Optuna does not sample expert parallelism"):
+        search(small, strategy="optuna", workers=0, trials=4)
+
+
+def test_search_cli_takes_ep_and_refuses_ep_on_a_dense_model(tmp_path, capsys):
+    args = ["search", "--model", "mixtral-8x7b", "--gpu", "h100-sxm", "--seq-len", "4096",
+            "--tokens", "1T", "--global-batch", "512", "--max-gpus", "64", "--min-gpus", "64",
+            "--tp", "1,2", "--pp", "1,2", "--ep", "1,8", "--zero", "1",
+            "--strategy", "exhaustive", "--json", "--out", str(tmp_path / "r")]  # fmt: skip
+    assert main(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["best_time"]["ep"] in (1, 8)
+    dense = ["search", "--model", "llama3-8b", "--ep", "2", "--tokens", "1T", "--json"]
+    assert main(dense) == 2
+    err = capsys.readouterr().err.strip()
+    assert "space.ep" in err and len(err.splitlines()) == 1

@@ -81,6 +81,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     for dim, meta, text in (
         ("tp", "N[,N...]", "tensor parallel sizes (default: powers of two up to the node)"),
         ("cp", "N[,N...]", "context parallel sizes: the sequence over cp GPUs (default: 1)"),
+        ("ep", "N[,N...]", "expert parallel sizes of a MoE model (default: 1)"),
+        ("etp", "N[,N...]", "expert tensor parallel sizes of a MoE model (default: 1)"),
         ("pp", "N[,N...]", "pipeline sizes (default: every divisor of the layers)"),
         ("micro-batch", "N[,N...]", "micro-batch sizes (default: powers of two)"),
         ("vpp", "N[,N...]", "virtual stages (default: 1 and each 2..8 the layers allow)"),

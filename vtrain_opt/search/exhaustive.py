@@ -56,7 +56,7 @@ def evaluate_chunk(
 
 def raw_size(space: SearchSpace) -> int:
     """Core rows x extras: an upper bound of the space's size, known without enumerating."""
-    extras = len(space.extras["vpp"]) * space.split_count
+    extras = len(space.extras["vpp"]) * space.split_count * len(space.ep) * len(space.etp)
     return sum(len(space.core(g)["tp"]) for g in range(len(space.targets))) * extras
 
 

@@ -36,6 +36,7 @@ from vtrain_opt.search.space import SearchSpace, gpu_choice
 from vtrain_opt.search.spacefile import load_space
 from vtrain_opt.spec.hardware import get_gpu
 from vtrain_opt.spec.model import load_model
+from vtrain_opt.spec.moe import MOE_IMBALANCE, MOE_SETUP_KEYS
 from vtrain_opt.spec.setup import Setup, check_torch_plan, custom_framework
 
 # The GPU type when neither --gpu, --profile nor a space names one.
@@ -61,6 +62,8 @@ class SearchRequest:
     gpu_step: int | None = None  # None: whole nodes
     tp: list[int] | None = None
     cp: list[int] | None = None
+    ep: list[int] | None = None  # a MoE model's expert parallel sizes
+    etp: list[int] | None = None
     pp: list[int] | None = None
     micro_batch: list[int] | None = None
     vpp: list[int] | None = None
@@ -81,6 +84,11 @@ class SearchRequest:
     dropout: float | None = None
     master_weights: str
     fp8_recipe: str = "delayed"
+    # MoE (Setup's moe_* fields, sim/moe.py)
+    moe_imbalance: float = MOE_IMBALANCE
+    moe_capacity_factor: float | None = None
+    moe_a2a_overlap: bool = False
+    moe_node_limit: int | None = None
     # budget and limits
     budget: Any = None  # parse_budget's value: money or GPU time
     max_days: float | None = None
@@ -249,6 +257,8 @@ def build_space(req: SearchRequest) -> SearchSpace:
         "global_batch": req.global_batch,
         "tp": req.tp,
         "cp": req.cp,
+        "ep": req.ep,
+        "etp": req.etp,
         "pp": req.pp,
         "micro_batch": req.micro_batch,
         "recompute": req.recompute,
@@ -272,6 +282,7 @@ def build_space(req: SearchRequest) -> SearchSpace:
         "dropout": req.dropout,
         "master_weights": req.master_weights,
         "fp8_recipe": req.fp8_recipe,
+        **{k: getattr(req, k) for k in MOE_SETUP_KEYS},
     }
     dtypes = [req.dtype] if isinstance(req.dtype, str) else req.dtype
     if dtypes and len(dtypes) > 1:

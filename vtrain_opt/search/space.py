@@ -27,7 +27,7 @@ import numpy as np
 
 from vtrain_opt.profiles import load_profile
 from vtrain_opt.search.space_rules import as_tuple as _tuple
-from vtrain_opt.search.space_rules import check_values, split_ok, tp_ok
+from vtrain_opt.search.space_rules import check_values, shape_extras, split_ok, tp_ok
 from vtrain_opt.search.space_rules import divisors as _divisors
 from vtrain_opt.search.space_rules import powers_of_two as _powers_of_two
 from vtrain_opt.search.targets import Target, check_dtypes, space_targets, target_setup
@@ -128,6 +128,8 @@ class SearchSpace:
     # empty: the setup's dtype alone
     dtypes: tuple[str, ...] = ()
     cp: tuple[int, ...] = (1,)  # context parallelism (the sequence over cp GPUs)
+    ep: tuple[int, ...] = (1,)  # a MoE model's expert parallelism (sim/moe.py)
+    etp: tuple[int, ...] = (1,)  # and expert tensor parallelism
     name: str = ""
     description: str = field(default="", compare=False)
 
@@ -184,6 +186,8 @@ class SearchSpace:
         stage_layers: str | Sequence[int] | None = None,
         dtypes: str | Sequence[str] | None = None,
         cp: int | Sequence[int] | None = None,
+        ep: int | Sequence[int] | None = None,
+        etp: int | Sequence[int] | None = None,
     ) -> SearchSpace:
         """A space with every unset dimension at its default (see docs/spaces.md).
 
@@ -198,7 +202,7 @@ class SearchSpace:
         the pipeline split (``spec.stages.split_variants``); with a split other than even,
         the default pp and vpp are the values some variant of it allows. ``dtypes``: compute
         dtypes compared per plan (say bf16 and fp8; search/targets.py); one is the setup's.
-        ``cp``: context parallelism sizes (default 1 alone).
+        ``cp``, ``ep``, ``etp``: context, expert and expert tensor parallel sizes (default 1).
         """
         split = parse_stage_layers("even" if stage_layers is None else stage_layers)
         if setup is not None and setup.torch:
@@ -267,12 +271,13 @@ class SearchSpace:
             stage_layers=split,
             **_dtype_fields(dtypes, setup, choices),
             cp=_tuple(1 if cp is None else cp, int),
+            **{k: _tuple(1 if v is None else v, int) for k, v in (("ep", ep), ("etp", etp))},
         )
 
     def with_changes(self, **changes: Any) -> SearchSpace:
         """A copy with some fields replaced (validated again); ``None`` values are ignored."""
         kept = {k: v for k, v in changes.items() if v is not None}
-        for key in ("global_batch", "tp", "cp", "pp", "micro_batch", "vpp", "zero"):
+        for key in ("global_batch", "tp", "cp", "pp", "micro_batch", "vpp", "zero", "ep", "etp"):
             if key in kept:
                 kept[key] = _tuple(kept[key], int)
         for key in ("sequence_parallel", "dp_overlap"):
@@ -299,7 +304,7 @@ class SearchSpace:
         dims += ["num_gpus"] if self.max_gpus > self.min_gpus else []
         dims += ["global_batch"] if len(self.global_batch) > 1 else []
         dims += ["dtype"] if len(self.dtypes) > 1 else []
-        return dims + [d for d in DIMENSIONS if len(getattr(self, d)) > 1]
+        return dims + [d for d in (*DIMENSIONS, "ep", "etp") if len(getattr(self, d)) > 1]
 
     def context(self, target: int) -> SimContext:
         """The simulator context of one target (a GPU type under one dtype; built once)."""
@@ -334,6 +339,7 @@ class SearchSpace:
             "global_batch": list(self.global_batch),
             **{d: list(getattr(self, d)) for d in DIMENSIONS if d != "cp"},
             **({"cp": list(self.cp)} if self.cp != (1,) else {}),  # earlier fingerprints stay
+            **{k: list(getattr(self, k)) for k in ("ep", "etp") if getattr(self, k) != (1,)},
             "tokens": self.tokens,
             "setup": None if self.setup is None else _setup_dict(self.setup),
             **({"dtypes": list(self.dtypes)} if self.dtypes else {}),
@@ -413,7 +419,7 @@ class SearchSpace:
 
     def chunks(self, chunk_plans: int = CHUNK_PLANS) -> list[tuple[int, int, int]]:
         """Deterministic (target, first core row, end core row) ranges of bounded size."""
-        e = len(self.extras["vpp"]) * self.split_count
+        e = len(self.extras["vpp"]) * self.split_count * len(self.ep) * len(self.etp)
         rows = max(1, chunk_plans // e)
         out: list[tuple[int, int, int]] = []
         for g in range(len(self.targets)):
@@ -456,10 +462,7 @@ class SearchSpace:
 
     @cached_property
     def _shape_extras(self) -> dict[str, np.ndarray]:
-        grid = np.array(
-            list(itertools.product(self.sequence_parallel, self.vpp, self.zero)), dtype=np.int64
-        ).T
-        return {"sp": grid[0].astype(bool), "vpp": grid[1], "zero": grid[2]}
+        return shape_extras(self)  # (sp, vpp, zero, ep, etp) combinations
 
     @cached_property
     def _free_extras(self) -> dict[str, np.ndarray]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from typing import Any
 
@@ -60,6 +61,7 @@ def check_values(space: Any) -> None:
         for v in getattr(space, key):
             if v < 1:
                 raise ValueError(f"space.{key}: must be positive, got {v}")
+    check_moe_values(space)
     for r in space.recompute:
         if r not in RECOMPUTE_MODES:
             raise ValueError(f"space.recompute: {r!r} is not one of {', '.join(RECOMPUTE_MODES)}")
@@ -94,3 +96,29 @@ def powers_of_two(limit: int) -> list[int]:
 def divisors(n: int) -> list[int]:
     small = [d for d in range(1, int(n**0.5) + 1) if n % d == 0]
     return sorted(set(small + [n // d for d in small]))
+
+
+def shape_extras(space: Any) -> dict[str, np.ndarray]:
+    """The (sp, vpp, zero, ep, etp) combinations of a space, columns (E,): the dimensions
+    beside the core rows that the plan rules involve."""
+    dims = (space.sequence_parallel, space.vpp, space.zero, space.ep, space.etp)
+    grid = np.array(list(itertools.product(*dims)), dtype=np.int64).T
+    out = {"sp": grid[0].astype(bool), "vpp": grid[1], "zero": grid[2]}
+    if space.ep != (1,) or space.etp != (1,):  # MoE spaces only: dense batches stay as they were
+        out |= {"ep": grid[3], "etp": grid[4]}
+    return out
+
+
+def check_moe_values(space: Any) -> None:
+    """Expert parallel sizes that can never form a valid plan (sim/moe.py's rules)."""
+    m = space.model
+    for e in space.ep:
+        if e < 1 or (e > 1 and not m.is_moe) or (m.num_experts or 1) % e:
+            raise ValueError(
+                f"space.ep: {e} must divide the experts of {m.name} ({m.num_experts or 1})"
+            )
+    for e in space.etp:
+        if e < 1 or (e > 1 and not m.is_moe) or m.moe_ffn % e:
+            raise ValueError(
+                f"space.etp: {e} must divide moe_ffn_hidden_size ({m.moe_ffn}) of a MoE model"
+            )

@@ -36,6 +36,7 @@ import yaml
 from vtrain_opt.resources import data_dir
 from vtrain_opt.search.space import DIMENSIONS, SearchSpace, gpu_choice
 from vtrain_opt.spec.model import ModelSpec, get_model
+from vtrain_opt.spec.moe import MOE_SETUP_KEYS
 from vtrain_opt.spec.plan import RECOMPUTE_MODES
 from vtrain_opt.spec.setup import Setup
 from vtrain_opt.spec.stages import parse_stage_layers
@@ -58,6 +59,9 @@ _KEYS = (
     "master_weights",
     "fp8_recipe",
     "stage_layers",
+    "ep",
+    "etp",
+    *MOE_SETUP_KEYS,
 )
 _GPU_KEYS = (
     "name",
@@ -181,7 +185,7 @@ class _Builder:
             kwargs.update(self.num_gpus(s["num_gpus"]))
         if "global_batch" in s:
             kwargs["global_batch"] = self.int_list("space.global_batch", s["global_batch"])
-        for dim in ("tp", "cp", "pp", "micro_batch", "vpp", "zero"):
+        for dim in ("tp", "cp", "pp", "micro_batch", "vpp", "zero", "ep", "etp"):
             if dim in s and s[dim] not in _KEYWORDS.get(dim, ()):
                 kwargs[dim] = self.int_list(f"space.{dim}", s[dim], keywords=_KEYWORDS.get(dim, ()))
         if "recompute" in s and s["recompute"] != "all":
@@ -208,6 +212,7 @@ class _Builder:
                     "space.stage_layers", str(e).removeprefix("stage_layers: ")
                 ) from None
         setup_keys = ("dtype", "attention", "framework", "dropout", "master_weights", "fp8_recipe")
+        setup_keys += MOE_SETUP_KEYS
         if any(k in s for k in setup_keys):
             dropout = s.get("dropout")
             if dropout is not None and (
@@ -227,6 +232,7 @@ class _Builder:
                     dropout=None if dropout is None else float(dropout),
                     master_weights=str(s.get("master_weights", "fp32")),
                     fp8_recipe=str(s.get("fp8_recipe", "delayed")),
+                    **{k: s[k] for k in MOE_SETUP_KEYS if k in s},
                 )
             except ValueError as e:
                 key = next((k for k in setup_keys if k in s and k in str(e)), "dtype")

@@ -177,6 +177,8 @@ def num_moe_layers(m: ModelSpec) -> int:
 # a rank holding num_experts/ep experts averages over them. 1.1 is our assumption between
 # the two, not a published figure: pass --moe-imbalance to change it.
 MOE_IMBALANCE = 1.1
+# Setup's MoE fields (space files and search requests take them by these names)
+MOE_SETUP_KEYS = ("moe_imbalance", "moe_capacity_factor", "moe_a2a_overlap", "moe_node_limit")
 
 
 def check_moe_setup(imbalance: Any, capacity_factor: Any, overlap: Any) -> None:
