@@ -13,7 +13,11 @@ Prints, for the calibration half in ../shared/data (absent: says so and exits):
   * the shared H200 steps (plain PyTorch): the op list of ``--framework torch`` with the
     shipped ``h200`` profile (curves fitted to the measured H200 tables) and with the
     measured ``h200-measured`` profile; each with its one in-step parameter refitted
-    k-fold (cross-validated) and as shipped (training), and peak memory.
+    k-fold (cross-validated) and as shipped (training), and peak memory;
+  * the same configurations timed on an H100 and an H200 by this project (held out from
+    every fit: the H100 profiles' in-step parameters come from the profiler), with the
+    shipped profiles of each GPU and, on the H200, the profile the profiler alone measured
+    in that session (not shipped).
 
 The computations are functions, so ``benchmarks/report.py`` writes the Accuracy page from
 the same figures.
@@ -26,6 +30,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +39,7 @@ import pandas as pd
 
 from vtrain_opt.calibrate import Calibration, Predictor, RunSetup, calibrate, mape_pct
 from vtrain_opt.consistency import describe
+from vtrain_opt.measurements import read_measurements
 from vtrain_opt.nccl import error_table, read_sweeps
 from vtrain_opt.profiles import load_profile
 from vtrain_opt.published import predict_published
@@ -47,6 +53,17 @@ H200_STEPS = SHARED / "hopper" / "h200_gpt_single_gpu.csv"
 HOPPER_SETUP = RunSetup(gpu="h200", dtype="bf16", attention="flash", framework="torch",
                         dropout=0.0, master_weights="none")  # fmt: skip
 HOPPER_PROFILES = ("h200", "h200-measured")
+# The same ten configurations timed by this project (benchmarks/gpu_session.sh; provenance
+# in benchmarks/data/hopper/README.md) on an H100 and on an H200: no profile was fitted
+# on them. Per file: the GPU and the profiles to check (a path: a profile not shipped).
+OWN_DATA = Path(__file__).resolve().parent / "data" / "hopper"
+OWN_STEPS = {
+    "h100_gpt_single_gpu.csv": ("h100-sxm", ("h100-sxm", "h100-sxm-measured")),
+    "h200_gpt_single_gpu.csv": (
+        "h200",
+        ("h200", "h200-measured", str(OWN_DATA / "h200-session" / "h200-profiler.json")),
+    ),
+}
 GROUP_KEYS = ("num_gpus", "tp", "pp", "micro_batch", "model")
 
 
@@ -137,6 +154,19 @@ def hopper_results(folds: int = 5, seed: int = 0) -> dict[str, dict[str, Any]]:
             "ratio": cal.cv.predicted_s / cal.predictor.measured_s,
             "shipped": validate(cal.predictor.measurements, cal.predictor, profile),
             "measurements": cal.predictor.measurements,
+        }
+    return out
+
+
+def own_results() -> dict[str, dict[str, ValidationReport]]:
+    """Per file of this project's steps, per profile: the profile as shipped (never
+    fitted on these rows)."""
+    out = {}
+    for file, (gpu, profiles) in OWN_STEPS.items():
+        measurements = read_measurements([OWN_DATA / file])
+        predictor = Predictor(measurements, replace(HOPPER_SETUP, gpu=gpu))
+        out[file] = {
+            Path(p).stem: validate(measurements, predictor, load_profile(p)) for p in profiles
         }
     return out
 
@@ -245,6 +275,15 @@ def hopper(folds: int, seed: int) -> None:
         f"  for comparison, the Megatron op list (default flags) with h200-measured: MAPE "
         f"{old.mape_pct:.1f}%, max {old.max_ape_pct:.1f}%"
     )
+    for file, reports in own_results().items():
+        print(f"{file} (this project's GPU session; never fitted), same flags:")
+        for name, report in reports.items():
+            memory = report.peak_memory() or {}
+            print(
+                f"  {name:18s} MAPE {report.mape_pct:.2f}%, max {report.max_ape_pct:.1f}%; peak "
+                f"memory MAPE {memory.get('mape_pct', np.nan):.1f}%, max "
+                f"{memory.get('max_ape_pct', np.nan):.1f}%"
+            )
 
 
 if __name__ == "__main__":

@@ -22,13 +22,15 @@ answers each with the table of the kernel that really runs.
 
 Host: an eager PyTorch layer dispatches its ~20 ops through Python and the dispatcher
 (``torch_host_layer_s`` per forward, twice that for the backward); a pass takes the
-smooth maximum of host and GPU time, as for Megatron (``sim/costs.py``).
+maximum of host and GPU time (the smooth maximum of ``sim/costs.py`` at its sharpest: the
+host runs ahead of the GPU, nothing in an eager layer waits on it).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from vtrain_opt.profiles import PARAM_DEFS
 from vtrain_opt.sim.costs import (
     RECOMPUTE_FULL,
     RECOMPUTE_SELECTIVE,
@@ -118,7 +120,11 @@ def torch_layer_costs(
     host_recompute = np.where(
         rc == RECOMPUTE_FULL, 1.0, np.where(rc == RECOMPUTE_SELECTIVE, 0.25, 0.0)
     )
-    k = ops.profile.host_overlap
+    # Eager PyTorch queues kernels asynchronously and nothing in a layer waits on the GPU
+    # (no tensor-parallel collective, no sync until the loss is read): the host runs ahead,
+    # so a pass costs the larger of host and GPU time (the overlap's sharpest bound), not
+    # the A100 Megatron fit's partial overlap (whose hosts wait on collectives).
+    k = PARAM_DEFS["host_overlap"].upper
     gpu_bwd = bwd_compute + recompute_compute
     zero = np.zeros_like(fwd_compute)
     return LayerCosts(
