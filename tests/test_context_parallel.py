@@ -266,6 +266,8 @@ def test_a_straggling_node_never_makes_a_layer_faster():
     k = plan_costs(ctx, batch)
     assert k.ring_send_fwd_s[0] > k.ring_attn_fwd_s[0] > k.ring_attn_fwd_mean_s[0]
     assert k.layer_fwd_s[0] >= k.layer_fwd_mean_s[0]
-    assert k.layer_bwd_s[0] >= k.layer_bwd_mean_s[0]
+    # (the backward's host wait includes the TP comm its weight-gradient GEMMs hide, as
+    # without cp: only the layer as a whole is monotone)
+    assert k.layer_fwd_s[0] + k.layer_bwd_s[0] >= k.layer_fwd_mean_s[0] + k.layer_bwd_mean_s[0]
     core = simulate_arrays(ctx, batch)["iteration_time_s"][0]
     assert reference(ctx, plan).iteration_time_s == pytest.approx(core, rel=1e-9)
