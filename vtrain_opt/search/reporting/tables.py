@@ -15,7 +15,8 @@ from vtrain_opt.units import DAY_S, GIB, format_usd
 
 
 def table_header(rows: Sequence[Mapping[str, Any]]) -> list[str]:
-    extra = [k for k in ("cp", "ep") if any(has(r, k) for r in rows)]
+    # cp and ep columns only where some plan uses them (every row carries them, 1 by default)
+    extra = [k for k in ("cp", "ep") if any(has(r, k) and int(r[k]) > 1 for r in rows)]
     return [
         "",
         "GPUs",
