@@ -180,3 +180,28 @@ def test_search_cli_takes_ep_and_refuses_ep_on_a_dense_model(tmp_path, capsys):
     assert main(dense) == 2
     err = capsys.readouterr().err.strip()
     assert "space.ep" in err and len(err.splitlines()) == 1
+
+
+def test_sweep_takes_ep(tmp_path, capsys):
+    sweep = tmp_path / "moe.yaml"
+    sweep.write_text(
+        "name: moe\nproduct:\n  ep: [[1], [1, 8]]\nsearch:\n  model: mixtral-8x7b\n"
+        "  gpu: h100-sxm\n  num_gpus: 64\n  tokens: 1T\n  seq_length: 4096\n"
+        "  global_batch: 512\n  tp: [1, 2]\n  pp: [1, 2, 4]\n  zero: [1]\n"
+        "  strategy: exhaustive\n"
+    )
+    out = tmp_path / "out"
+    assert main(["sweep", str(sweep), "--workers", "0", "--out", str(out), "--json"]) == 0
+    capsys.readouterr()
+    df = pd.read_parquet(out / "summary.parquet").set_index("ep_options")
+    assert int(df.loc["1", "ep"]) == 1
+    # expert parallelism over 8 GPUs beats replicating every expert
+    assert df.loc["1,8", "gpu_hours"] < df.loc["1", "gpu_hours"]
+
+
+def test_catalog_lists_active_parameters(capsys):
+    assert main(["catalog", "--json"]) == 0
+    models = {m["name"]: m for m in json.loads(capsys.readouterr().out)["models"]}
+    assert models["deepseek-v3"]["active_params"] == get_model("deepseek-v3").active_params()
+    assert models["deepseek-v3"]["num_experts"] == 256
+    assert models["llama3-8b"]["active_params"] == models["llama3-8b"]["params"]

@@ -35,6 +35,9 @@ def _models() -> list[dict[str, Any]]:
                 "name": name,
                 "family": m.family,
                 "params": m.num_params(),
+                "active_params": m.active_params(),  # MoE: top-k experts; dense: all
+                "num_experts": m.num_experts if m.is_moe else None,
+                "moe_router_topk": m.moe_router_topk if m.is_moe else None,
                 "num_layers": m.num_layers,
                 "hidden_size": m.hidden_size,
                 "num_attention_heads": m.num_attention_heads,
@@ -52,10 +55,12 @@ def _models() -> list[dict[str, Any]]:
 
 
 def _family(m: dict[str, Any]) -> str:
-    """The family, and the MLP where it is not the family's (Nemotron-4: llama, 2-GEMM MLP)."""
+    """The family, and the MLP where it is not the family's (Nemotron-4: llama, 2-GEMM MLP);
+    a MoE model's experts and top-k."""
+    moe = f", MoE {m['num_experts']} top-{m['moe_router_topk']}" if m["num_experts"] else ""
     if m["gated_linear_unit"] == (m["family"] == "llama"):
-        return str(m["family"])
-    return f"{m['family']}, {'gated' if m['gated_linear_unit'] else '2-GEMM'} MLP"
+        return str(m["family"]) + moe
+    return f"{m['family']}, {'gated' if m['gated_linear_unit'] else '2-GEMM'} MLP" + moe
 
 
 def _gpus() -> list[dict[str, Any]]:
@@ -96,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
     for col in (
         "name",
         "family",
-        "params",
+        "params (MoE: /active)",
         "layers x hidden",
         "heads/kv",
         "seq",
@@ -108,7 +113,8 @@ def run(args: argparse.Namespace) -> int:
         t.add_row(
             m["name"],
             _family(m),
-            format_count(m["params"]),
+            format_count(m["params"])
+            + (f"/{format_count(m['active_params'])}" if m["num_experts"] else ""),
             f"{m['num_layers']} x {m['hidden_size']}",
             f"{m['num_attention_heads']}/{m['num_query_groups']}",
             str(m["seq_length"]),

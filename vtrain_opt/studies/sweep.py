@@ -35,7 +35,7 @@ from vtrain_opt.units import DAY_S
 RECORD_FORMAT = "vtrain_opt.sweep-scenario/1"
 # Fields of a record that differ between two runs of the same scenario.
 RUN_FIELDS = ("elapsed_s", "finished_at", "vtrain_opt")
-PLAN_DIMENSIONS = ("global_batch", *DIMENSIONS)
+PLAN_DIMENSIONS = ("global_batch", *DIMENSIONS, "ep", "etp")  # ep, etp: MoE models
 RESULT_COLUMNS = (
     "gpu",
     "dtype",

@@ -18,8 +18,8 @@ relative to the sweep file), ``gpu`` (a name; a list of names searches them toge
 ``num_gpus`` (exactly that many GPUs) or ``min_gpus`` / ``max_gpus`` / ``gpu_step``,
 ``budget`` ($5M or 1e6gpu-h), ``max_days``, ``tokens`` (required), ``objective``
 (time, cost or pareto; default time), the plan dimensions ``global_batch``, ``tp``,
-``cp``, ``pp``, ``micro_batch``, ``recompute``, ``sequence_parallel``, ``vpp``, ``zero``,
-``dp_overlap`` (one value or a list of candidates; in ``product`` a list of such), and
+``cp``, ``ep``, ``etp`` (a MoE model's), ``pp``, ``micro_batch``, ``recompute``,
+``sequence_parallel``, ``vpp``, ``zero``, ``dp_overlap`` (one value or a list of candidates; in ``product`` a list of such), and
 ``seq_length``, ``price_per_gpu_hour``, ``gpus_per_node``, ``nvlink_domain``,
 ``inter_node_gbps``, ``profile``, ``dtype`` (one, or a list compared per plan: [bf16, fp8]),
 ``fp8_recipe``, ``stage_layers`` (even, auto or [first, last]), ``attention``,
@@ -254,6 +254,8 @@ PARSERS: dict[str, Callable[[Any], Any]] = {
     "global_batch": _ints,
     "tp": _ints,
     "cp": _ints,
+    "ep": _ints,  # a MoE model's expert (tensor) parallel sizes
+    "etp": _ints,
     "pp": _ints,
     "micro_batch": _ints,
     "recompute": _recompute,
