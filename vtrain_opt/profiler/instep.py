@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from typing import Any
 
 import numpy as np
@@ -50,6 +51,19 @@ def _self_time_us(evt: Any, cuda: bool) -> float:
         return float(evt.self_cpu_time_total)
     value = getattr(evt, "self_device_time_total", None)
     return float(value if value is not None else evt.self_cuda_time_total)
+
+
+def _profiled_round(
+    profile: Any, activities: list[Any], step: Any, steps: int, torch: Any, device: Any
+) -> tuple[Any, float, float]:
+    """``steps`` steps under ``torch.profiler``: the profiler, wall and thread CPU time."""
+    with profile(activities=activities) as prof:
+        wall, cpu = time.perf_counter(), time.thread_time()
+        for _ in range(steps):
+            step()
+        TM.sync(torch, device)
+        wall, cpu = time.perf_counter() - wall, time.thread_time() - cpu
+    return prof, wall, cpu
 
 
 def measure_step_gemms(
@@ -97,12 +111,10 @@ def measure_step_gemms(
         best: tuple[float, float, int] | None = None
         for _ in range(rounds):  # the least disturbed round (other processes only add time)
             TM.sync(torch, device)
-            with profile(activities=activities) as prof:
-                wall, cpu = time.perf_counter(), time.thread_time()
-                for _ in range(steps):
-                    step()
-                TM.sync(torch, device)
-                wall, cpu = time.perf_counter() - wall, time.thread_time() - cpu
+            with warnings.catch_warnings():
+                # torch warns that each profiling cycle starts afresh: that is what we want
+                warnings.filterwarnings("ignore", message=".*Profiler clears events")
+                prof, wall, cpu = _profiled_round(profile, activities, step, steps, torch, device)
             # one CPU thread: the tables were timed by its CPU time, the profiler gives wall
             # time; count only the share of the round the thread had the core
             share = min(1.0, cpu / wall) if thread_clock and wall > 0 else 1.0
