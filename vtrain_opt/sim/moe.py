@@ -49,18 +49,19 @@ def _f(x: object) -> np.ndarray:
 
 
 def layer_gemms(
-    model: ModelSpec, ops: OpModel, tokens: np.ndarray, t: np.ndarray, compute_scale: object
-) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    model: ModelSpec, ops: OpModel, tokens: np.ndarray, t: np.ndarray, compute_scale: Any
+) -> tuple[Any, Any, list[Any]]:
     """(forward, backward, column-parallel wgrads) of a layer's attention GEMMs (MLA's down and
     up projections, or QKV with a head size of its own) and the dense MLP of the non-MoE
     share of the layers, for models the dense formulas do not cover."""
     h, f, a = float(model.hidden_size), float(model.ffn), float(model.num_attention_heads)
     fp8 = ops.setup.fp8
-    col: list[tuple[object, float]] = []  # column-parallel (N, K): split over tp
-    other: list[tuple[object, float]] = []  # row-parallel and duplicated ones
+    col: list[tuple[Any, Any]] = []  # column-parallel (N, K): split over tp
+    other: list[tuple[Any, Any]] = []  # row-parallel and duplicated ones
+    mla: Any = model  # MLA's ranks are set (spec/moe.check)
     if model.multi_latent_attention:
-        qk, rope, v = model.qk_head_dim, model.qk_pos_emb_head_dim, model.v_head_dim
-        kv_lora, q_lora = float(model.kv_lora_rank), model.q_lora_rank
+        qk, rope, v = mla.qk_head_dim, mla.qk_pos_emb_head_dim, mla.v_head_dim
+        kv_lora, q_lora = float(mla.kv_lora_rank), mla.q_lora_rank
         if q_lora is None:
             col.append((a * (qk + rope) / t, h))
         else:  # the down projections are duplicated on the tp ranks, as Megatron-core's
@@ -74,7 +75,9 @@ def layer_gemms(
         col.append(((q + 2 * kvh) / t, h))
         other.append((h, q / t))
     dense = 1.0 - model.moe_layer_share
-    mlp = [((2.0 if model.swiglu else 1.0) * f / t, h), (h, f / t)]
+    mlp: list[tuple[Any, Any]] = [((2.0 if model.swiglu else 1.0) * f / t, h), (h, f / t)]
+    fwd: Any
+    bwd: Any
     fwd, bwd = layer_cast_s(ops, tokens, col + other)
     mlp_cast_fwd, mlp_cast_bwd = layer_cast_s(ops, tokens, mlp)
     fwd, bwd = fwd + dense * mlp_cast_fwd, bwd + dense * mlp_cast_bwd
@@ -145,9 +148,10 @@ def _block(
     routed = per_expert * experts  # token copies the GPU's experts process
     fp8 = setup.fp8
     gate = 2.0 if model.swiglu else 1.0
-    up, down = (gate * f / et, h), (h, f / et)  # (N, K) of each expert GEMM
+    up: tuple[Any, Any] = (gate * f / et, h)  # (N, K) of each expert GEMM
+    down: tuple[Any, Any] = (h, f / et)
 
-    def grouped(m: np.ndarray, n: object, kk: object, backward: bool) -> np.ndarray:
+    def grouped(m: Any, n: Any, kk: Any, backward: bool) -> Any:
         if not backward:
             return ops.gemm_s(m, n, kk, batch=experts, fp8=fp8)
         return ops.gemm_s(m, kk, n, batch=experts, fp8=fp8) + ops.gemm_s(
@@ -169,10 +173,11 @@ def _block(
     permute = ops.memory_s(2 * moved, 1, "moe_permute") + ops.memory_s(
         3 * moved, 2, "moe_unpermute"
     )
-    shared_fwd = shared_bwd = 0.0
+    shared_fwd: Any = 0.0
+    shared_bwd: Any = 0.0
     if model.num_shared_experts:
         fs = float(model.num_shared_experts) * f
-        sh = [(gate * fs / t, h), (h, fs / t)]
+        sh: list[tuple[Any, Any]] = [(gate * fs / t, h), (h, fs / t)]
         sh_act = (3.0 if model.swiglu else 2.0) * tokens * fs / t * a_bytes
         sh_cast_fwd, sh_cast_bwd = layer_cast_s(ops, tokens, sh)
         shared_fwd = sum(ops.gemm_s(tokens, n, kk, fp8=fp8) for n, kk in sh) + sh_cast_fwd

@@ -52,7 +52,7 @@ ALIASES = {
     "n_shared_experts": "num_shared_experts",
 }
 # the value of each field that leaves a dense model as it was (dropped from ``to_dict``)
-DEFAULTS: dict[str, object] = {
+DEFAULTS: dict[str, Any] = {
     "num_experts": None,
     "moe_router_topk": None,
     "moe_ffn_hidden_size": None,
