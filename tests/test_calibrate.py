@@ -210,3 +210,43 @@ def test_calibrate_with_sweeps_alone_fits_only_the_collective_model(tmp_path, ca
     assert "needs --measurements" in capsys.readouterr().err
     assert main([*args, "--derive", "h100-sxm"]) == 2
     assert "--derive needs --measurements" in capsys.readouterr().err
+
+
+def test_carry_from_a_same_gpu_measured_profile_recomputes_the_gemm_scale():
+    """--carry of a profile the profiler measured on this GPU: step_gemm_scale is its
+    in-step GEMM kernel times over this profile's own GEMM model (the shipped h100-sxm is
+    what the documented command writes); from another GPU the values are copied."""
+    from vtrain_opt.commands.calibrate import carry_step_params
+    from vtrain_opt.profiler.instep import predicted_gemm_s
+
+    torch_setup = {
+        "dtype": "bf16",
+        "attention": "flash",
+        "framework": "torch",
+        "dropout": 0.0,
+        "master_weights": "none",
+    }
+    measured = load_profile("h100-sxm-measured")
+    curves = load_profile("h100-sxm")
+    setup = RunSetup(gpu="h100-sxm", **torch_setup)
+    carried = carry_step_params(curves.with_params(step_gemm_scale=1.0), measured, setup)
+    shapes = measured.provenance["in_step_gemm"]["shapes"]
+    predicted = sum(
+        predicted_gemm_s(
+            curves,
+            setup.cluster(),
+            "bf16",
+            "torch",
+            (s["hidden"], s["heads"], s["seq"], s["micro_batch"]),
+        )[0]
+        for s in shapes
+    )
+    want = sum(s["gemm_s"] for s in shapes) / predicted
+    assert carried.step_gemm_scale == pytest.approx(want, rel=1e-9)
+    assert carried.step_gemm_scale == pytest.approx(curves.step_gemm_scale, rel=1e-9)
+    assert abs(carried.step_gemm_scale - measured.step_gemm_scale) > 0.005
+    assert carried.torch_host_layer_s == measured.torch_host_layer_s
+    assert carried.sources["step_gemm_scale"].startswith("in-step GEMM times of h100-sxm-measured")
+    other = carry_step_params(load_profile("b200"), measured, RunSetup(gpu="b200", **torch_setup))
+    assert other.step_gemm_scale == measured.step_gemm_scale
+    assert "carried from" in other.sources["step_gemm_scale"]
