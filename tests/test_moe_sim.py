@@ -205,3 +205,19 @@ def test_catalog_lists_active_parameters(capsys):
     assert models["deepseek-v3"]["active_params"] == get_model("deepseek-v3").active_params()
     assert models["deepseek-v3"]["num_experts"] == 256
     assert models["llama3-8b"]["active_params"] == models["llama3-8b"]["params"]
+
+
+def test_all_to_all_on_nvlink_and_across_nodes():
+    ctx = make_context(get_model("mixtral-8x7b"), get_cluster("h800"))
+    ops, c = ctx.ops, ctx.cluster
+    nbytes = 1e9
+    inside = float(ops.all_to_all_s(nbytes, 8, 8))
+    across = float(ops.all_to_all_s(nbytes, 64, 8))
+    # inside a node 7/8 of the buffer over NVLink; across 8 nodes 56/64 over the adapters
+    nvlink = c.intra_bytes_per_s * ctx.profile.nvlink_efficiency
+    nic = c.nic_bytes_per_s_per_gpu * ctx.profile.network_efficiency
+    copies = 0.5 * ctx.profile.collective_hbm_passes * nbytes / c.gpu.hbm_bytes_per_s
+    assert inside == pytest.approx(nbytes * 7 / 8 / nvlink + copies, rel=0.01)
+    assert across == pytest.approx(nbytes * 56 / 64 / nic + copies, rel=0.01)
+    assert float(ops.all_to_all_s(nbytes, 64, 8, inter_scale=0.5)) < 0.6 * across
+    assert float(ops.all_to_all_s(nbytes, 1, 1)) == 0.0

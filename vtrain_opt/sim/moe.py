@@ -16,8 +16,10 @@ A MoE layer, per micro-batch, on one GPU (Megatron-core's alltoall token dispatc
 
 The backward repeats both all-to-alls and does the dgrad and wgrad GEMMs. Not overlapped,
 the all-to-all is exposed; with ``Setup.moe_a2a_overlap`` (DualPipe, Megatron-core's
-overlapped EP communication) it runs behind the MoE block's compute of another micro-batch
-and only its excess shows. The layers are averaged: each layer carries the MoE share of
+overlapped EP communication) it runs behind another micro-batch's compute of a MoE layer
+(attention and MoE block) and only its excess shows. With ``Setup.moe_node_limit`` the
+dispatch is DeepEP's: a token crosses to each remote node of its experts once, to at most
+that many nodes, so fewer bytes cross the network. The layers are averaged: each layer carries the MoE share of
 the layers (``ModelSpec.moe_layer_share``) of the MoE block and the rest of the dense MLP.
 
 Expert-data parallelism (Megatron-core): the tp x cp x dp GPUs of a stage are refolded for
