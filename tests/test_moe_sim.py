@@ -221,3 +221,27 @@ def test_all_to_all_on_nvlink_and_across_nodes():
     assert across == pytest.approx(nbytes * 56 / 64 / nic + copies, rel=0.01)
     assert float(ops.all_to_all_s(nbytes, 64, 8, inter_scale=0.5)) < 0.6 * across
     assert float(ops.all_to_all_s(nbytes, 1, 1)) == 0.0
+
+
+def test_chinchilla_moe_shapes_count_active_parameters(tmp_path, capsys):
+    from vtrain_opt.studies.shapes import ShapeRules
+
+    rules = ShapeRules(family="llama", num_experts=8, moe_router_topk=2)
+    m = rules.for_params(7e9)
+    assert m.is_moe and m.moe_ffn == round(ModelSpec(
+        family="llama", num_layers=1, hidden_size=m.hidden_size,
+        num_attention_heads=m.num_attention_heads, vocab_size=32000, seq_length=2048,
+    ).ffn / 2 / 64) * 64  # fmt: skip
+    assert m.active_params() == pytest.approx(7e9, rel=0.15) and m.num_params() > 3 * 7e9
+    assert "num_experts" not in ShapeRules(family="llama").to_dict()  # dense identity kept
+    args = ["chinchilla", "--gpu", "h100-sxm", "--num-gpus", "64", "--days", "30",
+            "--family", "llama", "--num-experts", "8", "--min-params", "1e9",
+            "--max-params", "4e9", "--num-sizes", "2", "--workers", "0",
+            "--out", str(tmp_path / "c"), "--json"]  # fmt: skip
+    assert main(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["optimal"]["plan"]["ep"] in (1, 2, 4, 8)
+    cands = pd.read_csv(tmp_path / "c" / "candidates.csv")
+    assert (cands.total_params > 2 * cands.params).all()  # sizes are active parameters
+    with pytest.raises(ValueError, match="moe top-k"):
+        ShapeRules(num_experts=4, moe_router_topk=5)

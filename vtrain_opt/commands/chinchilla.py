@@ -112,6 +112,20 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="vocabulary (default 51200 gpt, 32000 llama)",
     )
     m.add_argument(
+        "--num-experts",
+        type=positive_int,
+        metavar="E",
+        help="MoE shapes: every MLP becomes E experts of ffn / top-k; sizes and the loss law "
+        "count active parameters (dense-equivalent); searched over ep (default: dense)",
+    )
+    m.add_argument(
+        "--moe-top-k",
+        type=positive_int,
+        default=2,
+        metavar="K",
+        help="with --num-experts: experts per token (default 2)",
+    )
+    m.add_argument(
         "--seq-len", type=positive_int, default=2048, metavar="N", help="sequence length (2048)"
     )
     m.add_argument(
@@ -236,6 +250,8 @@ def config_from(args: argparse.Namespace) -> StudyConfig:
         batch_tokens_at_1b=args.batch_tokens_at_1b,
         batch_exponent=args.batch_exponent,
         global_batch=args.global_batch,
+        num_experts=args.num_experts,
+        moe_router_topk=args.moe_top_k,
     )
     return study_config(
         budgets,

@@ -58,6 +58,10 @@ class ShapeRules:
     batch_exponent: float = 0.25
     batch_slack: float = 1.125
     global_batch: int | None = None  # fixed sequences per batch for every size (overrides)
+    # MoE shapes: every MLP becomes num_experts experts of ffn / top-k, top-k per token, so
+    # a size's active parameters are its dense shape's; sizes count active parameters
+    num_experts: int | None = None
+    moe_router_topk: int = 2
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
@@ -87,6 +91,10 @@ class ShapeRules:
             raise ValueError(f"vocab size: must be positive, got {self.vocab_size}")
         if self.global_batch is not None and self.global_batch < 1:
             raise ValueError(f"global batch: must be positive, got {self.global_batch}")
+        if self.num_experts is not None and not 1 <= self.moe_router_topk <= self.num_experts:
+            raise ValueError(
+                f"moe top-k: {self.moe_router_topk} must be in [1, num experts {self.num_experts}]"
+            )
 
     @property
     def vocab(self) -> int:
@@ -106,7 +114,7 @@ class ShapeRules:
     def shape(self, hidden: int, layers: int) -> ModelSpec:
         """The model of this family with hidden size ``hidden`` and ``layers`` layers."""
         spec = self._bare(hidden, layers)
-        n = spec.num_params()
+        n = spec.active_params()  # a MoE shape: its active parameters (dense: all)
         return replace(
             spec,
             name=f"{self.family}-{_label(n)}",
@@ -138,12 +146,12 @@ class ShapeRules:
         """(parameters per layer, parameters outside the layers) at hidden size ``hidden``."""
         one = self._bare(hidden, 1)
         two = self._bare(hidden, 2)
-        per_layer = two.num_params() - one.num_params()
-        return per_layer, one.num_params() - per_layer
+        per_layer = two.active_params() - one.active_params()
+        return per_layer, one.active_params() - per_layer
 
     def _bare(self, hidden: int, layers: int) -> ModelSpec:
         heads = hidden // self.head_size
-        return ModelSpec(
+        spec = ModelSpec(
             family=self.family,
             num_layers=layers,
             hidden_size=hidden,
@@ -151,6 +159,13 @@ class ShapeRules:
             num_query_groups=self.kv_heads_for(heads),
             vocab_size=self.vocab,
             seq_length=self.seq_length,
+        )
+        if self.num_experts is None or self.num_experts < 2:
+            return spec
+        k = self.moe_router_topk  # experts of ffn / k (a multiple of 64): k of them per token
+        expert_ffn = max(64, round(spec.ffn / k / 64) * 64)
+        return replace(
+            spec, num_experts=self.num_experts, moe_router_topk=k, moe_ffn_hidden_size=expert_ffn
         )
 
     def candidates(self, min_params: float, max_params: float, count: int) -> list[ModelSpec]:
@@ -166,7 +181,7 @@ class ShapeRules:
         for t in targets:
             m = self.for_params(float(t))
             out.setdefault((m.hidden_size, m.num_layers), m)
-        return sorted(out.values(), key=lambda m: m.num_params())
+        return sorted(out.values(), key=lambda m: m.active_params())
 
     # ---- batch ----------------------------------------------------------------------------
     def batch_tokens(self, params: float) -> float:
@@ -183,6 +198,9 @@ class ShapeRules:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d.pop("extra")
+        if self.num_experts is None:  # dense rules keep their identity
+            d.pop("num_experts")
+            d.pop("moe_router_topk")
         d["hidden_ladder"] = list(self.hidden_ladder)
         d["vocab_size"] = self.vocab
         return d

@@ -127,7 +127,11 @@ class StudyConfig:
 
     def space_dims(self) -> dict[str, Any]:
         """The keyword arguments of each size's ``SearchSpace.create`` beyond the GPU range."""
-        return {"dtypes": self.dtypes or None, "stage_layers": self.stage_layers, "cp": self.cp}
+        dims = {"dtypes": self.dtypes or None, "stage_layers": self.stage_layers, "cp": self.cp}
+        experts = self.rules.num_experts or 1
+        if experts > 1:  # MoE shapes: expert parallelism over the divisors of the experts
+            dims["ep"] = tuple(e for e in range(1, min(experts, 64) + 1) if experts % e == 0)
+        return dims
 
     @property
     def law(self) -> LossFit:

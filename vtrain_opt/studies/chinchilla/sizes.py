@@ -69,7 +69,9 @@ def evaluate_size(
             setup=setup,
             **(dims or {}),
         )
-        result = search(space, tokens=REF_TOKENS, objective="pareto", workers=0)
+        # Optuna does not sample expert parallelism: MoE shapes are searched exactly
+        strategy = "exhaustive" if space.ep != (1,) else "auto"
+        result = search(space, tokens=REF_TOKENS, objective="pareto", workers=0, strategy=strategy)
     except ValueError as e:
         return SizeEval(model, pd.DataFrame(), None, 0, "", error=str(e))
     keep = [c for c in KEEP_COLUMNS if c in result.pareto.columns]
@@ -125,9 +127,11 @@ def candidate_row(
 ) -> dict[str, Any]:
     """One candidate size under one budget: shape, plan, tokens, loss, status."""
     m = ev.model
-    n = float(m.num_params())
+    # the loss law on the active parameters (MoE: dense-equivalent; dense: all of them)
+    n = float(m.active_params())
     row: dict[str, Any] = {
         "params": n,
+        **({"total_params": float(m.num_params())} if m.is_moe else {}),
         "name": m.name,
         "hidden_size": m.hidden_size,
         "num_layers": m.num_layers,

@@ -205,7 +205,7 @@ def _too_small(
     row = runnable.iloc[0]
     n = float(row["params"])
     need = config.min_tokens_per_param * n
-    ev = next(e for e in evals.values() if float(e.model.num_params()) == n)
+    ev = next(e for e in evals.values() if float(e.model.active_params()) == n)
     have = (
         f"{budget.label()} trains the smallest candidate ({format_count(n)} parameters) on "
         f"{row['tokens_per_param']:.2g} tokens per parameter, below --min-tokens-per-param "
