@@ -57,7 +57,10 @@ def breakdown_table(row: Mapping[str, Any], title: str = "Where one iteration go
     table.add_column("time", justify="right")
     table.add_column("share", justify="right")
     table.add_column("")
+    moe = int(row.get("ep", 1)) * int(row.get("etp", 1)) > 1  # the all-to-all is in tp_comm_s
     for key, label in BREAKDOWN:
+        if moe and key == "tp_comm_s":
+            label = "tensor/expert-parallel comm"
         value = float(denoise(float(row[key]), total))  # float noise and -0.0 print as 0
         share = value / total if total > 0 else 0.0
         table.add_row(label, format_duration(value), f"{share:6.1%}", "█" * round(share * 30))
