@@ -135,11 +135,6 @@ def search(
     raw = raw_size(space)
     if strategy == "auto":
         strategy = "exhaustive" if raw <= AUTO_EXHAUSTIVE_MAX else "optuna"
-    if strategy == "optuna" and (space.ep != (1,) or space.etp != (1,)):
-        raise ValueError(
-            "space.ep/etp: Optuna does not sample expert parallelism yet; search a MoE space "
-            "with --strategy exhaustive"
-        )
     with open_backend(workers, ray_address) as backend:
         extra: dict[str, Any] = {}
         if strategy == "exhaustive":

@@ -23,14 +23,14 @@ from vtrain_opt.units import DAY_S
 
 _KEY_COLS = (
     *("target", "gb", "tp", "pp", "dp", "mb", "recompute", "sp", "vpp", "zero", "dp_overlap"),
-    *("first", "last", "cp"),
+    *("first", "last", "cp", "ep", "etp"),
 )
 
 
 def evaluate_keys(
     space: SearchSpace, target: int, keys: np.ndarray, tokens: float, limits: Limits
 ) -> tuple[np.ndarray, pd.DataFrame, dict[str, np.ndarray]]:
-    """Simulate the plans ``keys`` (K, 14) of one target (GPU type and dtype) in one call
+    """Simulate the plans ``keys`` (K, 16) of one target (GPU type and dtype) in one call
     (here or on Ray).
 
     Returns which keys belong to the space, the result rows of those that do, and their
@@ -51,6 +51,8 @@ def evaluate_keys(
         first=c["first"],
         last=c["last"],
         cp=c["cp"],
+        ep=c["ep"],
+        etp=c["etp"],
     )
     member = space.member_mask(target, batch)
     inside = batch.take(np.flatnonzero(member))
@@ -151,5 +153,5 @@ def _best(found: list[int], all_rows: pd.DataFrame, cons: dict[str, np.ndarray])
 
 
 def _as_key(values: tuple[int, ...]) -> Key:
-    g, gb, tp, pp, dp, mb, rc, sp, vpp, zero, ovl, first, last, cp = values
-    return (g, gb, tp, pp, dp, mb, rc, bool(sp), vpp, zero, bool(ovl), first, last, cp)
+    g, gb, tp, pp, dp, mb, rc, sp, vpp, zero, ovl, first, last, cp, ep, etp = values
+    return (g, gb, tp, pp, dp, mb, rc, bool(sp), vpp, zero, bool(ovl), first, last, cp, ep, etp)

@@ -4,7 +4,8 @@ A trial samples the *structural* dimensions of a plan (GPU type, global batch, t
 the GPU count as ``gpus_log2``) plus any free dimension not completed inside the trial;
 ``ParamSpace`` resolves them to the nearest valid plan, as a trial key. The *inner*
 dimensions hold ``AUTO`` in the key: the trial evaluates each of their values. A space's
-dtype list (``dtype``), context-parallel sizes (``cp``) and pipeline split
+dtype list (``dtype``), context-parallel sizes (``cp``), a MoE model's expert (tensor)
+parallel sizes (``ep``, ``etp``) and pipeline split
 (``stage_split``: the variants of ``spec.stages.split_variants`` for stage_layers auto)
 are categorical parameters.
 """
@@ -22,9 +23,9 @@ from vtrain_opt.spec.plan import RECOMPUTE_MODES, PlanBatch
 from vtrain_opt.spec.stages import split_variants
 
 # A plan key: (target index (GPU type and dtype), gb, tp, pp, dp, mb, recompute code, sp,
-# vpp, zero, dp_overlap, first stage layers, last stage layers, cp). In a trial's key an
-# inner dimension holds AUTO: the trial evaluates all its values.
-Key = tuple[int, int, int, int, int, int, int, bool, int, int, bool, int, int, int]
+# vpp, zero, dp_overlap, first stage layers, last stage layers, cp, ep, etp). In a trial's
+# key an inner dimension holds AUTO: the trial evaluates all its values.
+Key = tuple[int, int, int, int, int, int, int, bool, int, int, bool, int, int, int, int, int]
 AUTO = -1
 # Dimensions a trial may complete itself, and their position in a key.
 INNER_DIMS = {
@@ -96,6 +97,9 @@ class ParamSpace:
             p["stage_split"] = trial.suggest_categorical("stage_split", list(self.splits))
         if len(self.space.cp) > 1:
             p["cp"] = trial.suggest_categorical("cp", list(self.space.cp))
+        for name in ("ep", "etp"):  # a MoE model's expert (tensor) parallelism
+            if len(getattr(self.space, name)) > 1:
+                p[name] = trial.suggest_categorical(name, list(getattr(self.space, name)))
         if self.log2_range[1] > self.log2_range[0]:
             p["gpus_log2"] = trial.suggest_float("gpus_log2", *self.log2_range)
         for name, values in self.ordered.items():
@@ -166,6 +170,24 @@ class ParamSpace:
             ovl = p.get("dp_overlap", self.categorical["dp_overlap"][0])
         if mb is None or vpp is None or zero is None:
             return None
+        # expert parallelism folds over tp x cp x dp: the sampled sizes, else the nearest
+        # smaller ones of the space that divide it
+        ep = max(
+            (e for e in sp_.ep if e <= int(p.get("ep", sp_.ep[0])) and (tp * cp * dp) % e == 0),
+            default=None,
+        )
+        if ep is None:
+            return None
+        etp = max(
+            (
+                e
+                for e in sp_.etp
+                if e <= int(p.get("etp", sp_.etp[0])) and (tp * cp * dp) % (ep * e) == 0
+            ),
+            default=None,
+        )
+        if etp is None:
+            return None
         return (
             where,
             int(gb),
@@ -181,6 +203,8 @@ class ParamSpace:
             first,
             last,
             cp,
+            int(ep),
+            int(etp),
         )
 
     def _target(self, gpu_index: int, dtype: str | None) -> int | None:

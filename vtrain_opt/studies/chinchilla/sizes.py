@@ -69,9 +69,7 @@ def evaluate_size(
             setup=setup,
             **(dims or {}),
         )
-        # Optuna does not sample expert parallelism: MoE shapes are searched exactly
-        strategy = "exhaustive" if space.ep != (1,) else "auto"
-        result = search(space, tokens=REF_TOKENS, objective="pareto", workers=0, strategy=strategy)
+        result = search(space, tokens=REF_TOKENS, objective="pareto", workers=0)
     except ValueError as e:
         return SizeEval(model, pd.DataFrame(), None, 0, "", error=str(e))
     keep = [c for c in KEEP_COLUMNS if c in result.pareto.columns]
