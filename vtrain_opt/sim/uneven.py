@@ -17,10 +17,12 @@ pp x vpp x micro-batches, so even plans keep the closed forms of ``sim/schedule.
 from __future__ import annotations
 
 from functools import lru_cache
+from itertools import pairwise
 
 import numpy as np
 import pandas as pd
 
+from vtrain_opt.sim.pipeline_dag import depths, pipeline_dag
 from vtrain_opt.sim.plan_costs import PlanCosts, stage_chunk_times
 from vtrain_opt.sim.schedule import PipelineTimes
 from vtrain_opt.sim.taskgraph import TaskGraph
@@ -28,9 +30,9 @@ from vtrain_opt.sim.timeline import build_pipeline
 from vtrain_opt.spec.plan import PlanBatch
 
 
-@lru_cache(maxsize=256)
 def _program(p: int, v: int, m: int) -> tuple[list[tuple[int, list[int]]], int, int]:
-    """The pipeline's tasks in a topological order: (duration row, predecessor positions)
+    """The reference of ``_levels`` (tests), from the replay's own task graph: the
+    pipeline's tasks in a topological order: (duration row, predecessor positions)
     each, and the positions of stage 0's and the last stage's final compute tasks.
     Duration rows: (kind * p + stage) * v + chunk for a forward (kind 0) or a backward
     (kind 1); 2 p v for a transfer."""
@@ -68,8 +70,46 @@ def _program(p: int, v: int, m: int) -> tuple[list[tuple[int, list[int]]], int, 
     return program, pos[index[last[0]]], pos[index[last[-1]]]
 
 
+Level = tuple[np.ndarray, np.ndarray, np.ndarray]  # (task positions, duration rows, preds)
+
+
+@lru_cache(maxsize=256)
+def _levels(p: int, v: int, m: int) -> tuple[tuple[Level, ...], int, int, int]:
+    """The pipeline's task graph (``pipeline_dag``: the replay's, as arrays) grouped by
+    depth (the longest chain of tasks before a task): the tasks of one level depend only
+    on earlier levels, so each level is one numpy step over all its tasks and plans,
+    instead of one step per task. Each level: the tasks' ids, their duration rows and their
+    predecessors (L, 3), padded with the id ``tasks`` (an end of -inf, so the max is over
+    the real ones). Also the number of tasks and the ids of stage 0's and the last stage's
+    final compute tasks."""
+    pred, rows, first_end, last_end = pipeline_dag(p, v, m)
+    d = depths(pred)
+    order = np.argsort(d, kind="stable")
+    bounds = np.searchsorted(d[order], np.arange(int(d.max()) + 2))
+    levels = tuple((order[a:b], rows[order[a:b]], pred[order[a:b]]) for a, b in pairwise(bounds))
+    return levels, len(pred), first_end, last_end
+
+
+def _level_ends(levels: tuple[Level, ...], tasks: int, durations: np.ndarray) -> np.ndarray:
+    """End time of every task, (tasks + 1, n) (the last row: the padding, -inf), level by
+    level. Exactly ``_ends``'s values: max(a, b) + d == max(a + d, b + d) in floating
+    point (rounding is monotone), and level 0 holds the tasks without predecessors."""
+    ends = np.empty((tasks + 1, durations.shape[1]))
+    ends[tasks] = -np.inf
+    for depth, (at, rows, pred) in enumerate(levels):
+        if depth == 0:
+            ends[at] = durations[rows]
+            continue
+        top = ends[pred[:, 0]]
+        for k in range(1, pred.shape[1]):
+            np.maximum(top, ends[pred[:, k]], out=top)
+        ends[at] = top + durations[rows]
+    return ends
+
+
 def _ends(program: list[tuple[int, list[int]]], durations: np.ndarray) -> np.ndarray:
-    """End time of every task, (tasks, n), by the max-plus recurrence."""
+    """End time of every task, (tasks, n), by the max-plus recurrence, one task at a time
+    (the reference of ``_level_ends``)."""
     ends = np.empty((len(program), durations.shape[1]))
     for t, (row, preds) in enumerate(program):
         if not preds:
@@ -101,8 +141,8 @@ def uneven_pipeline_times(
         durations = np.concatenate(
             [fwd.reshape(p * v, -1), bwd.reshape(p * v, -1), k.p2p_s[idx][None, :]]
         )
-        program, first_end, last_end = _program(p, v, mg)
-        ends = _ends(program, durations)
+        levels, tasks, first_end, last_end = _levels(p, v, mg)
+        ends = _level_ends(levels, tasks, durations)
         pipeline = ends[first_end]
         busy_last = mg * (fwd[p - 1].sum(axis=0) + bwd[p - 1].sum(axis=0))
         p2p = np.minimum(2 * (p * v - 1) * k.p2p_s[idx], pipeline - busy_last)
