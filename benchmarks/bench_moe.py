@@ -10,7 +10,10 @@ figures; not a timed test.
    14.8T tokens): predicted H800 GPU-hours against the reported 2.664M, for the dispatch
    and overlap settings and the recomputation modes (the report overlaps the all-to-all
    with DualPipe and limits each token to 4 nodes; it recomputes norms and MLA
-   up-projections, between our 'selective' and 'full').
+   up-projections, between our 'selective' and 'full'). The report trains with a depth-1
+   multi-token-prediction module (the catalog's ``mtp_num_layers: 1``) on the last stage;
+   the pipeline split is not published: 4 + 14 x 4 + 1 and 3 + 14 x 4 + 2 are shown, with
+   and without the MTP module.
 
 Run: python benchmarks/bench_moe.py [--plans N] [--repeats R] [--workers W]
 (the space is searched in-process, then on W local Ray workers; 0: in-process only)
@@ -22,6 +25,7 @@ import argparse
 import os
 import statistics
 import time
+from dataclasses import replace
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
@@ -99,25 +103,12 @@ def space_search(workers: int) -> None:
 
 def published() -> None:
     model, cluster = get_model("deepseek-v3"), get_cluster("h800")
-    plans = [
-        ParallelPlan(
-            pp=16,
-            dp=128,
-            ep=64,
-            micro_batch=1,
-            global_batch=15360,
-            zero=1,
-            first_stage_layers=3,
-            last_stage_layers=2,
-            recompute=r,
-        )
-        for r in ("none", "selective", "full")
-    ]
+    without_mtp = replace(model, mtp_num_layers=0, name="deepseek-v3 without MTP")
     print(
-        "DeepSeek-V3 as published: 2,048 H800s, pp 16 (stages 3 + 14x4 + 2), ep 64, dp 128, "
-        "ZeRO-1, fp8, mb 1, gb 15,360 x 4,096, 14.8T tokens; reported 2.664M GPU-hours"
+        "DeepSeek-V3 as published: 2,048 H800s, pp 16 (first + 14 x 4 + last layers), ep 64, "
+        "dp 128, ZeRO-1, fp8, mb 1, gb 15,360 x 4,096, 14.8T tokens; reported 2.664M GPU-hours"
     )
-    for label, kwargs in (
+    settings = (
         ("NCCL all-to-all, not overlapped", {}),
         ("node-limited dispatch (4 nodes)", {"moe_node_limit": 4}),
         ("all-to-all overlapped", {"moe_a2a_overlap": True}),
@@ -125,14 +116,37 @@ def published() -> None:
             "as the report: node-limited + overlapped",
             {"moe_node_limit": 4, "moe_a2a_overlap": True},
         ),
+    )
+    for m, split in (
+        (model, (4, 1)),
+        (model, (3, 2)),
+        (without_mtp, (4, 1)),
+        (without_mtp, (3, 2)),
     ):
-        df = simulate(model, cluster, plans, setup=Setup(dtype="fp8", **kwargs), tokens=TOKENS)
-        cells = []
-        for _, row in df.iterrows():
-            fits = "fits" if row.feasible else f"OOM {row.memory_per_gpu_bytes / 2**30:.0f} GiB"
-            err = row.gpu_hours / REPORTED_GPU_HOURS - 1
-            cells.append(f"{row.recompute} {row.gpu_hours / 1e6:.3f}M ({err:+.1%}, {fits})")
-        print(f"  {label}: " + "; ".join(cells))
+        plans = [
+            ParallelPlan(
+                pp=16,
+                dp=128,
+                ep=64,
+                micro_batch=1,
+                global_batch=15360,
+                zero=1,
+                first_stage_layers=split[0],
+                last_stage_layers=split[1],
+                recompute=r,
+            )
+            for r in ("none", "selective", "full")
+        ]
+        mtp = "with its MTP module" if m.mtp_num_layers else "without MTP"
+        print(f" {mtp}, stages {split[0]} + 14 x 4 + {split[1]}:")
+        for label, kwargs in settings:
+            df = simulate(m, cluster, plans, setup=Setup(dtype="fp8", **kwargs), tokens=TOKENS)
+            cells = []
+            for _, row in df.iterrows():
+                fits = "fits" if row.feasible else f"OOM {row.memory_per_gpu_bytes / 2**30:.0f} GiB"
+                err = row.gpu_hours / REPORTED_GPU_HOURS - 1
+                cells.append(f"{row.recompute} {row.gpu_hours / 1e6:.3f}M ({err:+.1%}, {fits})")
+            print(f"  {label}: " + "; ".join(cells))
 
 
 def main() -> None:

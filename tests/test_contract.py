@@ -323,6 +323,7 @@ def moe_models(draw) -> ModelSpec:
         num_shared_experts=draw(st.sampled_from([0, 1, 2])),
         moe_first_k_dense=draw(st.sampled_from([0, 1])),
         moe_layer_freq=draw(st.sampled_from([1, 2])),
+        mtp_num_layers=draw(st.sampled_from([0, 0, 1])),  # DeepSeek's multi-token prediction
         **extra,
     )
 

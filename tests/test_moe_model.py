@@ -44,6 +44,18 @@ def test_deepseek_v3_counts_layer_by_layer():
     assert m.training_flop_per_token() > 6 * 37e9
 
 
+def test_deepseek_v3_multi_token_prediction_is_simulated_not_counted():
+    from vtrain_opt.spec.moe import mtp_params
+
+    m = get_model("deepseek-v3")
+    assert m.mtp_num_layers == 1 and m.num_params() == pytest.approx(671e9, rel=0.01)
+    h = 7168
+    assert mtp_params(m) == m.moe_layer_params(active=False) + 2 * h * h + 2 * h
+    assert mtp_params(m) == pytest.approx(11.6e9, rel=0.01)  # + shared embedding/head: 14B
+    with pytest.raises(ValueError, match="multi-token prediction is modelled for MoE"):
+        ModelSpec.from_dict(get_model("llama3-8b").to_dict() | {"mtp_num_layers": 1})
+
+
 def test_one_expert_is_the_dense_model():
     dense = get_model("llama3-8b")
     one = ModelSpec.from_dict(dense.to_dict() | {"num_experts": 1}, name="llama3-8b")

@@ -26,7 +26,7 @@ def test_one_expert_is_byte_identical_to_the_dense_model():
 
 def _deepseek(ep: int, nodes_cluster: str = "h800", **setup) -> pd.DataFrame:
     plan = ParallelPlan(
-        pp=16, dp=128, ep=ep, global_batch=15360, zero=1, first_stage_layers=3, last_stage_layers=2
+        pp=16, dp=128, ep=ep, global_batch=15360, zero=1, first_stage_layers=4, last_stage_layers=1
     )
     return simulate(
         get_model("deepseek-v3"),
@@ -141,7 +141,7 @@ def test_cli_simulate_moe_and_trace(tmp_path, capsys):
     code = main(
         ["simulate", "--model", "deepseek-v3", "--gpu", "h800", "--num-gpus", "2048",
          "--pp", "16", "--ep", "64", "--zero", "1", "--global-batch", "15360",
-         "--first-stage-layers", "3", "--last-stage-layers", "2", "--dtype", "fp8",
+         "--first-stage-layers", "4", "--last-stage-layers", "1", "--dtype", "fp8",
          "--moe-node-limit", "4", "--json", "--trace", str(trace)]
     )  # fmt: skip
     assert code == 0
@@ -163,7 +163,7 @@ def test_shipped_deepseek_space_searches_expert_parallelism():
     small = space.with_changes(max_gpus=1024, tp=[1, 2], micro_batch=[1])
     result = search(small, strategy="exhaustive", workers=0)
     assert result.ok and set(result.plans.ep) == {8, 16, 32, 64, 128, 256}
-    assert int(result.best_time.ep) > 1 and result.best_time.first_stage_layers == 3
+    assert int(result.best_time.ep) > 1 and result.best_time.first_stage_layers == 4
     # Optuna samples ep and etp as categoricals and finds the exact optimum here
     tuned = search(small, strategy="optuna", workers=0, trials=150, seed=0)
     assert tuned.best_time.training_time_s == pytest.approx(result.best_time.training_time_s)

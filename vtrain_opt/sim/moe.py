@@ -37,6 +37,7 @@ import numpy as np
 
 from vtrain_opt.sim.context import SimContext
 from vtrain_opt.sim.fp8 import layer_cast_s
+from vtrain_opt.sim.mtp import with_mtp
 from vtrain_opt.sim.ops import OpModel, members_per_domain
 from vtrain_opt.spec.model import ModelSpec
 from vtrain_opt.spec.plan import PlanBatch
@@ -348,7 +349,7 @@ def with_experts(
         ctx, batch, layers, windows, bucket_params
     )
     stored, transient = costs.layer_bytes
-    return replace(
+    out = replace(
         costs,
         dp_first_s=costs.dp_first_s + dp_first,
         dp_last_s=costs.dp_last_s + dp_last,
@@ -360,3 +361,5 @@ def with_experts(
             ctx, batch, stage_layer_counts(batch, ctx.model.num_layers)
         ),
     )
+    # DeepSeek-V3's multi-token prediction on the last stage (sim/mtp.py)
+    return with_mtp(ctx, batch, out) if ctx.model.mtp_num_layers else out

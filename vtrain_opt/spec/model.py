@@ -88,6 +88,9 @@ class ModelSpec:
     qk_pos_emb_head_dim: int | None = None
     v_head_dim: int | None = None
     kv_channels: int | None = None  # head size; None: hidden_size / num_attention_heads
+    # DeepSeek-V3's multi-token prediction: MoE layers (with a projection) predicting one
+    # more token each, on the last pipeline stage, sharing embedding and head (spec/moe.py)
+    mtp_num_layers: int = 0
     # the sequence lengths the published model was trained at, in the order of its stages
     # (catalog information; ``seq_length`` is the one simulated)
     trained_seq_lengths: tuple[int, ...] = field(default=(), compare=False)
@@ -269,12 +272,20 @@ class ModelSpec:
         ones; the embedding and output layer counted whole, as the published counts do)."""
         return self._moe_params(active=True) if self.is_moe else self.num_params()
 
+    def moe_layer_params(self, active: bool) -> int:
+        """One MoE layer's parameters (all of them, or those a token passes through)."""
+        dense_mlp = (3 if self.swiglu else 2) * self.hidden_size * self.ffn
+        return self._dense_layer() - dense_mlp + _moe.moe_layer_matmul_params(self, active)
+
+    def _dense_layer(self) -> int:
+        """The parameters of one of this model's dense layers."""
+        fields = (*_moe.MOE_FIELDS, "mtp_num_layers")
+        return int(replace(self, **{k: _moe.DEFAULTS[k] for k in fields}).layer_params())
+
     def _moe_params(self, active: bool) -> int:
         """A MoE model's parameters, counted layer by layer (exact integers)."""
-        dense = replace(self, **{k: _moe.DEFAULTS[k] for k in _moe.MOE_FIELDS})
-        dense_layer = int(dense.layer_params())
-        dense_mlp = (3 if self.swiglu else 2) * self.hidden_size * self.ffn
-        moe_layer = dense_layer - dense_mlp + _moe.moe_layer_matmul_params(self, active)
+        dense_layer = self._dense_layer()
+        moe_layer = self.moe_layer_params(active)
         n_moe = _moe.num_moe_layers(self)
         layers = n_moe * moe_layer + (self.num_layers - n_moe) * dense_layer
         return layers + self.embedding_params() + self.final_norm_params()

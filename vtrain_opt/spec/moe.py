@@ -42,7 +42,7 @@ MOE_FIELDS = (
 )
 MLA_RANKS = ("q_lora_rank", "kv_lora_rank", "qk_head_dim", "qk_pos_emb_head_dim", "v_head_dim")
 # integer fields of a model file beside the dense ones; the booleans are in BOOL_FIELDS
-INT_FIELDS = (*MOE_FIELDS, *MLA_RANKS, "kv_channels")
+INT_FIELDS = (*MOE_FIELDS, *MLA_RANKS, "kv_channels", "mtp_num_layers")
 BOOL_FIELDS = ("multi_latent_attention",)
 # names accepted in model files for the same field (HF's and the issue's spelling)
 ALIASES = {
@@ -66,7 +66,11 @@ DEFAULTS: dict[str, Any] = {
     "qk_pos_emb_head_dim": None,
     "v_head_dim": None,
     "kv_channels": None,
+    "mtp_num_layers": 0,
 }
+
+
+_NON_NEGATIVE = ("num_shared_experts", "moe_first_k_dense", "mtp_num_layers")
 
 
 def check(m: ModelSpec) -> None:
@@ -74,9 +78,9 @@ def check(m: ModelSpec) -> None:
     owner = f"model {m.name!r}"
     for f in INT_FIELDS:
         value = getattr(m, f)
-        if value is not None and f not in ("num_shared_experts", "moe_first_k_dense"):
+        if value is not None and f not in _NON_NEGATIVE:
             positive_int(owner, f, value)
-    for f in ("num_shared_experts", "moe_first_k_dense"):
+    for f in _NON_NEGATIVE:
         value = getattr(m, f)
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValueError(f"{owner}.{f}: must be a non-negative integer, got {value!r}")
@@ -98,6 +102,11 @@ def check(m: ModelSpec) -> None:
                 f"{owner}.moe_first_k_dense: {m.moe_first_k_dense} leaves no MoE layer of "
                 f"{m.num_layers}"
             )
+    if m.mtp_num_layers and not m.is_moe:
+        raise ValueError(
+            f"{owner}.mtp_num_layers: multi-token prediction is modelled for MoE models "
+            "(DeepSeek-V3's) only"
+        )
     if not m.multi_latent_attention:
         ranks = [f for f in MLA_RANKS if getattr(m, f) is not None]
         if ranks:
@@ -252,3 +261,14 @@ PLAN_RULES = [
 def rule_values(m: ModelSpec) -> dict[str, Any]:
     """The model's values the messages of ``PLAN_RULES`` name."""
     return {"experts": m.num_experts or 1, "moe_ffn": m.moe_ffn}
+
+
+def mtp_params(m: ModelSpec) -> int:
+    """Parameters of the multi-token-prediction modules (DeepSeek-V3, ``mtp_num_layers``):
+    each a MoE transformer layer, a projection (2h -> h) and two RMSNorms; the embedding and
+    the output head are shared with the main model. Not in ``num_params`` (the published
+    counts leave them out: DeepSeek-V3 671B + 14B of MTP)."""
+    if not m.mtp_num_layers:
+        return 0
+    h = m.hidden_size
+    return int(m.mtp_num_layers * (m.moe_layer_params(active=False) + 2 * h * h + 2 * h))
