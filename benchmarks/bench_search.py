@@ -10,11 +10,16 @@
    feasible plan is within 1% of the exhaustive optimum, per seed, and the median over the
    seeds, for the time and the cost objectives; with the default inner dimensions and with
    none (a trial is a single plan). Target: median under 500 trials.
+4. Today's dense dimensions (issue 15): the shipped llama3-405b space (H100/H200/B200, 64
+   to 16,384 GPUs, cp 1-16, bf16 and fp8 per plan, stage_layers auto: even and uneven
+   pipeline splits) searched exactly, its plans/s beside the same space as it was before
+   those dimensions (even stages, bf16, no cp, pp the divisors of 126). Target: under 60 s.
 3. Ray: a small space searched in-process (--workers 0) and on a local 2-worker Ray started
    by the search (cold: includes starting Ray), then on an already running Ray (warm);
    the larger space in-process and on Ray. Ratios within this run.
 
 Run: python benchmarks/bench_search.py [--seeds 5] [--max-trials 1000] [--skip-ray]
+     [--only-dense]
 """
 
 from __future__ import annotations
@@ -168,17 +173,49 @@ def ray_figures(big_in_process_s: float) -> None:
     )
 
 
+def dense_dims_figures() -> None:
+    new = load_space("llama3-405b")
+    old = SearchSpace.create(  # the space as shipped before cp, fp8 and the split were free
+        new.model,
+        list(new.gpus),
+        min_gpus=64,
+        max_gpus=16384,
+        global_batch=2048,
+        micro_batch=[1, 2, 4],
+        zero=[0, 1],
+        dp_overlap=True,
+        tokens=new.tokens,
+        name="llama3-405b-before",
+    )
+    print("\n== 4. exhaustive, llama3-405b: today's dense dimensions (in-process, one core)")
+    for label, space, repeats in (("before (even, bf16, no cp)", old, 3), ("shipped", new, 1)):
+        med, _, res = timed(lambda s=space: search(s, strategy="exhaustive"), repeats)
+        bt = res.best_time
+        print(
+            f"{label:<27} {res.evaluated:>9,} plans (raw {raw_size(space):,}) in {med:6.2f} s "
+            f"= {res.evaluated / med:>9,.0f} plans/s; fastest {int(bt['num_gpus'])} x "
+            f"{bt['gpu']} {bt['dtype']} tp{bt['tp']} cp{bt['cp']} pp{bt['pp']} dp{bt['dp']} "
+            f"vpp{bt['vpp']} stages {bt['first_stage_layers']}/{bt['last_stage_layers']}: "
+            f"{bt['training_time_s'] / 86400:.1f} days"
+        )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--max-trials", type=int, default=1000)
     ap.add_argument("--skip-ray", action="store_true")
     ap.add_argument("--skip-optuna", action="store_true")
+    ap.add_argument("--only-dense", action="store_true", help="part 4 alone")
     args = ap.parse_args()
     print(f"machine: {os.cpu_count()} CPUs")
+    if args.only_dense:
+        dense_dims_figures()
+        return
     ex = exhaustive_figures()
     if not args.skip_optuna:
         optuna_figures(args.seeds, args.max_trials)
+    dense_dims_figures()
     if not args.skip_ray:
         ray_figures(ex["big_s"])
 
