@@ -68,6 +68,10 @@ def test_optuna_samples_the_split_and_the_dtype_and_agrees_with_exhaustive():
         {"gpu": "h100-sxm", "dtype": "fp8", "stage_split": "edges-1", "pp_index": 2}
     )
     assert key is not None and key[0] == 3 and key[3] == 16 and key[11:13] == (7, 7)
+    # resolved once per distinct parameter set (samplers repeat them), whatever their order
+    seen = len(params._resolved)
+    again = {"pp_index": 2, "stage_split": "edges-1", "dtype": "fp8", "gpu": "h100-sxm"}
+    assert params.resolve(again) == key and len(params._resolved) == seen
     # a split not whole for pp 9 (119 / 9 layers) falls back to one that is: even, 14 each
     key = params.resolve({"gpu": "h100-sxm", "stage_split": "edges-1", "pp_index": 1})
     assert key is not None and key[3] == 9 and key[11:13] == (0, 0)

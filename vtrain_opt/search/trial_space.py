@@ -86,6 +86,8 @@ class ParamSpace:
         self._dps = {gb: _divisors(gb) for gb in space.global_batch}
         self.splits = SPLIT_CHOICES if space.stage_layers == "auto" else SPLIT_CHOICES[:1]
         self._fits: dict[tuple[int, int, int, int], bool] = {}
+        # samplers repeat parameters on discrete spaces: each distinct set is resolved once
+        self._resolved: dict[tuple[tuple[str, Any], ...], Key | None] = {}
 
     def suggest(self, trial: Any) -> Key | None:
         p: dict[str, Any] = {}
@@ -111,7 +113,14 @@ class ParamSpace:
         return self.resolve(p)
 
     def resolve(self, p: dict[str, Any]) -> Key | None:
-        """The trial key a trial's parameters stand for; None when no valid plan is near."""
+        """The trial key a trial's parameters stand for; None when no valid plan is near
+        (cached by the parameters: the trial cache then finds the key's plans simulated)."""
+        params = tuple(sorted(p.items()))
+        if params not in self._resolved:
+            self._resolved[params] = self._resolve(p)
+        return self._resolved[params]
+
+    def _resolve(self, p: dict[str, Any]) -> Key | None:
         sp_, m = self.space, self.space.model
         g = self.gpus.index(p["gpu"]) if "gpu" in p else 0
         step = sp_.step_of(sp_.gpus[g])
