@@ -133,3 +133,8 @@ def test_search_cli_dtype_list_and_bad_input(capsys, tmp_path):
     assert "a100-80gb has no fp8 peak" in err and len(err.splitlines()) == 1
     assert main([*bad[:-1], "bf16,fp4", "--tokens", "300B"]) == 2
     assert "fp4: not one of" in capsys.readouterr().err
+
+
+def test_a_split_that_does_not_add_up_says_the_sum():
+    with pytest.raises(ValueError, match=r"first 5 \+ last 5 leaves 116 layers for the other 14"):
+        SearchSpace.create(get_model("llama3-405b"), ["h100-sxm"], pp=16, stage_layers="5,5")

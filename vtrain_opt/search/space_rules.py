@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 
 from vtrain_opt.spec.model import ModelSpec
 from vtrain_opt.spec.plan import RECOMPUTE_MODES, PlanBatch
+from vtrain_opt.spec.stages import _stage_sum as stage_sum_text
 from vtrain_opt.spec.stages import split_variants
 
 
@@ -31,6 +33,16 @@ def split_ok(model: ModelSpec, split: str, pp: int, vpp: int) -> bool:
     return False
 
 
+def _split_sum(space: Any, pp: int) -> str:
+    """For a fixed split, why pp stages cannot take it: ': first F + last L leaves R layers
+    for the other S stages (x each, ...)' (as simulate says)."""
+    if space.stage_layers in ("even", "auto") or pp < 2:
+        return ""
+    first, last = (int(x) for x in space.stage_layers.split(","))
+    plan = SimpleNamespace(pp=pp, first_stage_layers=first, last_stage_layers=last)
+    return f": {stage_sum_text(plan, space.model.num_layers)}"
+
+
 def check_values(space: Any) -> None:
     """Candidate values that can never form a valid plan are errors, not silent no-ops."""
     m = space.model
@@ -49,7 +61,7 @@ def check_values(space: Any) -> None:
         if space.stage_layers != "even" and (p < 1 or not split_ok(m, space.stage_layers, p, 1)):
             raise ValueError(
                 f"space.pp: {p} allows no pipeline split of the {m.num_layers} layers of "
-                f"{m.name} with stage_layers {space.stage_layers}"
+                f"{m.name} with stage_layers {space.stage_layers}{_split_sum(space, p)}"
             )
     for c in space.cp:  # context parallelism: the causal load-balancing split
         if c < 1 or (c > 1 and m.seq_length % (2 * c)):
