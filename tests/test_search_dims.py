@@ -47,6 +47,13 @@ def test_dtype_dimension_compares_per_plan_and_skips_gpus_without_fp8():
     times = [float(r.best_time["training_time_s"]) for r in singles]
     assert float(both.best_time["training_time_s"]) == min(times)
     assert str(both.best_time["dtype"]) == "fp8" and times[1] < times[0]
+    # the terminal's and the report's options say fp8 (bf16 is the plain plan's)
+    from vtrain_opt.search.reporting.plans import plan_options as report_options
+    from vtrain_opt.search.summary import plan_options
+
+    assert plan_options(both.best_time).endswith(" fp8")
+    assert report_options(both.best_time.to_dict()).endswith(" fp8")
+    assert "fp8" not in plan_options(singles[0].best_time)
     # a single fp8 on a mixed space: the A100 plans rejected, the search goes on
     fp8 = singles[1]
     assert fp8.reason_counts["dtype not on this GPU"] == 2 * per_gpu // 2

@@ -89,6 +89,8 @@ def plan_options(row: Mapping[str, Any]) -> str:
         parts.append(
             f"stage_layers={int(row['first_stage_layers'])},{int(row['last_stage_layers'])}"
         )
+    if has(row, "dtype") and str(row["dtype"]) == "fp8":  # bf16 (fp16) is the plain plan's
+        parts.append("fp8")
     return " ".join(parts)
 
 
