@@ -70,6 +70,13 @@ def test_aliases_and_kv_channels():
     d["moe_top_k"] = d.pop("moe_router_topk")
     m = ModelSpec.from_dict(d, name="q")
     assert m.moe_router_topk == 8 and m.head_dim == 128 and m.kv_hidden_size == 512
+    v3 = get_model("deepseek-v3").to_dict()  # HF's names for group-limited routing
+    v3["n_group"], v3["topk_group"] = (
+        v3.pop("moe_router_num_groups"),
+        v3.pop("moe_router_group_topk"),
+    )
+    m = ModelSpec.from_dict(v3, name="v3")
+    assert (m.moe_router_num_groups, m.moe_router_group_topk) == (8, 4)
 
 
 BAD = [
@@ -79,6 +86,9 @@ BAD = [
     ({"multi_latent_attention": True}, "MLA needs"),
     ({"num_experts": 8, "moe_first_k_dense": 32}, "leaves no MoE layer"),
     ({"num_experts": 8, "num_shared_experts": -1}, "non-negative"),
+    ({"num_experts": 8, "moe_router_num_groups": 4}, "needs both"),
+    ({"num_experts": 8, "moe_router_num_groups": 3, "moe_router_group_topk": 1}, "must divide"),
+    ({"num_experts": 8, "moe_router_num_groups": 4, "moe_router_group_topk": 5}, "at most it"),
 ]
 
 

@@ -1,6 +1,7 @@
 """MoE in the core: the dense path unchanged, rules, all-to-all placement, memory, trace."""
 
 import json
+from dataclasses import replace
 
 import pandas as pd
 import pytest
@@ -24,12 +25,17 @@ def test_one_expert_is_byte_identical_to_the_dense_model():
     pd.testing.assert_frame_equal(a, b, check_exact=True)
 
 
-def _deepseek(ep: int, nodes_cluster: str = "h800", **setup) -> pd.DataFrame:
+def _deepseek(ep: int, nodes_cluster: str = "h800", grouped: bool = False, **setup) -> pd.DataFrame:
+    """DeepSeek-V3's run; ``grouped``: with the catalog's group-limited routing, else with
+    every token free to reach any node (the routing limit removed)."""
     plan = ParallelPlan(
         pp=16, dp=128, ep=ep, global_batch=15360, zero=1, first_stage_layers=4, last_stage_layers=1
     )
+    model = get_model("deepseek-v3")
+    if not grouped:
+        model = replace(model, moe_router_num_groups=None, moe_router_group_topk=None)
     return simulate(
-        get_model("deepseek-v3"),
+        model,
         get_cluster(nodes_cluster),
         [plan],
         setup=Setup(dtype="fp8", **setup),
@@ -47,6 +53,12 @@ def test_expert_parallelism_inside_a_node_beats_across_nodes():
     overlapped = _deepseek(64, moe_a2a_overlap=True)
     assert limited.tp_comm_s[0] < across.tp_comm_s[0]
     assert overlapped.tp_comm_s[0] < across.tp_comm_s[0]
+    # the catalog model's group-limited routing (8 groups, 4 per token: 4 of the 8 nodes of
+    # ep 64) is that node limit by default; an explicit limit overrides it
+    grouped = _deepseek(64, grouped=True)
+    assert grouped.iteration_time_s[0] == limited.iteration_time_s[0]
+    wider = _deepseek(64, grouped=True, moe_node_limit=8)
+    assert limited.tp_comm_s[0] < wider.tp_comm_s[0] < across.tp_comm_s[0]
 
 
 def test_imbalance_and_capacity_factor():

@@ -101,8 +101,10 @@ def add_moe_args(p: argparse.ArgumentParser | Any) -> None:
         "--moe-node-limit",
         type=int,
         metavar="M",
-        help="MoE: DeepEP-style dispatch, each token sent once to each of at most M nodes "
-        "(DeepSeek-V3: 4); default: NCCL's all-to-all, one copy per routed expert",
+        help="MoE: DeepEP-style dispatch, each token sent once to each of at most M nodes; "
+        "default: the model's group-limited routing where it has one (DeepSeek-V3's "
+        "moe_router_group_topk: 4 nodes at ep 64 over 8 nodes), else NCCL's all-to-all, "
+        "one copy per routed expert",
     )
 
 

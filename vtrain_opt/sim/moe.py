@@ -124,6 +124,20 @@ class MoECosts:
         )
 
 
+def _node_limit(model: Any, setup: Any, ep: np.ndarray, ep_node: np.ndarray) -> Any:
+    """The most nodes a token's dispatch reaches: ``Setup.moe_node_limit`` where given, else
+    the model's group-limited routing (``moe_router_group_topk`` groups, each of
+    num_experts / moe_router_num_groups experts, spanning as many nodes as its experts fill:
+    DeepSeek-V3's 8 groups over ep 64 on 8 nodes are 4 nodes), else None (no limit)."""
+    if setup.moe_node_limit is not None:
+        return setup.moe_node_limit
+    if not model.moe_router_group_topk:
+        return None
+    groups = float(model.moe_router_num_groups)
+    nodes_per_group = np.maximum(ep / (groups * ep_node), 1.0)
+    return model.moe_router_group_topk * nodes_per_group
+
+
 def _block(
     model: ModelSpec,
     ops: OpModel,
@@ -196,12 +210,13 @@ def _block(
     domain = ops.cluster.domain_gpus
     ep_node = members_per_domain(e, et, domain)
     dispatch, combine, inter_scale = moved, moved, 1.0
-    if setup.moe_node_limit is not None:  # DeepEP-style dispatch (DeepSeek-V3 Sec. 3.2.2)
+    node_limit = _node_limit(model, setup, e, ep_node)
+    if node_limit is not None:  # DeepEP-style dispatch (DeepSeek-V3 Sec. 3.2.2)
         # a token crosses to each remote node of its experts once (at most node_limit nodes)
         # and is forwarded over NVLink there; under fp8 the dispatch is in fp8, the combine
         # in bf16. Uniform routing: a token's k experts touch N (1 - (1 - 1/N)^k) of N nodes
         nodes = np.maximum(np.ceil(e / ep_node), 1.0)
-        touched = np.minimum(nodes * (1.0 - (1.0 - 1.0 / nodes) ** k), setup.moe_node_limit)
+        touched = np.minimum(nodes * (1.0 - (1.0 - 1.0 / nodes) ** k), node_limit)
         per_expert = k * (e - ep_node) / np.maximum(e, 1.0)  # remote copies without it
         dedup = touched * (nodes - 1) / nodes
         inter_scale = np.divide(dedup, per_expert, out=np.ones_like(dedup), where=per_expert > 0)

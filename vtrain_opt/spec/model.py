@@ -81,6 +81,10 @@ class ModelSpec:
     num_shared_experts: int = 0
     moe_layer_freq: int = 1
     moe_first_k_dense: int = 0
+    # group-limited routing (DeepSeek-V3's node-limited routing): the experts form this many
+    # groups and a token's experts lie in at most moe_router_group_topk of them
+    moe_router_num_groups: int | None = None
+    moe_router_group_topk: int | None = None
     multi_latent_attention: bool = False
     q_lora_rank: int | None = None
     kv_lora_rank: int | None = None

@@ -39,6 +39,8 @@ MOE_FIELDS = (
     "num_shared_experts",
     "moe_layer_freq",
     "moe_first_k_dense",
+    "moe_router_num_groups",
+    "moe_router_group_topk",
 )
 MLA_RANKS = ("q_lora_rank", "kv_lora_rank", "qk_head_dim", "qk_pos_emb_head_dim", "v_head_dim")
 # integer fields of a model file beside the dense ones; the booleans are in BOOL_FIELDS
@@ -50,6 +52,8 @@ ALIASES = {
     "qk_rope_head_dim": "qk_pos_emb_head_dim",
     "first_k_dense_replace": "moe_first_k_dense",
     "n_shared_experts": "num_shared_experts",
+    "n_group": "moe_router_num_groups",
+    "topk_group": "moe_router_group_topk",
 }
 # the value of each field that leaves a dense model as it was (dropped from ``to_dict``)
 DEFAULTS: dict[str, Any] = {
@@ -59,6 +63,8 @@ DEFAULTS: dict[str, Any] = {
     "num_shared_experts": 0,
     "moe_layer_freq": 1,
     "moe_first_k_dense": 0,
+    "moe_router_num_groups": None,
+    "moe_router_group_topk": None,
     "multi_latent_attention": False,
     "q_lora_rank": None,
     "kv_lora_rank": None,
@@ -102,6 +108,21 @@ def check(m: ModelSpec) -> None:
                 f"{owner}.moe_first_k_dense: {m.moe_first_k_dense} leaves no MoE layer of "
                 f"{m.num_layers}"
             )
+    groups, group_topk = m.moe_router_num_groups, m.moe_router_group_topk
+    if (groups is None) != (group_topk is None):
+        raise ValueError(
+            f"{owner}: group-limited routing needs both moe_router_num_groups and "
+            "moe_router_group_topk"
+        )
+    if (
+        groups is not None
+        and m.num_experts is not None
+        and (m.num_experts % groups or group_topk > groups)
+    ):
+        raise ValueError(
+            f"{owner}: moe_router_num_groups ({groups}) must divide num_experts "
+            f"({m.num_experts}) and moe_router_group_topk ({group_topk}) be at most it"
+        )
     if m.mtp_num_layers and not m.is_moe:
         raise ValueError(
             f"{owner}.mtp_num_layers: multi-token prediction is modelled for MoE models "

@@ -66,7 +66,8 @@ class Setup:
     moe_capacity_factor: float | None = None
     moe_a2a_overlap: bool = False
     # DeepEP-style node-limited dispatch: each token reaches at most this many nodes, once
-    # each (DeepSeek-V3: 4); None: NCCL's all-to-all, one copy per routed expert
+    # each (DeepSeek-V3: 4); None: the model's group-limited routing where it has one
+    # (sim/moe._node_limit), else NCCL's all-to-all, one copy per routed expert
     moe_node_limit: int | None = None
 
     def __post_init__(self) -> None:
