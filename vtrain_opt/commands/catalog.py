@@ -108,7 +108,10 @@ def run(args: argparse.Namespace) -> int:
         "trained at",
         "batch",
     ):
-        t.add_column(col, justify="left" if col in ("name", "family") else "right")
+        # the name is what --model takes: never cut (the other columns wrap instead)
+        t.add_column(
+            col, justify="left" if col in ("name", "family") else "right", no_wrap=col == "name"
+        )
     for m in models:
         t.add_row(
             m["name"],
