@@ -145,3 +145,19 @@ def test_search_cli_dtype_list_and_bad_input(capsys, tmp_path):
 def test_a_split_that_does_not_add_up_says_the_sum():
     with pytest.raises(ValueError, match=r"first 5 \+ last 5 leaves 116 layers for the other 14"):
         SearchSpace.create(get_model("llama3-405b"), ["h100-sxm"], pp=16, stage_layers="5,5")
+
+
+def test_the_best_plans_table_wraps_long_options_and_never_cuts_a_figure(tmp_path, capsys):
+    """A plan with every new option (cp, split, fp8) has long options: they wrap, while the
+    GPUs, days, cost and MFU columns stay whole (they used to read '16,…', '$10…')."""
+    argv = ["search", "--model", "llama3-405b", "--seq-len", "131072", "--gpu", "h100-sxm"]
+    argv += ["--min-gpus", "16384", "--max-gpus", "16384", "--global-batch", "128", "--tp", "8"]
+    argv += ["--cp", "8,16", "--pp", "16", "--stage-layers", "7,7", "--dtype", "bf16,fp8"]
+    argv += ["--tokens", "1e12", "--strategy", "exhaustive", "--out", str(tmp_path / "r")]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    table = out[out.index("Best plans") : out.index("Where an iteration")]
+    assert "…" not in table
+    fastest = next(line for line in table.splitlines() if "fastest" in line)
+    assert "16,384" in fastest and "8.16.8" in fastest and "%" in fastest
+    assert "stages 7/7" in table and "fp8" in table  # wrapped onto the next line if need be

@@ -56,21 +56,9 @@ def plans_table(result: SearchResult, top: int, baseline: pd.Series | None) -> A
     and the baseline: size, shape, options, days, cost, MFU, memory and overheads."""
     from rich import box
     from rich.table import Table
+    from rich.text import Text
 
-    table = Table(title="Best plans", title_justify="left", box=box.SIMPLE_HEAD)
     several = len(result.space.gpus) > 1
-    for col in (
-        "",
-        "GPUs",
-        "tp.pp.dp",
-        "options",
-        "days",
-        "cost",
-        "MFU",
-        "mem GiB",
-        "comm/bub/rc%",
-    ):
-        table.add_column(col, justify="left" if col in ("", "options") else "right", no_wrap=True)
     picked: list[tuple[str, pd.Series]] = [
         ("fastest", result.best_time),
         ("cheapest", result.best_cost),
@@ -81,22 +69,36 @@ def plans_table(result: SearchResult, top: int, baseline: pd.Series | None) -> A
         picked += [("Pareto", inner.iloc[i]) for i in idx]
     if baseline is not None:
         picked.append(("baseline", baseline))
+    rows = []
     for label, row in picked:
         t = float(row["iteration_time_s"])
         comm = float(row["tp_comm_s"]) + float(row["pp_comm_s"]) + float(row["dp_comm_s"])
         mem, cap = float(row["memory_per_gpu_bytes"]), float(row["memory_capacity_bytes"])
-        table.add_row(
-            label if bool(row["feasible"]) else f"{label} [red]({row['reason']})[/red]",
-            f"{int(row['num_gpus']):,}" + (f" {row['gpu']}" if several else ""),
-            f"{int(row['tp'])}.{int(row['pp'])}.{int(row['dp'])}",
-            f"mb{int(row['micro_batch'])} {plan_options(row)}",
-            f"{float(row['training_time_s']) / DAY_S:,.1f}",
-            format_usd(float(row["cost_usd"])),
-            f"{float(row['mfu']):.1%}",
-            f"{mem / 2**30:.0f}/{cap / 2**30:.0f}",
-            f"{100 * comm / t:.0f}/{100 * float(row['bubble_s']) / t:.0f}/"
-            f"{100 * float(row['recompute_s']) / t:.0f}",
+        rows.append(
+            (
+                label if bool(row["feasible"]) else f"{label} [red]({row['reason']})[/red]",
+                f"{int(row['num_gpus']):,}" + (f" {row['gpu']}" if several else ""),
+                f"{int(row['tp'])}.{int(row['pp'])}.{int(row['dp'])}",
+                f"mb{int(row['micro_batch'])} {plan_options(row)}",
+                f"{float(row['training_time_s']) / DAY_S:,.1f}",
+                format_usd(float(row["cost_usd"])),
+                f"{float(row['mfu']):.1%}",
+                f"{mem / 2**30:.0f}/{cap / 2**30:.0f}",
+                f"{100 * comm / t:.0f}/{100 * float(row['bubble_s']) / t:.0f}/"
+                f"{100 * float(row['recompute_s']) / t:.0f}",
+            )
         )
+    table = Table(title="Best plans", title_justify="left", box=box.SIMPLE_HEAD)
+    headers = ("", "GPUs", "tp.pp.dp", "options", "days", "cost", "MFU", "mem GiB", "comm/bub/rc%")
+    for i, col in enumerate(headers):
+        if col == "options":  # the one column that wraps when the terminal is narrow
+            table.add_column(col, justify="left", overflow="fold", ratio=1)
+            continue
+        # figures are never cut: each column is as wide as its widest cell
+        width = max([len(col)] + [Text.from_markup(r[i]).cell_len for r in rows])
+        table.add_column(col, justify="left" if i == 0 else "right", no_wrap=True, min_width=width)
+    for r in rows:
+        table.add_row(*r)
     return table
 
 
