@@ -39,6 +39,9 @@ def describe_plan(row: Mapping[str, Any]) -> str:
     ]
     if int(row.get("vpp", 1)) > 1:
         parts.append(f"vpp={int(row['vpp'])}")
+    first, last = int(row.get("first_stage_layers", 0)), int(row.get("last_stage_layers", 0))
+    if first or last:  # uneven pipeline stages: the first and last stages' layers
+        parts.append(f"stages={first}/{last}")
     if int(row.get("ep", 1)) * int(row.get("etp", 1)) > 1:  # MoE: expert (tensor) parallelism
         parts.append(f"ep={int(row['ep'])} etp={int(row['etp'])}")
     if bool(row.get("sequence_parallel", False)):
@@ -47,6 +50,8 @@ def describe_plan(row: Mapping[str, Any]) -> str:
         parts.append(f"zero={int(row['zero'])}")
     if not bool(row.get("dp_overlap", True)):
         parts.append("no-dp-overlap")
+    if str(row.get("dtype", "")) == "fp8":  # a plan of a dtype dimension (search, chinchilla)
+        parts.append("fp8")
     return " ".join(parts)
 
 
