@@ -32,6 +32,7 @@ from vtrain_opt.search.reporting.plans import (
     memory_figure,
     plan_options,
     plan_shape,
+    plot_layout,
 )
 from vtrain_opt.search.reporting.tables import plan_cells, table_header, table_left
 from vtrain_opt.search.reporting.timeline import timeline_section
@@ -201,19 +202,10 @@ def _scenarios_figure(
                 "marker": {"color": GPU_COLORS[i % len(GPU_COLORS)], "size": 10},
             }
         )
-    layout = {
-        "plot_bgcolor": "white",
-        "hovermode": "closest",
-        "hoverlabel": {"align": "left"},
-        "margin": {"l": 70, "r": 20, "t": 30, "b": 55},
-        "xaxis": {"type": "log", "title": {"text": "training time (days)"}, "gridcolor": "#e4e7eb"},
-        "yaxis": {
-            "type": "log",
-            "title": {"text": "cost (USD)"},
-            "tickprefix": "$",
-            "gridcolor": "#e4e7eb",
-        },
-    }
+    layout = plot_layout(
+        {"type": "log", "title": {"text": "training time (days)"}},
+        {"type": "log", "title": {"text": "cost (USD)"}, "tickprefix": "$"},
+    )
     return {"data": data, "layout": layout}
 
 

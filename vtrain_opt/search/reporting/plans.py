@@ -188,6 +188,21 @@ def _base_layout(title: str) -> dict[str, Any]:
     }
 
 
+def plot_layout(xaxis: dict[str, Any], yaxis: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    """The study reports' figure look (white plot, closest hover, left-aligned labels, light
+    grid), with their axes and any other layout keys."""
+    grid = {"gridcolor": "#e4e7eb"}
+    return {
+        "plot_bgcolor": "white",
+        "hovermode": "closest",
+        "hoverlabel": {"align": "left"},
+        "margin": {"l": 70, "r": 20, "t": 30, "b": 55},
+        "xaxis": {**xaxis, **grid},
+        "yaxis": {**yaxis, **grid},
+        **extra,
+    }
+
+
 def _grid() -> dict[str, Any]:
     return {"gridcolor": "#e4e7eb", "zerolinecolor": "#cbd2d9", "linecolor": "#9aa5b1"}
 

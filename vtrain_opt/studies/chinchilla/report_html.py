@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from vtrain_opt.search.reporting.page import REPORT_FILE, Page, pretty_json
-from vtrain_opt.search.reporting.plans import GPU_COLORS, plan_options, plan_shape
+from vtrain_opt.search.reporting.plans import GPU_COLORS, plan_options, plan_shape, plot_layout
 from vtrain_opt.units import format_count, format_usd
 
 # Candidate rows: what each size's best plan was
@@ -197,15 +197,11 @@ def loss_figure(result: Any) -> dict[str, Any]:
                     },
                 }
             )
-    layout = {
-        "plot_bgcolor": "white",
-        "hovermode": "closest",
-        "hoverlabel": {"align": "left"},
-        "margin": {"l": 70, "r": 20, "t": 30, "b": 55},
-        "xaxis": {"type": "log", "title": {"text": "model parameters N"}, "gridcolor": "#e4e7eb"},
-        "yaxis": {"title": {"text": "predicted loss"}, "gridcolor": "#e4e7eb"},
-        "legend": {"font": {"size": 11}},
-    }
+    layout = plot_layout(
+        {"type": "log", "title": {"text": "model parameters N"}},
+        {"title": {"text": "predicted loss"}},
+        legend={"font": {"size": 11}},
+    )
     return {"data": data, "layout": layout}
 
 
